@@ -1,0 +1,196 @@
+"""One typed, validated config tree, loaded from YAML.
+
+A project stores its resolved config as ``activeseg.yaml``; every round and every model
+checkpoint keeps a copy of the config it ran with.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from activeseg.errors import ConfigError
+
+Triple = tuple[int, int, int]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CropConfig(Section):
+    """How pool volumes are tiled into candidate crops (the unit of annotation)."""
+
+    size: Triple = (32, 64, 64)
+    stride: Triple = (32, 64, 64)
+    # Crops whose bright-voxel fraction is below this are background and never offered.
+    min_foreground: float = Field(0.002, ge=0.0, le=1.0)
+
+
+class SynthConfig(Section):
+    """Synthetic MCFO-like volumes for the demo and tests."""
+
+    shape: Triple = (32, 128, 128)
+    neurons: int = Field(8, ge=1)
+    pool_volumes: int = Field(4, ge=1)
+    val_volumes: int = Field(1, ge=0)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    """The U-Net backbone and its probabilistic variant."""
+
+    kind: Literal["single", "mheads", "ensemble", "dropout"] = "mheads"
+    samples: int = Field(8, ge=1, description="M heads, K ensemble members or K dropout passes")
+    in_channels: int = Field(3, ge=1)
+    widths: tuple[int, ...] = (16, 32, 64)
+    # One pooling factor per level transition; (1, 2, 2) keeps z for anisotropic data.
+    pool: tuple[Triple, ...] = ((1, 2, 2), (2, 2, 2))
+    embed_dim: int = Field(8, ge=2)
+    groups: int = Field(4, ge=1, description="GroupNorm groups")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    aleatoric: bool = False
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> ModelConfig:
+        if len(self.pool) != len(self.widths) - 1:
+            raise ValueError(
+                f"model.pool needs one factor per level transition: {len(self.widths) - 1} "
+                f"for widths {list(self.widths)}, got {len(self.pool)}"
+            )
+        return self
+
+    def divisor(self) -> Triple:
+        """Return the per-axis factor every input size must be divisible by."""
+        z, y, x = 1, 1, 1
+        for pz, py, px in self.pool:
+            z, y, x = z * pz, y * py, x * px
+        return z, y, x
+
+
+class LossConfig(Section):
+    """Discriminative embedding loss (De Brabandere 2017) plus a foreground loss."""
+
+    delta_v: float = Field(0.5, gt=0)
+    delta_d: float = Field(1.5, gt=0)
+    w_pull: float = 1.0
+    w_push: float = 1.0
+    w_reg: float = 0.001
+    w_foreground: float = 1.0
+    foreground_dice: bool = True
+    foreground_pos_weight: float | None = Field(
+        None, description="BCE weight of foreground voxels; None = balance from the batch"
+    )
+
+
+class TrainConfig(Section):
+    """Training on the labeled crops of the pool."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(1, ge=1)
+    patch: Triple = (32, 64, 64)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    warm_start: bool = True
+    threads: int = Field(2, ge=1)
+
+
+class ClusterConfig(Section):
+    """Mean-shift clustering of foreground embeddings into instances."""
+
+    foreground_threshold: float = Field(0.5, gt=0, lt=1)
+    # The bandwidth follows the loss margins: between delta_v and delta_d.
+    bandwidth: float = Field(1.0, gt=0)
+    min_size: int = Field(20, ge=0)
+    max_seeds: int = Field(2000, ge=1)
+
+
+class AcquisitionConfig(Section):
+    """How unlabeled crops are scored and a batch is selected each round."""
+
+    strategy: Literal["random", "uncertainty", "bald", "instance"] = "instance"
+    reduction: Literal["mean", "quantile", "region", "instance_sum"] = "quantile"
+    batch_size: int = Field(4, ge=1)
+    diversity: bool = True
+    cost_aware: bool = False
+    seed: int = 0
+
+
+class LabelStudioConfig(Section):
+    """What a Label Studio task shows (connection details come from the environment)."""
+
+    slices: int = Field(4, ge=1, description="z-slices shown per crop")
+    project_title: str = Field("activeseg", min_length=3)
+
+
+class Config(Section):
+    """The whole configuration of a project."""
+
+    crops: CropConfig = CropConfig()
+    synth: SynthConfig = SynthConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    acquisition: AcquisitionConfig = AcquisitionConfig()
+    labelstudio: LabelStudioConfig = LabelStudioConfig()
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_unet(self) -> Config:
+        divisor = self.model.divisor()
+        for name, size in (("crops.size", self.crops.size), ("train.patch", self.train.patch)):
+            if any(s % d for s, d in zip(size, divisor, strict=True)):
+                raise ValueError(
+                    f"{name} {list(size)} must be divisible by {list(divisor)} per axis "
+                    f"(the U-Net's pooling, model.pool)"
+                )
+        if any(p > c for p, c in zip(self.train.patch, self.crops.size, strict=True)):
+            raise ValueError(
+                f"train.patch {list(self.train.patch)} is larger than crops.size "
+                f"{list(self.crops.size)}"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        """Return the config as YAML text (what projects and checkpoints store)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+BUILTIN_CONFIGS = ("default", "demo", "flylight", "smoke")
+
+
+def builtin_config_path(name: str) -> Path:
+    """Return the path of a config shipped with activeseg (``default``, ``demo``, ...)."""
+    return Path(str(resources.files("activeseg") / "configs" / f"{name}.yaml"))
+
+
+def load_config(source: str | Path) -> Config:
+    """Load and validate a config from a YAML file path or a built-in config name."""
+    path = builtin_config_path(str(source)) if str(source) in BUILTIN_CONFIGS else Path(source)
+    try:
+        data: Any = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return parse_config(data, origin=str(path))
+
+
+def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
+    """Validate a config mapping; errors name the field and the origin file."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config {origin}: {problems}") from exc
