@@ -1,17 +1,213 @@
-"""The `activeseg` command line: parse, load config, call one library function, print."""
+"""The `activeseg` command line: parse, load config, call one library function, print.
+
+Library errors (activeseg.errors) become one clean line on stderr and an exit code:
+2 for bad input or usage, 1 for an internal failure.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from activeseg.errors import ActivesegError
 
 app = typer.Typer(
     name="activeseg",
     help="Active-learning annotation loop for 3-D neuron instance segmentation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
+console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--project", "-p", envvar="ACTIVESEG_PROJECT", file_okay=False,
+        help="Project directory (default: the current directory or a parent holding one).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def command(name: str | None = None) -> Callable[[F], F]:
+    """Register a CLI command that turns activeseg errors into a message and an exit code."""
+
+    def register(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except ActivesegError as exc:
+                errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+                raise typer.Exit(exc.exit_code) from None
+
+        app.command(name)(wrapper)
+        return func
+
+    return register
+
+
+def emit_json(data: Any) -> None:
+    """Print one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @app.callback()
-def main() -> None:
-    """Active-learning annotation loop for 3-D neuron instance segmentation."""
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    """Active-learning annotation loop for 3-D neuron instance segmentation.
+
+    Start with [bold]activeseg init DIR[/], import volumes, then run [bold]activeseg round[/].
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@command("init")
+def init_cmd(
+    directory: Annotated[Path, typer.Argument(help="Directory of the new project.")],
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Config file or built-in name.")
+    ] = "default",
+) -> None:
+    """Create a project: its config and a migrated pool database.
+
+    Example: [bold]activeseg init myproject --config demo[/]
+    """
+    from activeseg.project import init_project
+
+    project = init_project(directory, config)
+    console.print(f"created project in [bold]{project.root}[/]")
+
+
+@command("upgrade")
+def upgrade_cmd(project_dir: ProjectOption = None) -> None:
+    """Migrate the project's pool database to this version of activeseg.
+
+    Example: [bold]activeseg upgrade -p myproject[/]
+    """
+    from activeseg.pool import db
+    from activeseg.project import database_url, open_project
+
+    project = open_project(project_dir, check=False)
+    db.upgrade(database_url(project.root))
+    console.print(f"pool database at revision {db.head_revision()}")
+
+
+@command("synth")
+def synth_cmd(
+    out: Annotated[Path, typer.Argument(help="Output zarr (FISBe layout).")],
+    shape: Annotated[
+        tuple[int, int, int], typer.Option(help="Volume size Z Y X.")
+    ] = (32, 128, 128),
+    neurons: Annotated[int, typer.Option(min=1, help="Number of neurons.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same volume).")] = 0,
+) -> None:
+    """Write a synthetic MCFO-like volume with ground truth in the FISBe layout.
+
+    Example: [bold]activeseg synth vol0.zarr --shape 32 128 128 --neurons 8 --seed 0[/]
+    """
+    from activeseg.data.fisbe import write_fisbe
+    from activeseg.data.synthetic import generate_mcfo
+
+    volume = generate_mcfo(shape, neurons, seed)
+    write_fisbe(out, volume.raw, volume.instances)
+    console.print(f"wrote {out} ({len(volume.instances.ids())} neurons, shape {list(shape)})")
+
+
+@command("import")
+def import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Files to import.")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="fisbe, zarr, tiff or hdf5.")
+    ] = "fisbe",
+    split: Annotated[str, typer.Option(help="pool, val or test.")] = "pool",
+    as_labels: Annotated[
+        bool, typer.Option("--as-labels", help="Use the file's labels for training.")
+    ] = False,
+    raw_key: Annotated[
+        str | None, typer.Option("--raw", help="Raw dataset inside a zarr/HDF5 file.")
+    ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option("--labels", help="Labels dataset (zarr/HDF5) or label file (TIFF)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Volume name (one file only).")] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register volumes in the project and tile them into candidate crops.
+
+    Ground truth in the file stays hidden from training (for simulated annotation) unless
+    --as-labels is given.
+
+    Example: [bold]activeseg import vol0.zarr vol1.zarr --format fisbe --split pool[/]
+    """
+    from activeseg.errors import InputError
+    from activeseg.importing import import_volume
+    from activeseg.project import open_project
+
+    if name and len(paths) > 1:
+        raise InputError("--name can only be used when importing one file")
+    project = open_project(project_dir)
+    imported = []
+    with console.status("importing") as status:
+        for path in paths:
+            info = import_volume(
+                project, path, fmt, split=split, as_labels=as_labels, name=name,
+                raw_key=raw_key, labels_key=labels_key,
+                progress=lambda message: status.update(message),
+            )
+            imported.append({"name": info.name, "shape": list(info.shape), "split": info.split})
+    if as_json:
+        emit_json({"imported": imported})
+        return
+    for item in imported:
+        console.print(f"imported [bold]{item['name']}[/] {item['shape']} into {item['split']}")
+
+
+@command("status")
+def status_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """Show the project's volumes, crops by split and status, and rounds.
+
+    Example: [bold]activeseg status --json[/]
+    """
+    from activeseg.project import open_project
+    from activeseg.summary import project_status
+
+    status = project_status(open_project(project_dir))
+    if as_json:
+        emit_json(status)
+        return
+    _print_status(status)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    console.print(f"project [bold]{status['project']}[/]")
+    volumes = Table("volume", "split", "shape (Z, Y, X)", "channels", "ground truth",
+                    title="volumes")
+    for v in status["volumes"]:
+        volumes.add_row(v["name"], v["split"], " × ".join(map(str, v["shape"])),
+                        str(v["channels"]), "yes" if v["has_ground_truth"] else "no")
+    console.print(volumes)
+    crops = Table("split", *status["crop_statuses"], title="crops")
+    for split, counts in status["crops_by_split"].items():
+        crops.add_row(split, *(str(counts[s]) for s in status["crop_statuses"]))
+    console.print(crops)
+    console.print(f"rounds: {status['rounds']}")

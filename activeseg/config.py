@@ -87,6 +87,9 @@ class LossConfig(Section):
     foreground_pos_weight: float | None = Field(
         None, description="BCE weight of foreground voxels; None = balance from the batch"
     )
+    embed_background: bool = Field(
+        False, description="annotated background is one more cluster of the embedding loss"
+    )
 
 
 class TrainConfig(Section):
@@ -114,11 +117,15 @@ class ClusterConfig(Section):
 class AcquisitionConfig(Section):
     """How unlabeled crops are scored and a batch is selected each round."""
 
-    strategy: Literal["random", "uncertainty", "bald", "instance"] = "instance"
+    # "random" is the baseline; "diverse" is model-free k-center, e.g. for round 0.
+    strategy: Literal["random", "diverse", "uncertainty", "bald", "instance"] = "instance"
     reduction: Literal["mean", "quantile", "region", "instance_sum"] = "quantile"
+    quantile: float = Field(0.9, ge=0.0, le=1.0, description='q of reduction "quantile"')
+    region: Triple = Field((4, 8, 8), description='window (z, y, x) of reduction "region"')
     batch_size: int = Field(4, ge=1)
     diversity: bool = True
     cost_aware: bool = False
+    cost_alpha: float = Field(1.0, ge=0.0, description="score / cost**alpha when cost_aware")
     seed: int = 0
 
 

@@ -93,7 +93,9 @@ class Instances:
     def crop(self, box: tuple[slice, slice, slice]) -> Instances:
         """Return the instances inside a (z, y, x) box of slices with step 1, re-based."""
         starts = np.array([s.start or 0 for s in box])
-        stops = np.array([s.stop if s.stop is not None else n for s, n in zip(box, self.shape)])
+        stops = np.array(
+            [s.stop if s.stop is not None else n for s, n in zip(box, self.shape, strict=True)]
+        )
         rows = self.overlaps
         inside = np.all((rows[:, :3] >= starts) & (rows[:, :3] < stops), axis=1)
         moved = rows[inside].copy()

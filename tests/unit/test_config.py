@@ -1,0 +1,48 @@
+"""The config tree: built-in configs load, bad configs name the field and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from activeseg.config import BUILTIN_CONFIGS, load_config
+from activeseg.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", BUILTIN_CONFIGS)
+def test_builtin_configs_load_and_round_trip(name: str, tmp_path: Path) -> None:
+    config = load_config(name)
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(config.to_yaml())
+    assert load_config(saved) == config
+
+
+def test_a_bad_value_names_the_field_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  steps: -3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.steps"):
+        load_config(path)
+
+
+def test_an_unknown_key_is_an_error_not_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("model:\n  knd: ensemble\n")
+    with pytest.raises(ConfigError, match=r"model\.knd"):
+        load_config(path)
+
+
+def test_crop_size_must_fit_the_unet_pooling(tmp_path: Path) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text("crops:\n  size: [32, 66, 64]\n")
+    with pytest.raises(ConfigError, match=r"crops\.size.*divisible"):
+        load_config(path)
+
+
+def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*not valid YAML"):
+        load_config(broken)

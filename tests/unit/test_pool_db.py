@@ -1,0 +1,65 @@
+"""The pool database: Alembic migrations on a real SQLite file, constraints, revision checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from activeseg.errors import DatabaseRevisionError
+from activeseg.pool import db
+from activeseg.pool.models import Base
+
+TABLES = {"volume", "crop", "round", "stage", "checkpoint", "score", "task", "annotation",
+          "setting", "lock", "alembic_version"}
+
+
+def test_upgrade_downgrade_upgrade_on_a_real_file(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "pool.db")
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    assert set(inspect(engine).get_table_names()) == TABLES
+    db.downgrade(url, "base")
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    db.upgrade(url)
+    assert set(inspect(engine).get_table_names()) == TABLES
+    assert db.current_revision(engine) == db.head_revision()
+
+
+def test_autogenerate_finds_no_difference_between_models_and_migrations(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "pool.db")
+    db.upgrade(url)
+    with db.make_engine(url).connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_a_database_behind_the_code_is_refused_with_advice(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "pool.db")
+    engine = db.make_engine(url)
+    with pytest.raises(DatabaseRevisionError, match="behind.*activeseg upgrade"):
+        db.check_revision(engine)
+
+
+def test_a_database_ahead_of_the_code_is_refused(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "pool.db")
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'fffffff'"))
+    with pytest.raises(DatabaseRevisionError, match="does not know"):
+        db.check_revision(engine)
+
+
+def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "pool.db")
+    db.upgrade(url)
+    with db.make_engine(url).begin() as connection, pytest.raises(IntegrityError):
+        connection.execute(text(
+            "INSERT INTO crop (volume_id, z0, y0, x0, z1, y1, x1, foreground, status) "
+            "VALUES (42, 0, 0, 0, 1, 1, 1, 0.5, 'unlabeled')"
+        ))
