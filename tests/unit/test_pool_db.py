@@ -14,8 +14,19 @@ from activeseg.errors import DatabaseRevisionError
 from activeseg.pool import db
 from activeseg.pool.models import Base
 
-TABLES = {"volume", "crop", "round", "stage", "checkpoint", "score", "task", "annotation",
-          "setting", "lock", "alembic_version"}
+TABLES = {
+    "volume",
+    "crop",
+    "round",
+    "stage",
+    "checkpoint",
+    "score",
+    "task",
+    "annotation",
+    "setting",
+    "lock",
+    "alembic_version",
+}
 
 
 def test_upgrade_downgrade_upgrade_on_a_real_file(tmp_path: Path) -> None:
@@ -59,7 +70,9 @@ def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
     url = db.sqlite_url(tmp_path / "pool.db")
     db.upgrade(url)
     with db.make_engine(url).begin() as connection, pytest.raises(IntegrityError):
-        connection.execute(text(
-            "INSERT INTO crop (volume_id, z0, y0, x0, z1, y1, x1, foreground, status) "
-            "VALUES (42, 0, 0, 0, 1, 1, 1, 0.5, 'unlabeled')"
-        ))
+        connection.execute(
+            text(
+                "INSERT INTO crop (volume_id, z0, y0, x0, z1, y1, x1, foreground, status) "
+                "VALUES (42, 0, 0, 0, 1, 1, 1, 0.5, 'unlabeled')"
+            )
+        )

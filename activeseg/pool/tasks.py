@@ -1,0 +1,196 @@
+"""Repository functions for annotation tasks and the annotations that answer them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from activeseg.errors import NotFoundError, StateError
+from activeseg.pool.models import Annotation, Crop, CropStatus, Task
+from activeseg.pool.records import AnnotationInfo, TaskInfo
+
+
+def _task_info(row: Task) -> TaskInfo:
+    return TaskInfo(
+        id=row.id,
+        crop_id=row.crop_id,
+        round_id=row.round_id,
+        ls_project_id=row.ls_project_id,
+        ls_task_id=row.ls_task_id,
+        slices=tuple(row.slices),
+        pushed=dict(row.pushed),
+        active=row.active,
+    )
+
+
+def _annotation_info(row: Annotation) -> AnnotationInfo:
+    return AnnotationInfo(
+        id=row.id,
+        task_id=row.task_id,
+        ls_annotation_id=row.ls_annotation_id,
+        annotator=row.annotator,
+        lead_time=row.lead_time,
+        updated_at=row.updated_at,
+        label_path=row.label_path,
+        was_cancelled=row.was_cancelled,
+        current=row.current,
+    )
+
+
+def queue_crop(
+    session: Session,
+    crop_id: int,
+    *,
+    round_id: int | None,
+    slices: Sequence[int],
+    pushed: dict[str, Any],
+    ls_project_id: int | None = None,
+    ls_task_id: int | None = None,
+) -> TaskInfo:
+    """Record a task for an unlabeled crop and mark the crop queued, in the caller's transaction."""
+    crop = session.get(Crop, crop_id)
+    if crop is None:
+        raise NotFoundError(f"no crop with id {crop_id} in this project")
+    if crop.status is not CropStatus.UNLABELED:
+        raise StateError(f"crop {crop_id} is {crop.status.value}, not unlabeled: not queued again")
+    row = Task(
+        crop_id=crop_id,
+        round_id=round_id,
+        slices=[int(s) for s in slices],
+        pushed=pushed,
+        ls_project_id=ls_project_id,
+        ls_task_id=ls_task_id,
+        active=True,
+    )
+    session.add(row)
+    crop.status = CropStatus.QUEUED
+    session.flush()
+    return _task_info(row)
+
+
+def list_tasks(session: Session, *, active: bool | None = None) -> list[TaskInfo]:
+    """Return tasks (only active or inactive ones, if asked), oldest first."""
+    query = select(Task).order_by(Task.id)
+    if active is not None:
+        query = query.where(Task.active == active)
+    return [_task_info(row) for row in session.scalars(query)]
+
+
+def task_by_ls_id(session: Session, ls_task_id: int) -> TaskInfo | None:
+    """Return the task pushed as this Label Studio task, or None."""
+    row = session.scalar(select(Task).where(Task.ls_task_id == ls_task_id))
+    return None if row is None else _task_info(row)
+
+
+def get_task(session: Session, task_id: int) -> TaskInfo:
+    """Return one task, or raise NotFoundError."""
+    row = session.get(Task, task_id)
+    if row is None:
+        raise NotFoundError(f"no task with id {task_id} in this project")
+    return _task_info(row)
+
+
+def current_annotation(session: Session, task_id: int) -> AnnotationInfo | None:
+    """Return the annotation currently in force for a task, or None."""
+    row = session.scalar(
+        select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
+    )
+    return None if row is None else _annotation_info(row)
+
+
+def annotation_history(session: Session, task_id: int) -> list[AnnotationInfo]:
+    """Return every ingested version of a task's annotations, oldest first."""
+    query = select(Annotation).where(Annotation.task_id == task_id).order_by(Annotation.id)
+    return [_annotation_info(row) for row in session.scalars(query)]
+
+
+def record_annotation(
+    session: Session,
+    task_id: int,
+    *,
+    ls_annotation_id: int | None,
+    annotator: str | None,
+    lead_time: float | None,
+    updated_at: datetime,
+    label_path: str | None,
+    was_cancelled: bool,
+    round_number: int | None,
+    skip_reason: str | None = None,
+) -> tuple[AnnotationInfo, bool]:
+    """Record an annotation version and move its crop to labeled or skipped.
+
+    Returns the annotation and whether anything changed: the same version twice changes
+    nothing; a newer version supersedes the current one, which is kept as history.
+    """
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFoundError(f"no task with id {task_id} in this project")
+    same = session.scalar(
+        select(Annotation).where(
+            Annotation.task_id == task_id,
+            Annotation.ls_annotation_id == ls_annotation_id,
+            Annotation.updated_at == updated_at,
+        )
+    )
+    if same is not None and same.current:
+        return _annotation_info(same), False
+    for old in session.scalars(
+        select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
+    ):
+        old.current = False
+    row = Annotation(
+        task_id=task_id,
+        ls_annotation_id=ls_annotation_id,
+        annotator=annotator,
+        lead_time=lead_time,
+        updated_at=updated_at,
+        label_path=label_path,
+        was_cancelled=was_cancelled,
+        current=True,
+    )
+    session.add(row)
+    _settle_crop(session.get_one(Crop, task.crop_id), row, round_number, skip_reason)
+    session.flush()
+    return _annotation_info(row), True
+
+
+def _settle_crop(
+    crop: Crop, annotation: Annotation, round_number: int | None, skip_reason: str | None
+) -> None:
+    if annotation.was_cancelled:
+        crop.status, crop.skip_reason = CropStatus.SKIPPED, skip_reason or "skipped by annotator"
+        crop.label_path, crop.labeled_round = None, None
+    else:
+        crop.status, crop.skip_reason = CropStatus.LABELED, None
+        crop.label_path, crop.labeled_round = annotation.label_path, round_number
+
+
+def withdraw_annotations(session: Session, task_id: int) -> bool:
+    """Mark a task's annotations withdrawn (deleted in Label Studio); its crop is queued again.
+
+    Returns whether anything changed.
+    """
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFoundError(f"no task with id {task_id} in this project")
+    rows = list(
+        session.scalars(
+            select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
+        )
+    )
+    for row in rows:
+        row.current = False
+    if rows:
+        crop = session.get_one(Crop, task.crop_id)
+        crop.status, crop.label_path, crop.labeled_round, crop.skip_reason = (
+            CropStatus.QUEUED,
+            None,
+            None,
+            None,
+        )
+    session.flush()
+    return bool(rows)

@@ -1,0 +1,189 @@
+"""Repository functions of the pool, on a real migrated SQLite file."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from activeseg.errors import InputError, LockError, StateError
+from activeseg.pool import rounds, settings, tasks, volumes
+from activeseg.pool.models import Lock
+from activeseg.project import Project
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def _volume_with_crops(session: Session, n: int = 3) -> list[int]:
+    volume = volumes.add_volume(
+        session,
+        name="v",
+        path="volumes/v.zarr",
+        split="pool",
+        channels=3,
+        shape=(8, 32, 32 * n),
+        voxel_size=(1.0, 0.5, 0.5),
+        has_ground_truth=True,
+        source="t",
+    )
+    boxes = [((0, 0, 32 * k), (8, 32, 32 * (k + 1)), 0.1) for k in range(n)]
+    return [c.id for c in volumes.add_crops(session, volume.id, boxes)]
+
+
+def test_volumes_and_crop_counts(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        crop_ids = _volume_with_crops(session)
+        with pytest.raises(InputError, match="already registered"):
+            _volume_with_crops(session)
+    with smoke_project.session() as session:
+        counts = volumes.crop_counts(session)
+        assert counts == {"pool": {"unlabeled": 3, "queued": 0, "labeled": 0, "skipped": 0}}
+        crop = volumes.get_crop(session, crop_ids[1])
+        assert crop.shape == (8, 32, 32)
+        assert crop.box == (slice(0, 8), slice(0, 32), slice(32, 64))
+        assert volumes.get_volume(session, "v").voxel_size == (1.0, 0.5, 0.5)
+
+
+def test_a_failed_transaction_leaves_nothing(smoke_project: Project) -> None:
+    with pytest.raises(RuntimeError), smoke_project.session() as session:
+        _volume_with_crops(session)
+        raise RuntimeError("crash half-way")
+    with smoke_project.session() as session:
+        assert volumes.list_volumes(session) == []
+        assert volumes.crop_counts(session) == {}
+
+
+def test_rounds_and_resumable_stages(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        first = rounds.start_round(session, strategy="random", batch_size=2, config="x: 1")
+        assert first.number == 0
+        rounds.begin_stage(session, first.id, "train")
+        rounds.end_stage(session, first.id, "train", error="killed")
+        rounds.begin_stage(session, first.id, "train")
+        rounds.end_stage(session, first.id, "train", outputs={"steps": 5})
+        assert rounds.open_round(session) is not None
+        rounds.finish_round(session, first.id)
+        second = rounds.start_round(session, strategy="bald", batch_size=2, config="x: 1")
+    with smoke_project.session() as session:
+        history = rounds.list_rounds(session)
+        assert [r.number for r in history] == [0, 1]
+        train = history[0].stage("train")
+        assert train is not None and train.status == "done" and train.outputs == {"steps": 5}
+        assert train.error is None
+        open_round = rounds.open_round(session)
+        assert open_round is not None and open_round.id == second.id
+
+
+def test_scores_are_unique_per_round_and_ranked(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        crops = _volume_with_crops(session)
+        r = rounds.start_round(session, strategy="bald", batch_size=1, config="")
+        rounds.save_scores(session, r.id, [(c, float(c), {"bald": float(c)}) for c in crops])
+        rounds.save_scores(session, r.id, [(c, float(c), {"bald": float(c)}) for c in crops])
+        rounds.record_selection(session, r.id, crops[::-1], 1)
+        scores = rounds.round_scores(session, r.id)
+    assert [s.crop_id for s in scores] == crops[::-1]
+    assert [s.selected for s in scores] == [True, False, False]
+
+
+def test_one_active_task_per_crop(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        crop = _volume_with_crops(session, 1)[0]
+        tasks.queue_crop(session, crop, round_id=None, slices=[1, 5], pushed={})
+        with pytest.raises(StateError, match="queued"):
+            tasks.queue_crop(session, crop, round_id=None, slices=[1, 5], pushed={})
+    with pytest.raises(IntegrityError), smoke_project.session() as session:
+        # Bypass the repository: the database itself refuses a second active task.
+        from activeseg.pool.models import Task
+
+        session.add(Task(crop_id=crop, slices=[0], pushed={}, active=True))
+        session.flush()
+
+
+def test_annotations_are_idempotent_and_superseded_versions_are_kept(
+    smoke_project: Project,
+) -> None:
+    with smoke_project.session() as session:
+        crop = _volume_with_crops(session, 1)[0]
+        task = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={})
+        kwargs = dict(
+            ls_annotation_id=7,
+            annotator="a@lab",
+            lead_time=3.0,
+            was_cancelled=False,
+            round_number=1,
+        )
+        _, changed = tasks.record_annotation(
+            session, task.id, updated_at=T0, label_path="labels/a.zarr", **kwargs
+        )
+        assert changed
+        _, changed = tasks.record_annotation(
+            session, task.id, updated_at=T0, label_path="labels/a.zarr", **kwargs
+        )
+        assert not changed
+        tasks.record_annotation(
+            session,
+            task.id,
+            updated_at=T0 + timedelta(minutes=1),
+            label_path="labels/b.zarr",
+            **kwargs,
+        )
+        history = tasks.annotation_history(session, task.id)
+        assert [(a.label_path, a.current) for a in history] == [
+            ("labels/a.zarr", False),
+            ("labels/b.zarr", True),
+        ]
+        labeled = volumes.get_crop(session, crop)
+        assert (labeled.status, labeled.label_path, labeled.labeled_round) == (
+            "labeled",
+            "labels/b.zarr",
+            1,
+        )
+        assert tasks.withdraw_annotations(session, task.id)
+        assert volumes.get_crop(session, crop).status == "queued"
+        assert not tasks.withdraw_annotations(session, task.id)
+
+
+def test_a_skip_marks_the_crop_skipped_with_its_reason(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        crop = _volume_with_crops(session, 1)[0]
+        task = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={})
+        tasks.record_annotation(
+            session,
+            task.id,
+            ls_annotation_id=1,
+            annotator=None,
+            lead_time=None,
+            updated_at=T0,
+            label_path=None,
+            was_cancelled=True,
+            round_number=0,
+            skip_reason="blurry",
+        )
+        skipped = volumes.get_crop(session, crop)
+    assert (skipped.status, skipped.skip_reason) == ("skipped", "blurry")
+
+
+def test_settings_and_the_lock(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        settings.set_setting(session, "ls_project_id", "3")
+        settings.set_setting(session, "ls_project_id", "4")
+        assert settings.get_setting(session, "ls_project_id") == "4"
+        settings.acquire_lock(session, "round")
+        settings.acquire_lock(session, "round")  # re-entrant for the holder
+    with smoke_project.session() as session:
+        row = session.get_one(Lock, "round")
+        row.pid = 1  # pid 1 is alive and not us: another holder
+    with pytest.raises(LockError, match="pid 1"), smoke_project.session() as session:
+        settings.acquire_lock(session, "round")
+    with smoke_project.session() as session:
+        session.get_one(Lock, "round").pid = 2**22 + 12345  # no such process: holder died
+    with smoke_project.session() as session:
+        settings.acquire_lock(session, "round")
+        holder = settings.lock_holder(session, "round")
+        assert holder is not None and holder[0] == os.getpid()
+        settings.release_lock(session, "round")
+        assert settings.lock_holder(session, "round") is None
