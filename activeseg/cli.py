@@ -35,7 +35,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 ProjectOption = Annotated[
     Path | None,
     typer.Option(
-        "--project", "-p", envvar="ACTIVESEG_PROJECT", file_okay=False,
+        "--project",
+        "-p",
+        envvar="ACTIVESEG_PROJECT",
+        file_okay=False,
         help="Project directory (default: the current directory or a parent holding one).",
     ),
 ]
@@ -51,7 +54,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
             try:
                 return func(*args, **kwargs)
             except ActivesegError as exc:
-                errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+                errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
 
         app.command(name)(wrapper)
@@ -113,9 +116,11 @@ def upgrade_cmd(project_dir: ProjectOption = None) -> None:
 @command("synth")
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Output zarr (FISBe layout).")],
-    shape: Annotated[
-        tuple[int, int, int], typer.Option(help="Volume size Z Y X.")
-    ] = (32, 128, 128),
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Volume size Z Y X.")] = (
+        32,
+        128,
+        128,
+    ),
     neurons: Annotated[int, typer.Option(min=1, help="Number of neurons.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same volume).")] = 0,
 ) -> None:
@@ -170,8 +175,14 @@ def import_cmd(
     with console.status("importing") as status:
         for path in paths:
             info = import_volume(
-                project, path, fmt, split=split, as_labels=as_labels, name=name,
-                raw_key=raw_key, labels_key=labels_key,
+                project,
+                path,
+                fmt,
+                split=split,
+                as_labels=as_labels,
+                name=name,
+                raw_key=raw_key,
+                labels_key=labels_key,
                 progress=lambda message: status.update(message),
             )
             imported.append({"name": info.name, "shape": list(info.shape), "split": info.split})
@@ -200,11 +211,17 @@ def status_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) -
 
 def _print_status(status: dict[str, Any]) -> None:
     console.print(f"project [bold]{status['project']}[/]")
-    volumes = Table("volume", "split", "shape (Z, Y, X)", "channels", "ground truth",
-                    title="volumes")
+    volumes = Table(
+        "volume", "split", "shape (Z, Y, X)", "channels", "ground truth", title="volumes"
+    )
     for v in status["volumes"]:
-        volumes.add_row(v["name"], v["split"], " × ".join(map(str, v["shape"])),
-                        str(v["channels"]), "yes" if v["has_ground_truth"] else "no")
+        volumes.add_row(
+            v["name"],
+            v["split"],
+            " × ".join(map(str, v["shape"])),
+            str(v["channels"]),
+            "yes" if v["has_ground_truth"] else "no",
+        )
     console.print(volumes)
     crops = Table("split", *status["crop_statuses"], title="crops")
     for split, counts in status["crops_by_split"].items():

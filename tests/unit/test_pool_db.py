@@ -52,7 +52,7 @@ def test_autogenerate_finds_no_difference_between_models_and_migrations(tmp_path
 def test_a_database_behind_the_code_is_refused_with_advice(tmp_path: Path) -> None:
     url = db.sqlite_url(tmp_path / "pool.db")
     engine = db.make_engine(url)
-    with pytest.raises(DatabaseRevisionError, match="behind.*activeseg upgrade"):
+    with pytest.raises(DatabaseRevisionError, match=r"behind.*activeseg upgrade"):
         db.check_revision(engine)
 
 
