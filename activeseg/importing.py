@@ -22,7 +22,6 @@ from activeseg.project import Project
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-IMPORTED_LABELS = "import.zarr"
 
 
 def volume_name(path: Path) -> str:
@@ -140,15 +139,10 @@ def _label_crops(
     written = []
     for crop in crops:
         truth = instances.crop(crop.box)
-        folder = project.labels_dir / f"crop-{crop.id}"
-        folder.mkdir(parents=True, exist_ok=True)
-        written.append(folder)
+        path = project.crop_label_path(crop.id, "import")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(path.parent)
         labels = CropLabels(truth.labels, np.ones(crop.shape, bool), truth.overlaps)
-        write_crop_labels(folder / IMPORTED_LABELS, labels)
-        pool_volumes.set_crop_status(
-            session,
-            crop.id,
-            "labeled",
-            label_path=project.relative(folder / IMPORTED_LABELS),
-        )
+        write_crop_labels(path, labels)
+        pool_volumes.set_crop_status(session, crop.id, "labeled", label_path=project.relative(path))
     return written

@@ -61,6 +61,10 @@ class Project:
         """Return where predictions and uncertainty maps live."""
         return self.root / "predictions"
 
+    def crop_label_path(self, crop_id: int, tag: str) -> Path:
+        """Return where one version of a crop's labels is stored (``tag`` names the version)."""
+        return self.labels_dir / f"crop-{crop_id}" / f"{tag}.zarr"
+
     def relative(self, path: Path) -> str:
         """Return a path as stored in the pool: relative to the project root when inside it."""
         try:

@@ -18,6 +18,7 @@ A crop label group (one per ingested annotation)::
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ class CropLabels:
 def write_crop_labels(path: Path, labels: CropLabels) -> None:
     """Write a crop's labels as a zarr group; the group appears complete or not at all."""
     partial = path.with_name(path.name + ".partial")
+    if path.exists():  # a leftover of an attempt that crashed before it was recorded
+        shutil.rmtree(path)
     root = zarr.open_group(partial, mode="w")
     root.create_array("labels", data=labels.labels.astype(np.uint32))
     root.create_array("mask", data=labels.mask.astype(bool))

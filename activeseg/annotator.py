@@ -1,0 +1,129 @@
+"""The simulated annotator: answers tasks from hidden ground truth, as a person would.
+
+It sees the same z-slices a person sees in Label Studio and gives the same sparse labels:
+every neuron on those slices, nothing elsewhere. Optional noise imitates a hurried annotator
+(small fragments dropped, boundaries a voxel off).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from activeseg.data.instances import Instances
+from activeseg.data.volumes import CropLabels, read_ground_truth, write_crop_labels
+from activeseg.errors import StateError
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.project import Project
+
+log = logging.getLogger(__name__)
+
+ANNOTATOR = "simulated"
+
+
+@dataclass(frozen=True)
+class AnnotatorNoise:
+    """How careless the simulated annotator is (all off by default)."""
+
+    drop_below: int = 0  # instance fragments smaller than this (voxels per slice) are missed
+    jitter: float = 0.0  # probability that a fragment's boundary is eroded or dilated by 1
+
+
+def sparse_labels(
+    truth: Instances,
+    slices: Sequence[int],
+    noise: AnnotatorNoise | None = None,
+    seed: int = 0,
+) -> CropLabels:
+    """Return what an annotator labels: the truth on the given z-slices, masked elsewhere.
+
+    truth: instances of one crop, (Z, Y, X). slices: z indices into the crop.
+    """
+    labels = np.zeros(truth.shape, np.uint32)
+    mask = np.zeros(truth.shape, bool)
+    rng = np.random.default_rng(seed)
+    for z in slices:
+        labels[z] = _annotate_slice(truth.labels[z], noise, rng) if noise else truth.labels[z]
+        mask[z] = True
+    on_slices = np.isin(truth.overlaps[:, 0], np.asarray(slices, dtype=np.int64))
+    rows = truth.overlaps[on_slices]
+    kept = labels[rows[:, 0], rows[:, 1], rows[:, 2]] > 0
+    return CropLabels(labels, mask, rows[kept])
+
+
+def _annotate_slice(
+    truth: npt.NDArray[np.uint32], noise: AnnotatorNoise, rng: np.random.Generator
+) -> npt.NDArray[np.uint32]:
+    out = np.zeros_like(truth)
+    for instance_id in np.unique(truth[truth > 0]):
+        region = truth == instance_id
+        if region.sum() < noise.drop_below:
+            continue
+        if rng.random() < noise.jitter:
+            grow = rng.random() < 0.5
+            region = ndimage.binary_dilation(region) if grow else ndimage.binary_erosion(region)
+        out[region & (out == 0)] = instance_id
+    return out
+
+
+def correction_effort(
+    predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]
+) -> int:
+    """Return the voxels an annotator must repaint to turn a pre-annotation into the truth.
+
+    Both (…, Y, X) label arrays of the shown slices. Each predicted id is matched to the true
+    id it overlaps most; voxels whose matched id differs from the truth need a correction.
+    """
+    mapping = np.zeros(int(predicted.max()) + 1, np.int64)
+    fg = predicted > 0
+    if fg.any():
+        pairs, counts = np.unique(
+            np.stack([predicted[fg], truth[fg]]), axis=1, return_counts=True
+        )
+        for (p, t), _ in sorted(zip(pairs.T.tolist(), counts, strict=True), key=lambda x: x[1]):
+            mapping[p] = t
+    return int((mapping[predicted] != truth).sum())
+
+
+def answer_open_tasks(
+    project: Project,
+    round_number: int | None,
+    noise: AnnotatorNoise | None = None,
+) -> int:
+    """Answer every queued task of the pool from ground truth; return how many were answered."""
+    with project.session() as session:
+        open_tasks = [
+            t for t in pool_tasks.list_tasks(session, active=True)
+            if pool_tasks.current_annotation(session, t.id) is None
+        ]
+        crops = {t.id: pool_volumes.get_crop(session, t.crop_id) for t in open_tasks}
+        volumes = {v.id: v for v in pool_volumes.list_volumes(session)}
+    for task in open_tasks:
+        crop = crops[task.id]
+        volume = volumes[crop.volume_id]
+        if not volume.has_ground_truth:
+            raise StateError(
+                f"task {task.id} (crop {crop.id}): volume {volume.name} has no ground truth "
+                f"for the simulated annotator"
+            )
+        truth = read_ground_truth(project.resolve(volume.path), crop.box)
+        labels = sparse_labels(truth, task.slices, noise, seed=task.id)
+        now = datetime.now(UTC)
+        path = project.crop_label_path(crop.id, f"simulated-task{task.id}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_crop_labels(path, labels)
+        with project.session() as session:
+            pool_tasks.record_annotation(
+                session, task.id, ls_annotation_id=None, annotator=ANNOTATOR, lead_time=None,
+                updated_at=now, label_path=project.relative(path), was_cancelled=False,
+                round_number=round_number,
+            )
+    log.info("simulated annotator answered %d tasks", len(open_tasks))
+    return len(open_tasks)
