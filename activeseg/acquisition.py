@@ -1,0 +1,291 @@
+"""Crop scores (+ crop descriptors) → a ranked selection of crops to annotate.
+
+Scoring is separate from selection (the MONAI Label split): ``uncertainty.py`` turns a crop's
+samples into numbers, which fill one column per strategy of a ``CropScores`` table; here a
+strategy only ranks by its column. Pure functions, no DB: indices refer to the N unlabeled
+crops in the order the caller passed them.
+
+Strategies:
+
+- "random": the baseline, a seeded permutation. It ignores ``diversity`` and ``cost_aware``
+  so it stays the baseline whatever else is configured.
+- "diverse": model-free greedy k-center on the descriptors (e.g. ``intensity_descriptor`` in
+  round 0, when no model exists): a seeded random first crop, then each next crop the one
+  farthest from those already picked. Needs descriptors, ignores scores and cost.
+- "uncertainty", "bald", "instance": rank by that column of ``CropScores``, optionally divided
+  by cost (``cost_aware``) and spread out over the descriptors (``diversity``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from activeseg.errors import InputError
+
+Strategy = Literal["random", "diverse", "uncertainty", "bald", "instance"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+SCORED_STRATEGIES = ("uncertainty", "bald", "instance")
+FloatColumn = npt.NDArray[np.float64]
+
+
+def _column(values: npt.ArrayLike | None, name: str, count: int) -> FloatColumn | None:
+    """Return a checked (count,) float64 score column, or None when absent."""
+    if values is None:
+        return None
+    column = np.asarray(values, dtype=np.float64)
+    if column.shape != (count,):
+        raise InputError(f"score column {name!r} has shape {column.shape}, expected ({count},)")
+    if not np.all(np.isfinite(column)) or np.any(column < 0):
+        raise InputError(f"score column {name!r} must be finite and non-negative")
+    return column
+
+
+@dataclass(frozen=True)
+class CropScores:
+    """Scores of N unlabeled crops: one optional (N,) float column per strategy, plus cost.
+
+    uncertainty: a ``reduce_crop`` of a voxel uncertainty map (the configured reduction).
+    bald: a reduction of ``mutual_information`` (epistemic only).
+    instance: ``instance_error_score`` (summed split + merge risk).
+    cost: expected annotation effort, > 0, e.g. 1 + predicted instances (neurons to correct)
+      or predicted foreground voxels; only ratios between crops matter.
+    Scores are non-negative: larger means more to learn. Round 0 has ``CropScores(count=N)``.
+    """
+
+    count: int
+    uncertainty: FloatColumn | None = None
+    bald: FloatColumn | None = None
+    instance: FloatColumn | None = None
+    cost: FloatColumn | None = None
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise InputError(f"crop count must be >= 0, got {self.count}")
+        for name in (*SCORED_STRATEGIES, "cost"):
+            object.__setattr__(self, name, _column(getattr(self, name), name, self.count))
+        if self.cost is not None and np.any(self.cost <= 0):
+            raise InputError("annotation cost must be > 0 for every crop")
+
+    def column(self, name: str) -> FloatColumn:
+        """Return the (N,) float64 column ``name``; InputError when it was not scored."""
+        values: FloatColumn | None = (
+            getattr(self, name) if name in (*SCORED_STRATEGIES, "cost") else None
+        )
+        if values is None:
+            raise InputError(
+                f"crop scores have no {name!r} column; score the pool with a model first, "
+                f"or use a model-free strategy (random, diverse)"
+            )
+        return values
+
+    def parts(self, index: int) -> dict[str, float]:
+        """Return the available columns of crop ``index`` by name (why it ranks where it does)."""
+        names = (*SCORED_STRATEGIES, "cost")
+        return {n: float(getattr(self, n)[index]) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One picked crop: its index among the N crops, rank (1 = first), score and its parts.
+
+    score: what the strategy ranked by (the effective score; 0.0 for random and diverse).
+    parts: the crop's score columns, plus "effective" (score / cost**alpha), and "distance"
+      (standardized descriptor distance to the crops picked before it) when diversity ran.
+    """
+
+    index: int
+    rank: int
+    score: float
+    parts: Mapping[str, float] = field(default_factory=dict)
+
+
+def random_order(count: int, seed: int) -> npt.NDArray[np.int64]:
+    """Return a (count,) int64 seeded permutation of 0..count-1 (the random baseline)."""
+    return np.random.default_rng(seed).permutation(count).astype(np.int64)
+
+
+def effective_scores(
+    scores: CropScores, strategy: str, *, cost_aware: bool = False, cost_alpha: float = 1.0
+) -> FloatColumn:
+    """Return (N,) float64 scores of a scored strategy: column / cost**alpha when cost-aware.
+
+    Expected information per expected effort: alpha = 1 is information per unit of effort,
+    alpha = 0 ignores cost, values between soften it (a costly crop may still be worth it).
+    """
+    if strategy not in SCORED_STRATEGIES:
+        raise InputError(f"strategy {strategy!r} has no score column; scored: {SCORED_STRATEGIES}")
+    values = scores.column(strategy)
+    if not cost_aware:
+        return values
+    if cost_alpha < 0:
+        raise InputError(f"cost_alpha must be >= 0, got {cost_alpha}")
+    return values / scores.column("cost") ** cost_alpha
+
+
+def standardize(descriptors: npt.ArrayLike, count: int) -> FloatColumn:
+    """Return (N, D) float64 descriptors with each dimension at zero mean and unit std.
+
+    descriptors: (N, D) float, one row per crop. Constant dimensions become 0, so they carry
+    no distance; identical rows stay identical (distance exactly 0).
+    """
+    rows = np.asarray(descriptors, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[0] != count:
+        raise InputError(f"descriptors must be (N, D) with N = {count} crops, got {rows.shape}")
+    if not np.all(np.isfinite(rows)):
+        raise InputError("descriptors must be finite")
+    std = rows.std(axis=0)
+    return (rows - rows.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+
+def _next_pick(distance: FloatColumn, weight: FloatColumn, available: npt.NDArray[np.bool_]) -> int:
+    """Return the available crop maximizing weight * distance / max distance.
+
+    Crops identical to a picked one (distance 0) wait until no distinct crop is left; ties
+    go to the larger distance, then the larger weight, then the lower index.
+    """
+    candidates = np.flatnonzero(available & (distance > 0))
+    if len(candidates) == 0:
+        candidates = np.flatnonzero(available)
+    d = distance[candidates]
+    w = weight[candidates]
+    value = w * d / d.max() if d.max() > 0 else np.zeros_like(d)
+    best = np.lexsort((candidates, -w, -d, -value))[0]
+    return int(candidates[best])
+
+
+def greedy_k_center(
+    features: npt.ArrayLike, weight: npt.ArrayLike, k: int, first: int
+) -> tuple[list[int], list[float]]:
+    """Return (picked indices, distance of each to the earlier picks) of a weighted k-center.
+
+    features: (N, D) float standardized descriptors; weight: (N,) float in [0, 1] (all ones
+    gives the plain farthest-point k-center). Starts at ``first``; then repeatedly picks the
+    crop maximizing weight * d / d_max, d being its distance to the nearest picked crop and
+    d_max the largest such distance among the crops left. A batch is thus not near-copies of
+    one hard region, and never holds two identical descriptors while distinct ones remain.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    available = np.ones(len(x), bool)
+    distance = np.full(len(x), np.inf)
+    picked: list[int] = []
+    gaps: list[float] = []
+    index = first
+    for _ in range(min(k, len(x))):
+        picked.append(index)
+        gaps.append(float(distance[index]))
+        available[index] = False
+        distance = np.minimum(distance, np.linalg.norm(x - x[index], axis=1))
+        if available.any():
+            index = _next_pick(distance, w, available)
+    return picked, gaps
+
+
+def _selections(
+    order: list[int], scores: CropScores, effective: FloatColumn | None, gaps: list[float] | None
+) -> list[Selection]:
+    """Return Selections for crops in ranked ``order`` with their explaining parts."""
+    result = []
+    for position, index in enumerate(order):
+        parts = scores.parts(index)
+        score = 0.0 if effective is None else float(effective[index])
+        if effective is not None:
+            parts["effective"] = score
+        if gaps is not None and np.isfinite(gaps[position]):
+            parts["distance"] = gaps[position]
+        result.append(Selection(index=index, rank=position + 1, score=score, parts=parts))
+    return result
+
+
+def _check_request(strategy: str, batch_size: int) -> None:
+    """Raise InputError for an unknown strategy or a batch size below 1."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown acquisition strategy {strategy!r}; choose one of {STRATEGIES}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+
+
+def select_batch(
+    scores: CropScores,
+    strategy: str,
+    batch_size: int,
+    *,
+    descriptors: npt.ArrayLike | None = None,
+    diversity: bool = False,
+    cost_aware: bool = False,
+    cost_alpha: float = 1.0,
+    seed: int = 0,
+) -> list[Selection]:
+    """Return the ``batch_size`` crops to annotate next, best first (fewer if N is smaller).
+
+    scores: the N crops' ``CropScores``; descriptors: (N, D) float, needed by "diverse" and by
+    ``diversity``. With ``diversity``, a scored strategy starts at its top crop and goes on by
+    ``greedy_k_center`` weighted by score / max score; without, it sorts by score (ties: lower
+    index first). ``seed`` drives "random" and the first crop of "diverse".
+    """
+    _check_request(strategy, batch_size)
+    count = min(batch_size, scores.count)
+    if count == 0:
+        return []
+    if strategy == "random":
+        return _selections(random_order(scores.count, seed)[:count].tolist(), scores, None, None)
+    if strategy == "diverse":
+        first = int(np.random.default_rng(seed).integers(scores.count))
+        features = _features(descriptors, scores.count, "strategy 'diverse'")
+        order, gaps = greedy_k_center(features, np.ones(scores.count), count, first)
+        return _selections(order, scores, None, gaps)
+    effective = effective_scores(scores, strategy, cost_aware=cost_aware, cost_alpha=cost_alpha)
+    if diversity:
+        return _diverse_by_score(scores, effective, count, descriptors)
+    by_score = np.argsort(-effective, kind="stable")[:count]
+    return _selections(by_score.tolist(), scores, effective, None)
+
+
+def _diverse_by_score(
+    scores: CropScores, effective: FloatColumn, count: int, descriptors: npt.ArrayLike | None
+) -> list[Selection]:
+    """Return ``count`` crops by score-weighted k-center, starting at the top-scored crop."""
+    features = _features(descriptors, scores.count, "diversity")
+    top = effective.max()
+    weight = effective / top if top > 0 else np.ones(scores.count)
+    first = int(np.argsort(-effective, kind="stable")[0])
+    order, gaps = greedy_k_center(features, weight, count, first)
+    return _selections(order, scores, effective, gaps)
+
+
+def _features(descriptors: npt.ArrayLike | None, count: int, needed_by: str) -> FloatColumn:
+    """Return standardized descriptors, or InputError naming what needed them."""
+    if descriptors is None:
+        raise InputError(f"{needed_by} needs crop descriptors (N, D); none were given")
+    return standardize(descriptors, count)
+
+
+def rank(
+    scores: CropScores,
+    strategy: str,
+    *,
+    descriptors: npt.ArrayLike | None = None,
+    diversity: bool = False,
+    cost_aware: bool = False,
+    cost_alpha: float = 1.0,
+    seed: int = 0,
+) -> list[Selection]:
+    """Return all N crops ranked as ``select_batch`` would pick them (for printing, history).
+
+    Same arguments as ``select_batch``; the first ``batch_size`` entries equal its batch.
+    """
+    return select_batch(
+        scores,
+        strategy,
+        max(scores.count, 1),
+        descriptors=descriptors,
+        diversity=diversity,
+        cost_aware=cost_aware,
+        cost_alpha=cost_alpha,
+        seed=seed,
+    )

@@ -1,0 +1,195 @@
+"""Ranking crops: random baseline, scored strategies, diversity and cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from activeseg.acquisition import (
+    CropScores,
+    Selection,
+    effective_scores,
+    greedy_k_center,
+    random_order,
+    rank,
+    select_batch,
+    standardize,
+)
+from activeseg.errors import InputError
+
+
+def _scores(n: int = 6) -> CropScores:
+    """Return N crops whose three columns rank them in three different orders."""
+    values = np.arange(n, dtype=float)
+    return CropScores(
+        count=n,
+        uncertainty=values,
+        bald=values[::-1].copy(),
+        instance=(values * 7) % n,
+        cost=np.ones(n),
+    )
+
+
+def _indices(selections: list[Selection]) -> list[int]:
+    return [s.index for s in selections]
+
+
+# --------------------------------------------------------------------------- random
+
+
+def test_random_is_a_seeded_permutation() -> None:
+    scores = CropScores(count=50)
+    first = _indices(rank(scores, "random", seed=1))
+    assert sorted(first) == list(range(50))
+    assert _indices(rank(scores, "random", seed=1)) == first
+    assert _indices(rank(scores, "random", seed=2)) != first
+    assert first == random_order(50, 1).tolist()
+
+
+def test_random_batch_is_the_head_of_the_ranking_and_ignores_scores() -> None:
+    batch = select_batch(_scores(20), "random", 5, seed=3)
+    assert _indices(batch) == random_order(20, 3)[:5].tolist()
+    assert [s.rank for s in batch] == [1, 2, 3, 4, 5]
+    plain = select_batch(CropScores(count=20), "random", 5, seed=3)
+    assert _indices(plain) == _indices(batch)
+
+
+# --------------------------------------------------------------------------- scored strategies
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "bald", "instance"])
+def test_scored_strategies_rank_by_their_own_column(strategy: str) -> None:
+    scores = _scores()
+    column = scores.column(strategy)
+    order = _indices(rank(scores, strategy))
+    assert sorted(order) == list(range(6))
+    assert list(column[order]) == sorted(column, reverse=True)
+
+
+def test_selection_explains_itself() -> None:
+    top = select_batch(_scores(), "bald", 1)[0]
+    assert top.index == 0 and top.rank == 1 and top.score == 5.0
+    assert top.parts == {
+        "uncertainty": 0.0,
+        "bald": 5.0,
+        "instance": 0.0,
+        "cost": 1.0,
+        "effective": 5.0,
+    }
+
+
+def test_batch_larger_than_the_pool_returns_every_crop_once() -> None:
+    assert sorted(_indices(select_batch(_scores(4), "uncertainty", 10))) == [0, 1, 2, 3]
+    assert select_batch(CropScores(count=0), "random", 3) == []
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def test_cost_aware_prefers_cheap_crops_at_equal_information() -> None:
+    scores = CropScores(count=4, uncertainty=np.ones(4), cost=np.array([8.0, 1.0, 4.0, 2.0]))
+    assert _indices(rank(scores, "uncertainty")) == [0, 1, 2, 3]  # ties: index order
+    assert _indices(rank(scores, "uncertainty", cost_aware=True)) == [1, 3, 2, 0]
+
+
+def test_cost_alpha_trades_information_against_effort() -> None:
+    scores = CropScores(count=2, uncertainty=np.array([4.0, 1.0]), cost=np.array([9.0, 1.0]))
+    full = effective_scores(scores, "uncertainty", cost_aware=True, cost_alpha=1.0)
+    half = effective_scores(scores, "uncertainty", cost_aware=True, cost_alpha=0.5)
+    assert np.allclose(full, [4 / 9, 1.0]) and np.allclose(half, [4 / 3, 1.0])
+    assert _indices(rank(scores, "uncertainty", cost_aware=True)) == [1, 0]
+    assert _indices(rank(scores, "uncertainty", cost_aware=True, cost_alpha=0.5)) == [0, 1]
+    assert _indices(rank(scores, "uncertainty", cost_aware=True, cost_alpha=0.0)) == [0, 1]
+
+
+def test_cost_aware_without_cost_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="cost"):
+        select_batch(CropScores(count=2, bald=np.ones(2)), "bald", 1, cost_aware=True)
+
+
+# --------------------------------------------------------------------------- diversity
+
+
+def test_diversity_spreads_a_batch_over_distinct_descriptors() -> None:
+    # Crops 0-2 are copies of one hard region and score highest; 3 and 4 are elsewhere.
+    descriptors = np.array([[0.0, 0.0]] * 3 + [[5.0, 0.0], [0.0, 5.0]])
+    scores = CropScores(count=5, uncertainty=np.array([1.0, 0.99, 0.98, 0.3, 0.2]))
+    assert _indices(select_batch(scores, "uncertainty", 3)) == [0, 1, 2]
+    batch = select_batch(scores, "uncertainty", 3, descriptors=descriptors, diversity=True)
+    assert _indices(batch) == [0, 3, 4]
+    assert "distance" not in batch[0].parts and batch[1].parts["distance"] > 0
+
+
+def test_diversity_never_repeats_a_descriptor_while_distinct_ones_remain() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        distinct = rng.normal(size=(rng.integers(2, 6), 3))
+        copies = rng.integers(0, len(distinct), size=12)
+        descriptors = distinct[copies]
+        scores = CropScores(count=12, uncertainty=rng.uniform(size=12))
+        batch = select_batch(
+            scores, "uncertainty", 6, descriptors=descriptors, diversity=True, seed=trial
+        )
+        picked = copies[_indices(batch)]
+        n_distinct = len(np.unique(copies))
+        assert len(np.unique(picked[:n_distinct])) == min(n_distinct, 6)
+
+
+def test_diversity_with_zero_scores_still_spreads() -> None:
+    descriptors = np.array([[0.0], [0.0], [1.0]])
+    scores = CropScores(count=3, bald=np.array([0.0, 0.0, 0.0]))
+    batch = select_batch(scores, "bald", 2, descriptors=descriptors, diversity=True)
+    assert _indices(batch) == [0, 2]
+
+
+def test_diverse_round_zero_covers_every_cluster() -> None:
+    rng = np.random.default_rng(1)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    cluster = np.repeat(np.arange(3), 5)
+    descriptors = centers[cluster] + rng.normal(scale=0.1, size=(15, 2))
+    for seed in range(5):
+        batch = select_batch(CropScores(count=15), "diverse", 3, descriptors=descriptors, seed=seed)
+        assert sorted(cluster[_indices(batch)]) == [0, 1, 2]
+        assert all(s.score == 0.0 for s in batch)
+
+
+def test_greedy_k_center_prefers_high_weight_among_far_crops() -> None:
+    features = np.array([[0.0], [10.0], [-9.0]])
+    order, gaps = greedy_k_center(features, np.array([1.0, 0.2, 1.0]), 3, first=0)
+    assert order == [0, 2, 1]  # 0.9 * 1.0 beats 1.0 * 0.2
+    assert gaps[0] == np.inf and gaps[1] == pytest.approx(9.0)
+
+
+def test_standardize_puts_dimensions_on_one_scale() -> None:
+    rows = np.array([[1.0, 100.0, 3.0], [3.0, 300.0, 3.0]])
+    assert np.allclose(standardize(rows, 2), [[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0]])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_requests_that_cannot_run_are_input_errors() -> None:
+    scores = CropScores(count=3, uncertainty=np.ones(3))
+    with pytest.raises(InputError, match="unknown acquisition strategy"):
+        select_batch(scores, "greedy", 1)
+    with pytest.raises(InputError, match="batch size"):
+        select_batch(scores, "uncertainty", 0)
+    with pytest.raises(InputError, match="no 'bald' column"):
+        select_batch(scores, "bald", 1)
+    with pytest.raises(InputError, match="descriptors"):
+        select_batch(scores, "uncertainty", 1, diversity=True)
+    with pytest.raises(InputError, match="descriptors"):
+        select_batch(scores, "diverse", 1)
+    with pytest.raises(InputError, match="N = 3"):
+        select_batch(scores, "uncertainty", 1, descriptors=np.zeros((2, 4)), diversity=True)
+
+
+def test_bad_score_columns_are_input_errors() -> None:
+    with pytest.raises(InputError, match="shape"):
+        CropScores(count=3, uncertainty=np.ones(2))
+    with pytest.raises(InputError, match="non-negative"):
+        CropScores(count=2, bald=np.array([1.0, -1.0]))
+    with pytest.raises(InputError, match="finite"):
+        CropScores(count=2, bald=np.array([1.0, np.nan]))
+    with pytest.raises(InputError, match="cost"):
+        CropScores(count=2, cost=np.array([1.0, 0.0]))
