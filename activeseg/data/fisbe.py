@@ -1,0 +1,202 @@
+"""The FISBe on-disk layout: a zarr v2 group holding a multi-colour volume and its neurons.
+
+``volumes/raw`` is (C, Z, Y, X); ``volumes/gt_instances`` is (N, Z, Y, X) with one channel per
+neuron, channel k holding value k+1 where neuron k is. Channels may overlap: a voxel can belong
+to several neurons. In memory the neurons are :class:`Instances` with ids 1..N (channel k is id
+k+1, whatever ids were written).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+import zarr.errors
+
+from activeseg.data.instances import Instances
+from activeseg.errors import VolumeFormatError
+
+logger = logging.getLogger(__name__)
+
+RAW = "volumes/raw"
+GT_INSTANCES = "volumes/gt_instances"
+VOXEL_SIZE_ATTR = "voxel_size"
+# FISBe volumes are 0.44 um isotropic; files of the benchmark carry no voxel size attribute.
+FISBE_VOXEL_SIZE = (0.44, 0.44, 0.44)
+CHUNK_ZYX = (32, 128, 128)
+
+VoxelSize = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class FisbeVolume:
+    """A volume read from the FISBe layout.
+
+    raw: (C, Z, Y, X) array in its stored dtype (a stored (Z, Y, X) raw becomes C = 1).
+    instances: the neurons, ids 1..N for channels 0..N-1 of ``gt_instances``.
+    voxel_size: (z, y, x) in micrometres.
+    """
+
+    raw: npt.NDArray[Any]
+    instances: Instances
+    voxel_size: VoxelSize
+
+
+def write_fisbe(
+    path: Path,
+    raw: npt.NDArray[Any],
+    instances: Instances,
+    voxel_size: VoxelSize = (1.0, 1.0, 1.0),
+) -> None:
+    """Return nothing; write ``raw`` and ``instances`` to a new FISBe zarr v2 group at ``path``.
+
+    raw: (C, Z, Y, X) or (Z, Y, X) array of any numeric dtype, stored as is.
+    instances: neurons on the same (Z, Y, X) grid; the k-th smallest id becomes channel k with
+        value k+1 (uint8, or uint16 beyond 255 neurons). An existing group at ``path`` is replaced.
+    """
+    channels = _as_channels(np.asarray(raw), Path(path), RAW)
+    if len(voxel_size) != 3 or min(voxel_size) <= 0:
+        raise VolumeFormatError(f"{path}: voxel size must be 3 positive numbers, got {voxel_size}")
+    if channels.shape[1:] != instances.shape:
+        raise VolumeFormatError(
+            f"{path}: raw spatial shape {channels.shape[1:]} does not match "
+            f"the instances' shape {instances.shape}"
+        )
+    attributes = {VOXEL_SIZE_ATTR: [float(size) for size in voxel_size]}
+    group = zarr.open_group(Path(path), mode="w", zarr_format=2)
+    stored_raw = group.create_array(
+        RAW,
+        shape=channels.shape,
+        dtype=channels.dtype,
+        chunks=_chunks(channels.shape),
+        attributes={**attributes, "axes": ["c", "z", "y", "x"]},
+    )
+    stored_raw[:] = channels
+    _write_instance_channels(group, instances, attributes)
+    logger.info("wrote %s: raw %s, %d neurons", path, channels.shape, len(instances.ids()))
+
+
+def _write_instance_channels(
+    group: zarr.Group, instances: Instances, attributes: dict[str, Any]
+) -> None:
+    """Return nothing; write one (Z, Y, X) channel per instance to ``volumes/gt_instances``."""
+    ids = instances.ids()
+    dtype = np.uint8 if len(ids) <= np.iinfo(np.uint8).max else np.uint16
+    shape = (len(ids), *instances.shape)
+    stored = group.create_array(
+        GT_INSTANCES,
+        shape=shape,
+        dtype=dtype,
+        chunks=_chunks(shape),
+        attributes={**attributes, "axes": ["n", "z", "y", "x"]},
+    )
+    for channel, instance_id in enumerate(ids):
+        mask = instances.mask(int(instance_id))
+        stored[channel] = np.where(mask, channel + 1, 0).astype(dtype)
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Return chunks of one channel by at most CHUNK_ZYX voxels for a (C, Z, Y, X) shape."""
+    return (1, *(min(size, chunk) for size, chunk in zip(shape[1:], CHUNK_ZYX, strict=True)))
+
+
+def read_fisbe(path: Path) -> FisbeVolume:
+    """Return the raw volume, neurons and voxel size stored in the FISBe group at ``path``.
+
+    Raises VolumeFormatError (naming the file and dataset) when the path is not a zarr v2 group,
+    a dataset is missing or has the wrong dimensionality, the labels are floating point, or raw
+    and labels disagree on the spatial shape.
+    """
+    path = Path(path)
+    group = _open_group(path)
+    raw = _as_channels(np.asarray(_array(group, RAW, path)[...]), path, RAW)
+    labels = _array(group, GT_INSTANCES, path)
+    _check_labels(labels, raw.shape[1:], path)
+    instances = _read_instances(labels)
+    logger.debug("read %s: raw %s, %d neurons", path, raw.shape, labels.shape[0])
+    return FisbeVolume(raw, instances, _voxel_size(group, path))
+
+
+def _open_group(path: Path) -> zarr.Group:
+    """Return the zarr v2 group at ``path``, opened read-only."""
+    try:
+        return zarr.open_group(path, mode="r", zarr_format=2)
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.BaseZarrError) as error:
+        raise VolumeFormatError(f"{path}: not a readable zarr v2 group ({error})") from error
+
+
+def _array(group: zarr.Group, name: str, path: Path) -> zarr.Array:
+    """Return the array ``name`` of the group, or raise VolumeFormatError if it is missing."""
+    try:
+        node = group[name]
+    except KeyError as error:
+        raise VolumeFormatError(f"{path}: dataset '{name}' is missing") from error
+    if not isinstance(node, zarr.Array):
+        raise VolumeFormatError(f"{path}: '{name}' is a group, expected an array")
+    return node
+
+
+def _as_channels(raw: npt.NDArray[Any], path: Path, name: str) -> npt.NDArray[Any]:
+    """Return raw as a (C, Z, Y, X) array; a (Z, Y, X) array becomes one channel."""
+    if raw.ndim == 3:
+        return raw[np.newaxis]
+    if raw.ndim != 4:
+        raise VolumeFormatError(
+            f"{path}: dataset '{name}' must be (C, Z, Y, X) or (Z, Y, X), got shape {raw.shape}"
+        )
+    return raw
+
+
+def _check_labels(labels: zarr.Array, spatial_shape: tuple[int, ...], path: Path) -> None:
+    """Return nothing; raise VolumeFormatError unless labels are integer (N, Z, Y, X) on the
+    raw's (Z, Y, X) grid."""
+    if len(labels.shape) != 4:
+        raise VolumeFormatError(
+            f"{path}: dataset '{GT_INSTANCES}' must be (N, Z, Y, X), got shape {labels.shape}"
+        )
+    if np.dtype(labels.dtype).kind not in "uib":
+        raise VolumeFormatError(
+            f"{path}: dataset '{GT_INSTANCES}' must hold integer labels, got {labels.dtype}"
+        )
+    if tuple(labels.shape[1:]) != tuple(spatial_shape):
+        raise VolumeFormatError(
+            f"{path}: dataset '{GT_INSTANCES}' spatial shape {labels.shape[1:]} does not match "
+            f"'{RAW}' spatial shape {spatial_shape}"
+        )
+
+
+def _read_instances(labels: zarr.Array) -> Instances:
+    """Return instances from an (N, Z, Y, X) FISBe label array, one channel at a time.
+
+    Channel k is instance k+1 wherever it is nonzero. Reading channel by channel keeps memory
+    at one label image even for many neurons.
+    """
+    image = np.zeros(labels.shape[1:], np.uint32)
+    overlaps = []
+    for channel in range(labels.shape[0]):
+        mask = np.asarray(labels[channel]) != 0
+        shared = mask & (image > 0)
+        coords = np.argwhere(shared)
+        overlaps.append(np.column_stack([coords, np.full(len(coords), channel + 1)]))
+        image[mask & ~shared] = channel + 1
+    rows = np.concatenate(overlaps) if overlaps else np.zeros((0, 4))
+    return Instances(image, rows.astype(np.int64).reshape(-1, 4))
+
+
+def _voxel_size(group: zarr.Group, path: Path) -> VoxelSize:
+    """Return the (z, y, x) voxel size stored with the raw, or FISBe's 0.44 um if absent."""
+    stored = group[RAW].attrs.get(VOXEL_SIZE_ATTR)
+    if stored is None:
+        logger.info("%s: no voxel size stored, using FISBe's %s um", path, FISBE_VOXEL_SIZE)
+        return FISBE_VOXEL_SIZE
+    if not isinstance(stored, list) or len(stored) != 3:
+        raise VolumeFormatError(
+            f"{path}: attribute '{VOXEL_SIZE_ATTR}' of '{RAW}' must be 3 numbers, got {stored!r}"
+        )
+    z, y, x = (float(size) for size in stored)
+    return (z, y, x)
