@@ -73,9 +73,7 @@ def _annotate_slice(
     return out
 
 
-def correction_effort(
-    predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]
-) -> int:
+def correction_effort(predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]) -> int:
     """Return the voxels an annotator must repaint to turn a pre-annotation into the truth.
 
     Both (…, Y, X) label arrays of the shown slices. Each predicted id is matched to the true
@@ -84,9 +82,7 @@ def correction_effort(
     mapping = np.zeros(int(predicted.max()) + 1, np.int64)
     fg = predicted > 0
     if fg.any():
-        pairs, counts = np.unique(
-            np.stack([predicted[fg], truth[fg]]), axis=1, return_counts=True
-        )
+        pairs, counts = np.unique(np.stack([predicted[fg], truth[fg]]), axis=1, return_counts=True)
         for (p, t), _ in sorted(zip(pairs.T.tolist(), counts, strict=True), key=lambda x: x[1]):
             mapping[p] = t
     return int((mapping[predicted] != truth).sum())
@@ -100,7 +96,8 @@ def answer_open_tasks(
     """Answer every queued task of the pool from ground truth; return how many were answered."""
     with project.session() as session:
         open_tasks = [
-            t for t in pool_tasks.list_tasks(session, active=True)
+            t
+            for t in pool_tasks.list_tasks(session, active=True)
             if pool_tasks.current_annotation(session, t.id) is None
         ]
         crops = {t.id: pool_volumes.get_crop(session, t.crop_id) for t in open_tasks}
@@ -121,8 +118,14 @@ def answer_open_tasks(
         write_crop_labels(path, labels)
         with project.session() as session:
             pool_tasks.record_annotation(
-                session, task.id, ls_annotation_id=None, annotator=ANNOTATOR, lead_time=None,
-                updated_at=now, label_path=project.relative(path), was_cancelled=False,
+                session,
+                task.id,
+                ls_annotation_id=None,
+                annotator=ANNOTATOR,
+                lead_time=None,
+                updated_at=now,
+                label_path=project.relative(path),
+                was_cancelled=False,
                 round_number=round_number,
             )
     log.info("simulated annotator answered %d tasks", len(open_tasks))

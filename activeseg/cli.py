@@ -228,3 +228,339 @@ def _print_status(status: dict[str, Any]) -> None:
         crops.add_row(split, *(str(counts[s]) for s in status["crop_statuses"]))
     console.print(crops)
     console.print(f"rounds: {status['rounds']}")
+
+
+def _stage_printer(as_json: bool) -> Callable[[str, str, dict[str, Any]], None]:
+    def show(stage: str, state: str, outputs: dict[str, Any]) -> None:
+        if as_json:
+            return
+        if state == "running":
+            console.print(f"  [cyan]▶[/] {stage} …")
+        elif state == "done":
+            console.print(f"  [green]✓[/] {stage} {_brief(outputs)}", highlight=False)
+        else:
+            console.print(f"  [dim]↷ {stage} (done before)[/]")
+
+    return show
+
+
+def _brief(outputs: dict[str, Any]) -> str:
+    keep = {k: v for k, v in outputs.items() if not isinstance(v, (list, dict))}
+    shown = ", ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()
+    )
+    return f"[dim]{shown}[/]" if shown else ""
+
+
+@command("train")
+def train_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """Train the model on the labeled crops of the pool (warm start from the newest model).
+
+    Example: [bold]activeseg train --json[/]
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from activeseg.fitting import train_project
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=errors, disable=as_json) as bar:
+        task = bar.add_task("train", total=project.config.train.steps, loss="")
+        checkpoint = train_project(
+            project,
+            progress=lambda step, total, loss: bar.update(
+                task, completed=step, loss=f"loss {loss:.3f}"
+            ),
+        )
+    result = {
+        "checkpoint": str(project.resolve(checkpoint.path)),
+        "steps": checkpoint.steps,
+        "labeled_crops": checkpoint.labeled_crops,
+        "kind": checkpoint.kind,
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(
+            f"trained {result['steps']} steps on {result['labeled_crops']} crops → "
+            f"{result['checkpoint']}"
+        )
+
+
+@command("predict")
+def predict_cmd(
+    volume: Annotated[str, typer.Argument(help="A registered volume's name or a zarr path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output zarr group.")],
+    samples: Annotated[
+        str,
+        typer.Option(
+            help="Keep per-sample outputs ('samples'), or mean/variance "
+            "('moments'), or decide by size ('auto')."
+        ),
+    ] = "auto",
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict a volume with the newest model: foreground, embeddings and consensus instances.
+
+    Example: [bold]activeseg predict val0 --out val0-pred.zarr[/]
+    """
+    from activeseg.inference import predict_volume
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    with console.status(f"predicting {volume}"):
+        result = predict_volume(project, volume, out, layout=samples)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(
+            f"wrote {result['out']} ({result['layout']}, {result['instances']} instances)"
+        )
+
+
+@command("round")
+def round_cmd(
+    until: Annotated[
+        str | None,
+        typer.Option(help="Stop after this stage (ingest, train, evaluate, score, select, push)."),
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="random, diverse, uncertainty, bald or instance.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Crops to push.")] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one round of the loop: ingest → train → evaluate → score → select → push.
+
+    An interrupted round resumes at its first unfinished stage.
+
+    Example: [bold]activeseg round --strategy instance --batch-size 8[/]
+    """
+    from activeseg.history import round_detail
+    from activeseg.loop import run_round
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    if not as_json:
+        console.print("[bold]round[/]")
+    info = run_round(
+        project,
+        until=until,
+        strategy=strategy,
+        batch_size=batch_size,
+        events=_stage_printer(as_json),
+    )
+    detail = round_detail(project, info.number)
+    detail.pop("config")
+    if as_json:
+        emit_json(detail)
+    else:
+        console.print(f"round {info.number} {'finished' if info.finished_at else 'paused'}")
+
+
+@command("history")
+def history_cmd(
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write learning curves to this PNG.")
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the rounds: labels, strategy, training time, validation metrics, stage timings.
+
+    Example: [bold]activeseg history --plot curves.png[/]
+    """
+    from activeseg.history import plot_history, round_history
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    history = round_history(project)
+    if plot is not None:
+        plot_history({project.root.name: history}, plot)
+    if as_json:
+        emit_json(history)
+        return
+    print_history(history)
+    if plot is not None:
+        console.print(f"learning curves: {plot}")
+
+
+def print_history(history: list[dict[str, Any]]) -> None:
+    """Print the rounds as a table."""
+    table = Table(
+        "round",
+        "strategy",
+        "labeled",
+        "added",
+        "train s",
+        "AP50",
+        "avF1",
+        "C",
+        "S",
+        "MI AUROC",
+        title="rounds",
+    )
+
+    def fmt(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    for row in history:
+        m = row["metrics"]
+        table.add_row(
+            str(row["round"]),
+            row["strategy"],
+            str(row["labeled_crops"]),
+            str(row["crops_added"]),
+            fmt(row["training_seconds"]),
+            *(fmt(m.get(k)) for k in ("AP50", "avF1", "C", "S", "voxel_error_auroc")),
+        )
+    console.print(table)
+
+
+@command("show")
+def show_cmd(
+    number: Annotated[int, typer.Argument(help="Round number.")],
+    top: Annotated[int, typer.Option(min=1, help="How many ranked crops to show.")] = 10,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what a round picked and why, its model checkpoint and its config snapshot.
+
+    Example: [bold]activeseg show 2[/]
+    """
+    from activeseg.history import round_detail
+    from activeseg.project import open_project
+
+    detail = round_detail(open_project(project_dir), number, top)
+    if as_json:
+        emit_json(detail)
+        return
+    console.print(
+        f"round {detail['round']}: strategy {detail['strategy']}, "
+        f"batch {detail['batch_size']}, model {detail['checkpoint']}"
+    )
+    table = Table("rank", "crop", "volume", "origin", "score", "parts", "flagged", "slices")
+    for pick in detail["top"]:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in pick["parts"].items() if isinstance(v, float))
+        flagged = ", ".join(f"#{f['id']} {'/'.join(f['flags'])}" for f in pick["flagged"])
+        table.add_row(
+            str(pick["rank"]),
+            str(pick["crop_id"]),
+            pick["volume"],
+            str(pick["origin"]),
+            f"{pick['score']:.3f}",
+            parts,
+            flagged,
+            str(pick["slices"] or ""),
+            style="bold" if pick["selected"] else None,
+        )
+    console.print(table)
+    console.print("[dim]config snapshot:[/]")
+    console.print(detail["config"], highlight=False)
+
+
+@command("simulate")
+def simulate_cmd(
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 3,
+    strategy: Annotated[
+        list[str] | None, typer.Option(help="Strategy; repeat to compare several.")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per strategy.")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="Learning curves PNG.")] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run rounds with the simulated annotator (answers from hidden ground truth).
+
+    Several strategies or seeds each run in a copy of the starting project under
+    simulations/, so they start from identical conditions.
+
+    Example: [bold]activeseg simulate --rounds 4 --strategy random --strategy instance --seeds 3[/]
+    """
+    from activeseg.history import plot_history
+    from activeseg.project import open_project
+    from activeseg.simulation import simulate
+
+    project = open_project(project_dir)
+    results = simulate(
+        project,
+        rounds,
+        strategy or [project.config.acquisition.strategy],
+        seeds,
+        events=_stage_printer(as_json),
+        round_done=None if as_json else lambda name, n: console.print(f"{name}: round {n} done"),
+    )
+    if plot is not None:
+        plot_history(results, plot)
+    if as_json:
+        emit_json(results)
+        return
+    for name, history in results.items():
+        console.print(f"[bold]{name}[/]")
+        print_history(history)
+
+
+@command("demo")
+def demo_cmd(
+    directory: Annotated[Path, typer.Argument(help="Where to put the demo project.")] = Path(
+        "demo"
+    ),
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 3,
+) -> None:
+    """Run the whole loop on synthetic MCFO-like data with a simulated annotator.
+
+    Example: [bold]activeseg demo demo --rounds 3[/]
+    """
+    from activeseg.simulation import run_demo
+
+    console.print(f"[bold]activeseg demo[/] in {directory.resolve()}")
+    result = run_demo(
+        directory,
+        rounds,
+        events=_stage_printer(False),
+        round_done=lambda _, n: console.print(f"[bold]round {n} done[/]"),
+    )
+    print_history(result.history)
+    console.print(f"""
+project:          {result.project}
+learning curves:  {result.plot}
+inspect:          activeseg status -p {directory}; activeseg show 1 -p {directory}
+view in napari:   napari {result.project}/volumes/pool0.zarr (OME-Zarr; labels under labels/)
+""")
+
+
+labelstudio_app = typer.Typer(help="Run the Label Studio server.", no_args_is_help=True)
+app.add_typer(labelstudio_app, name="labelstudio")
+
+
+@labelstudio_app.command("serve")
+def labelstudio_serve_cmd(
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Server data directory (database, uploads).")
+    ] = None,
+) -> None:
+    """Start Label Studio on 127.0.0.1 with a pre-created user and API token; block until stopped.
+
+    The token is LABEL_STUDIO_API_KEY (user: LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD).
+    SIGTERM or Ctrl-C stops the server cleanly.
+
+    Example: [bold]activeseg labelstudio serve --port 8080 --data-dir ls-data[/]
+    """
+    from activeseg.labelstudio.server import serve_forever
+
+    try:
+        serve_forever(port, data_dir)
+    except ActivesegError as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None

@@ -134,6 +134,20 @@ class LabelStudioConfig(Section):
 
     slices: int = Field(4, ge=1, description="z-slices shown per crop")
     project_title: str = Field("activeseg", min_length=3)
+    # One brush label value per instance id (n1..nK): ids above K cannot be pre-annotated.
+    max_instances: int = Field(32, ge=1, le=1000, description="brush labels n1..nK offered")
+    overlay_vmax: float | None = Field(
+        None, gt=0, description="uncertainty at full overlay colour; None = per crop maximum"
+    )
+
+
+class LoopConfig(Section):
+    """Who answers the tasks a round pushes."""
+
+    # "labelstudio": real annotators in Label Studio; "simulated": answered from hidden truth.
+    annotator: Literal["labelstudio", "simulated"] = "labelstudio"
+    # Round 0 has no model: a model-free strategy picks the first batch.
+    first_strategy: Literal["random", "diverse"] = "diverse"
 
 
 class Config(Section):
@@ -147,6 +161,7 @@ class Config(Section):
     cluster: ClusterConfig = ClusterConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
     labelstudio: LabelStudioConfig = LabelStudioConfig()
+    loop: LoopConfig = LoopConfig()
 
     @model_validator(mode="after")
     def _sizes_fit_the_unet(self) -> Config:

@@ -40,9 +40,9 @@ def test_crop_size_must_fit_the_unet_pooling(tmp_path: Path) -> None:
 
 
 def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="broken.yaml.*not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml.*not valid YAML"):
         load_config(broken)

@@ -18,7 +18,7 @@ def test_tiles_cover_the_volume_and_align_the_last_tile_to_the_end() -> None:
 
 
 def test_an_axis_shorter_than_the_crop_is_spanned_whole() -> None:
-    assert list(tile_boxes((5, 40, 40), (8, 32, 32), (8, 32, 32)))[0] == ((0, 0, 0), (5, 32, 32))
+    assert next(iter(tile_boxes((5, 40, 40), (8, 32, 32), (8, 32, 32)))) == ((0, 0, 0), (5, 32, 32))
 
 
 def test_bright_fraction_separates_neurons_from_noise() -> None:

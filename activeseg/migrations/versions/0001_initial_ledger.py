@@ -221,7 +221,9 @@ def downgrade() -> None:
     op.drop_table("annotation")
     with op.batch_alter_table("task", schema=None) as batch_op:
         batch_op.drop_index(
-            "uq_task_active_crop", sqlite_where=sa.text("active = 1"), postgresql_where=sa.text("active")
+            "uq_task_active_crop",
+            sqlite_where=sa.text("active = 1"),
+            postgresql_where=sa.text("active"),
         )
         batch_op.drop_index(batch_op.f("ix_task_crop_id"))
 

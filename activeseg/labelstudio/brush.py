@@ -1,0 +1,151 @@
+"""Instance label slices ⇄ Label Studio brush results (RLE, one region per instance per slice).
+
+A result is one brush region on one shown slice (``item_index``, the slice's position in the
+task's image list) with one label value ``n<id>``, so a neuron keeps its id across slices. The
+RLE is Label Studio's own (``label_studio_sdk.converter.brush``): a flat RGBA image whose alpha
+is the mask. Strokes drawn in the web page are anti-aliased (alpha 0-255), hence a threshold on
+the way back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+from activeseg.errors import AnnotationError
+from activeseg.labelstudio.labeling import BRUSH_NAME, IMAGE_NAME, instance_id, instance_label
+
+log = logging.getLogger(__name__)
+
+BRUSH_TYPE = "brushlabels"
+
+
+def brush_result(
+    mask: npt.NDArray[np.bool_], label: str, item_index: int, from_name: str, to_name: str
+) -> dict[str, Any]:
+    """Return one brush result dict for an (H, W) bool mask on shown slice ``item_index``."""
+    height, width = mask.shape
+    return {
+        "id": f"s{item_index}-{label}",
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": BRUSH_TYPE,
+        "item_index": item_index,
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "format": "rle",
+            "rle": mask2rle(mask.astype(np.uint8) * np.uint8(255)),
+            "brushlabels": [label],
+        },
+    }
+
+
+def instances_to_results(
+    labels_slices: npt.ArrayLike, from_name: str = BRUSH_NAME, to_name: str = IMAGE_NAME
+) -> list[dict[str, Any]]:
+    """Return brush results, one per (slice, instance), for (N, H, W) integer instance ids.
+
+    ``labels_slices``: the instance labels of the N shown slices (uint32, 0 = background), in
+    the order of the task's image list; slice i becomes ``item_index`` i.
+    """
+    labels = np.asarray(labels_slices)
+    if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be (N, H, W) integers, got {labels.dtype} {labels.shape}")
+    results = []
+    for index, plane in enumerate(labels):
+        for value in np.unique(plane):
+            if value > 0:
+                label = instance_label(int(value))
+                results.append(brush_result(plane == value, label, index, from_name, to_name))
+    return results
+
+
+def decode_mask(
+    value: Mapping[str, Any], height: int, width: int, threshold: int, where: str
+) -> npt.NDArray[np.bool_]:
+    """Return the (H, W) bool mask of a brush value (alpha >= ``threshold``)."""
+    if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
+        raise AnnotationError(f"{where}: brush region has no RLE (format {value.get('format')!r})")
+    try:
+        flat = decode_rle(value["rle"])
+    except (IndexError, ValueError, TypeError, OverflowError) as exc:
+        raise AnnotationError(f"{where}: brush RLE cannot be decoded ({exc!r})") from exc
+    if flat.size != height * width * 4:
+        raise AnnotationError(
+            f"{where}: brush RLE holds {flat.size // 4} pixels, the slice has "
+            f"{height}x{width} = {height * width}"
+        )
+    return np.asarray(flat.reshape(height, width, 4)[:, :, 3] >= threshold)
+
+
+def region_label(value: Mapping[str, Any], where: str) -> str:
+    """Return the single brush label value of a region; AnnotationError if none or several."""
+    labels = value.get("brushlabels")
+    if not isinstance(labels, list) or len(labels) != 1:
+        raise AnnotationError(f"{where}: a brush region needs exactly one label, got {labels!r}")
+    return str(labels[0])
+
+
+def region_slice(result: Mapping[str, Any], n_slices: int, where: str) -> int:
+    """Return a result's ``item_index``; AnnotationError if absent or not a pushed slice."""
+    index = result.get("item_index")
+    if not isinstance(index, int) or not 0 <= index < n_slices:
+        raise AnnotationError(
+            f"{where}: region on slice item_index={index!r}, but only {n_slices} slices "
+            f"(0..{n_slices - 1}) were pushed"
+        )
+    return index
+
+
+def check_size(result: Mapping[str, Any], height: int, width: int, where: str) -> None:
+    """Raise AnnotationError if a result states an image size other than (height, width)."""
+    stated = (result.get("original_height", height), result.get("original_width", width))
+    if stated != (height, width):
+        raise AnnotationError(
+            f"{where}: region drawn on a {stated[0]}x{stated[1]} image, "
+            f"the pushed slices are {height}x{width}"
+        )
+
+
+def results_to_labels(
+    results: Sequence[Mapping[str, Any]],
+    n_slices: int,
+    height: int,
+    width: int,
+    threshold: int = 128,
+    *,
+    from_name: str = BRUSH_NAME,
+    task: int | str | None = None,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.bool_]]:
+    """Return (labels (N, H, W) uint32, has_regions (N,) bool) decoded from brush results.
+
+    Each region of ``from_name`` becomes instance k on its slice (label value ``n<k>``); other
+    results (the status choice) are ignored. Where regions overlap, the later one wins.
+    ``has_regions`` marks the slices that carry at least one region; a submitted annotation
+    vouches for every shown slice (an empty slice is background), which the caller decides.
+    ``task`` only names the task in errors. Raises AnnotationError on an unknown label value,
+    a region on a slice that was not pushed, undecodable RLE or a wrong image size.
+    """
+    labels = np.zeros((n_slices, height, width), dtype=np.uint32)
+    has_regions = np.zeros(n_slices, dtype=bool)
+    for number, result in enumerate(results):
+        if result.get("from_name") != from_name:
+            continue
+        where = f"task {task}, result {result.get('id', number)!r}"
+        if result.get("type") != BRUSH_TYPE:
+            raise AnnotationError(f"{where}: expected a brush region, got {result.get('type')!r}")
+        value = result.get("value") or {}
+        ident = instance_id(region_label(value, where), where)
+        index = region_slice(result, n_slices, where)
+        check_size(result, height, width, where)
+        mask = decode_mask(value, height, width, threshold, where)
+        labels[index][mask] = ident
+        has_regions[index] = True
+    return labels, has_regions

@@ -1,0 +1,202 @@
+"""Training losses: the discriminative embedding loss and a masked foreground loss.
+
+Labels are sparse: only voxels where ``mask`` is True were annotated, and every term here is
+computed on those voxels alone. Voxels shared by two neurons (``overlap``) have no single
+instance, so they are left out of the embedding terms (they still count as foreground).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from activeseg.config import LossConfig
+from activeseg.models.heads import HeadOutput
+
+# Logit samples per voxel for the aleatoric loss (Kendall & Gal 2017 use tens; 8 suffices here).
+ALEATORIC_SAMPLES = 8
+# Class balancing never weighs a foreground voxel more than this many background voxels.
+MAX_POS_WEIGHT = 100.0
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The loss of one batch and its parts, all scalar tensors (total carries the gradient)."""
+
+    total: torch.Tensor
+    pull: torch.Tensor
+    push: torch.Tensor
+    reg: torch.Tensor
+    foreground: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """Return every term as a plain float, keyed by name."""
+        names = ("total", "pull", "push", "reg", "foreground")
+        return {name: float(getattr(self, name).detach()) for name in names}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Annotations of a batch, each (B, Z, Y, X).
+
+    labels: int64 instance ids, 0 = background. mask: bool, annotated voxels.
+    overlap: bool, voxels that belong to two or more instances.
+    """
+
+    labels: torch.Tensor
+    mask: torch.Tensor
+    overlap: torch.Tensor
+
+
+def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) -> LossTerms:
+    """Return the weighted sum of discriminative and foreground losses for one batch."""
+    pull, push, reg = discriminative_loss(
+        output.embedding,
+        target,
+        config.delta_v,
+        config.delta_d,
+        embed_background=config.embed_background,
+    )
+    fg = foreground_loss(
+        output.logit[:, 0],
+        target,
+        output.log_var[:, 0] if output.log_var is not None else None,
+        pos_weight=config.foreground_pos_weight,
+        dice=config.foreground_dice,
+    )
+    total = (
+        config.w_pull * pull + config.w_push * push + config.w_reg * reg + config.w_foreground * fg
+    )
+    return LossTerms(total, pull, push, reg, fg)
+
+
+def discriminative_loss(
+    embedding: torch.Tensor,
+    target: Target,
+    delta_v: float,
+    delta_d: float,
+    *,
+    embed_background: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (pull, push, reg) of De Brabandere et al. 2017, averaged over the batch.
+
+    embedding: (B, E, Z, Y, X) float. Pull: squared hinge (distance to the instance mean beyond
+    delta_v), averaged per instance, then over instances. Push: squared hinge (2 delta_d minus
+    the distance between two instance means), averaged over pairs. Reg: mean norm of the means.
+    With embed_background, annotated background voxels form one more cluster, so voxels the
+    foreground head gets wrong are still embedded away from every neuron.
+    """
+    terms = []
+    for b in range(embedding.shape[0]):
+        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background)
+        if ids.numel():
+            terms.append(_instance_terms(emb, ids, delta_v, delta_d))
+    if not terms:
+        zero = embedding.sum() * 0.0  # keeps the graph, so backward() works on empty batches
+        return zero, zero, zero
+    pull, push, reg = (torch.stack(parts).mean() for parts in zip(*terms, strict=True))
+    return pull, push, reg
+
+
+def _annotated_voxels(
+    embedding: torch.Tensor, target: Target, b: int, embed_background: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ((N, E) embeddings, (N,) labels) of the voxels the embedding loss sees."""
+    labels = target.labels[b]
+    annotated = target.mask[b] & ~target.overlap[b]
+    neurons = annotated & (labels > 0)
+    # Background alone is no clustering problem: it joins only when a neuron is there.
+    keep = annotated if embed_background and bool(neurons.any()) else neurons
+    index = keep.flatten().nonzero()[:, 0]
+    flat = embedding.flatten(1)
+    return flat[:, index].T, labels.flatten()[index]
+
+
+def _instance_terms(
+    emb: torch.Tensor, labels: torch.Tensor, delta_v: float, delta_d: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,)."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    n = counts.numel()
+    means = emb.new_zeros(n, emb.shape[1]).index_add_(0, inverse, emb) / counts[:, None]
+    spread = _norm(emb - means[inverse])
+    per_voxel = F.relu(spread - delta_v) ** 2
+    pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / counts).mean()
+    if n > 1:
+        first, second = torch.triu_indices(n, n, offset=1, device=emb.device)
+        gaps = _norm(means[first] - means[second])
+        push = (F.relu(2 * delta_d - gaps) ** 2).mean()
+    else:
+        push = emb.sum() * 0.0
+    reg = _norm(means).mean()
+    return pull, push, reg
+
+
+def _norm(vectors: torch.Tensor) -> torch.Tensor:
+    """Return the L2 norms of (N, E) vectors, with a finite gradient at zero."""
+    return torch.sqrt((vectors**2).sum(dim=1) + _EPS)
+
+
+def foreground_loss(
+    logit: torch.Tensor,
+    target: Target,
+    log_var: torch.Tensor | None = None,
+    *,
+    pos_weight: float | None = None,
+    dice: bool = True,
+) -> torch.Tensor:
+    """Return the class-balanced BCE (+ soft Dice) of logit (B, Z, Y, X) on annotated voxels.
+
+    pos_weight None balances the classes from the batch (background/foreground counts, capped
+    at MAX_POS_WEIGHT); the BCE is normalized by the total weight. With log_var (B, Z, Y, X)
+    the BCE is the aleatoric loss of Kendall & Gal 2017 on sampled logits.
+    """
+    mask = target.mask
+    if not bool(mask.any()):
+        return logit.sum() * 0.0
+    truth = (target.labels > 0).to(logit.dtype)
+    logit_m, truth_m = logit[mask], truth[mask]
+    weight = _class_weights(truth_m, pos_weight)
+    if log_var is None:
+        bce = F.binary_cross_entropy_with_logits(logit_m, truth_m, reduction="none")
+    else:
+        bce = attenuated_bce(logit_m, log_var[mask], truth_m)
+    loss = (weight * bce).sum() / weight.sum()
+    if dice:
+        loss = loss + soft_dice_loss(torch.sigmoid(logit_m), truth_m)
+    return loss
+
+
+def _class_weights(truth: torch.Tensor, pos_weight: float | None) -> torch.Tensor:
+    """Return a weight per voxel: pos_weight for foreground (truth 1), 1 for background."""
+    if pos_weight is None:
+        positives = float(truth.sum())
+        negatives = float(truth.numel()) - positives
+        pos_weight = min(negatives / positives, MAX_POS_WEIGHT) if positives else 1.0
+        pos_weight = max(pos_weight, 1.0)
+    return 1.0 + (pos_weight - 1.0) * truth
+
+
+def attenuated_bce(logit: torch.Tensor, log_var: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Return -log of the mean likelihood over sampled logits, per voxel (all shapes (N,)).
+
+    The logit is taken as Gaussian with variance exp(log_var) (Kendall & Gal 2017, eq. 12):
+    voxels the network declares noisy are penalized less, at the cost of the variance.
+    """
+    std = torch.exp(0.5 * log_var)
+    noise = torch.randn((ALEATORIC_SAMPLES, *logit.shape), device=logit.device)
+    sampled = logit + std * noise
+    log_likelihood = -F.binary_cross_entropy_with_logits(
+        sampled, truth.expand_as(sampled), reduction="none"
+    )
+    return -(torch.logsumexp(log_likelihood, dim=0) - math.log(ALEATORIC_SAMPLES))
+
+
+def soft_dice_loss(probability: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Return 1 - soft Dice of probabilities (N,) against a binary truth (N,), smoothed by 1."""
+    overlap = (probability * truth).sum()
+    return 1.0 - (2.0 * overlap + 1.0) / (probability.sum() + truth.sum() + 1.0)

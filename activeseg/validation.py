@@ -1,0 +1,130 @@
+"""Evaluating a model on the project's validation volumes (never on training crops)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from activeseg import metrics
+from activeseg.cluster import segment_consensus, segment_samples
+from activeseg.data.instances import Instances
+from activeseg.data.volumes import read_ground_truth, read_raw
+from activeseg.models.checkpoint import TrainedModel, load_model
+from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import VolumeInfo
+from activeseg.predict import predict_array
+from activeseg.project import Project
+from activeseg.uncertainty import InstanceRisk, instance_uncertainty, mutual_information
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_project(project: Project, model_path: Path) -> dict[str, Any]:
+    """Return validation metrics of a model over the project's val volumes with ground truth.
+
+    Instance counts are summed over volumes before F1 is computed; uncertainty quality
+    (error-detection AUROC of voxel MI and of instance risk) is reported beside them.
+    """
+    with project.session() as session:
+        volumes = [v for v in pool_volumes.list_volumes(session, split="val") if v.has_ground_truth]
+    if not volumes:
+        return {"skipped": "no validation volume with ground truth"}
+    trained = load_model(model_path)
+    pairs, quality = [], []
+    for volume in volumes:
+        prediction, truth, uncertainty = _predict_volume(project, trained, volume)
+        pairs.append((prediction, truth))
+        quality.append(uncertainty)
+    result: dict[str, Any] = metrics.evaluate_volumes(pairs)
+    for key in ("voxel_error_auroc", "instance_error_auroc"):
+        values = [q[key] for q in quality if np.isfinite(q[key])]
+        result[key] = float(np.mean(values)) if values else float("nan")
+    result["volumes"] = [v.name for v in volumes]
+    return result
+
+
+def _predict_volume(
+    project: Project, trained: TrainedModel, volume: VolumeInfo
+) -> tuple[Instances, Instances, dict[str, float]]:
+    path = project.resolve(volume.path)
+    prediction = predict_array(trained, read_raw(path))
+    cluster = project.config.cluster
+    options: dict[str, Any] = {
+        "threshold": cluster.foreground_threshold,
+        "bandwidth": cluster.bandwidth,
+        "min_size": cluster.min_size,
+        "max_seeds": cluster.max_seeds,
+    }
+    consensus = segment_consensus(prediction.foreground, prediction.embedding, **options)
+    samples = segment_samples(prediction.foreground, prediction.embedding, **options)
+    truth = read_ground_truth(path)
+    predicted = Instances.from_labels(consensus)
+    mi = mutual_information(prediction.foreground)
+    risks = instance_uncertainty(consensus, samples)
+    quality = uncertainty_quality(consensus, truth.labels, mi, risks)
+    log.info("evaluated %s", volume.name)
+    return predicted, truth, quality
+
+
+def _matched_truth(
+    consensus: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]
+) -> npt.NDArray[np.int64]:
+    """Return, per predicted id, the true id it overlaps most (0 for background)."""
+    table = metrics.contingency_table(consensus, truth)
+    best = table[:, 1:].argmax(axis=1) + 1
+    best[table[:, 1:].max(axis=1) == 0] = 0
+    best[0] = 0
+    return best
+
+
+def _erroneous_instances(
+    consensus: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32], iou_threshold: float = 0.5
+) -> dict[int, bool]:
+    """Return, per predicted id, whether it is unmatched (IoU < threshold), a split or a merge."""
+    table = metrics.contingency_table(consensus, truth).astype(np.float64)
+    pred_size, true_size = table.sum(axis=1), table.sum(axis=0)
+    iou = table / np.maximum(pred_size[:, None] + true_size[None, :] - table, 1)
+    covers = table / np.maximum(true_size[None, :], 1) >= 0.2  # pred covers 20% of a truth
+    inside = table / np.maximum(pred_size[:, None], 1) >= 0.2  # 20% of pred lies in a truth
+    split_truths = covers[1:, 1:].sum(axis=0) >= 2
+    errors = {}
+    for pred_id in range(1, table.shape[0]):
+        if pred_size[pred_id] == 0:
+            continue
+        merge = inside[pred_id, 1:].sum() >= 2
+        split = bool((covers[pred_id, 1:] & split_truths).any())
+        errors[pred_id] = bool(iou[pred_id, 1:].max(initial=0) < iou_threshold or merge or split)
+    return errors
+
+
+def uncertainty_quality(
+    consensus: npt.NDArray[np.uint32],
+    truth: npt.NDArray[np.uint32],
+    mutual_info: npt.NDArray[np.float32],
+    risks: Sequence[InstanceRisk],
+) -> dict[str, float]:
+    """Return how well uncertainty points at errors: voxel-MI and instance-risk AUROC.
+
+    consensus, truth: (Z, Y, X) label images; mutual_info: (Z, Y, X). A voxel is wrong when
+    its foreground call or its instance (mapped to the best-overlapping true neuron) is wrong.
+    """
+    mapped = _matched_truth(consensus, truth)[consensus]
+    voxel_error = mapped != truth
+    errors = _erroneous_instances(consensus, truth)
+    scored = [
+        (r.uncertainty + r.split_risk + r.merge_risk, errors[int(r.id)])
+        for r in risks
+        if int(r.id) in errors
+    ]
+    instance = (
+        metrics.auroc([s for s, _ in scored], [e for _, e in scored]) if scored else float("nan")
+    )
+    return {
+        "voxel_error_auroc": metrics.auroc(mutual_info.ravel(), voxel_error.ravel()),
+        "instance_error_auroc": instance,
+    }

@@ -1,0 +1,201 @@
+"""Instance slices <-> Label Studio brush results, and the labeling config they must fit."""
+
+from __future__ import annotations
+
+import copy
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import encode_rle
+
+from activeseg.errors import AnnotationError
+from activeseg.labelstudio.brush import instances_to_results, results_to_labels
+from activeseg.labelstudio.labeling import (
+    BRUSH_NAME,
+    IMAGE_NAME,
+    OVERLAY_NAME,
+    instance_id,
+    labeling_config,
+    task_status,
+)
+
+
+def instance_slices() -> np.ndarray:
+    """Return (3, 10, 12) uint32: two neurons crossing slices, an empty slice in the middle."""
+    labels = np.zeros((3, 10, 12), dtype=np.uint32)
+    labels[0, 1:4, 2:9] = 3
+    labels[0, 6:8, :] = 7
+    labels[2, 0:10, 5] = 3  # a one-pixel-wide neuron
+    labels[2, 9, 11] = 12
+    return labels
+
+
+def test_results_have_one_region_per_instance_and_slice() -> None:
+    results = instances_to_results(instance_slices())
+    regions = sorted((r["item_index"], r["value"]["brushlabels"][0]) for r in results)
+    assert regions == [(0, "n3"), (0, "n7"), (2, "n12"), (2, "n3")]
+    first = results[0]
+    assert first["type"] == "brushlabels"
+    assert (first["from_name"], first["to_name"]) == (BRUSH_NAME, IMAGE_NAME)
+    assert (first["original_width"], first["original_height"]) == (12, 10)
+    assert first["value"]["format"] == "rle"
+    assert len({r["id"] for r in results}) == len(results)
+
+
+def test_rle_round_trip_is_exact() -> None:
+    labels = instance_slices()
+    decoded, has_regions = results_to_labels(instances_to_results(labels), 3, 10, 12)
+    assert decoded.dtype == np.uint32
+    np.testing.assert_array_equal(decoded, labels)
+    np.testing.assert_array_equal(has_regions, [True, False, True])
+
+
+def test_random_labels_round_trip() -> None:
+    labels = np.random.default_rng(1).integers(0, 5, (2, 16, 16)).astype(np.uint32)
+    decoded, _ = results_to_labels(instances_to_results(labels), 2, 16, 16)
+    np.testing.assert_array_equal(decoded, labels)
+
+
+def test_label_value_maps_to_instance_id() -> None:
+    results = instances_to_results(instance_slices())
+    for result in results:
+        if result["value"]["brushlabels"] == ["n7"]:
+            result["value"]["brushlabels"] = ["n42"]  # the annotator relabels the neuron
+    decoded, _ = results_to_labels(results, 3, 10, 12)
+    assert set(np.unique(decoded[0])) == {0, 3, 42}
+    assert (decoded == 7).sum() == 0
+
+
+def anti_aliased_result(alpha: np.ndarray, label: str = "n1") -> dict[str, Any]:
+    """Return a brush result as the web page draws it: alpha 0..255, colour in RGB."""
+    height, width = alpha.shape
+    rgba = np.zeros((height, width, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 3] = alpha
+    return {
+        "from_name": BRUSH_NAME,
+        "to_name": IMAGE_NAME,
+        "type": "brushlabels",
+        "item_index": 0,
+        "original_width": width,
+        "original_height": height,
+        "value": {"format": "rle", "rle": encode_rle(rgba.ravel()), "brushlabels": [label]},
+    }
+
+
+def test_anti_aliased_strokes_are_thresholded() -> None:
+    alpha = np.array([[0, 40, 127, 128, 200, 255]], dtype=np.uint8)
+    decoded, _ = results_to_labels([anti_aliased_result(alpha)], 1, 1, 6)
+    np.testing.assert_array_equal(decoded[0, 0], [0, 0, 0, 1, 1, 1])
+    strict, _ = results_to_labels([anti_aliased_result(alpha)], 1, 1, 6, threshold=250)
+    np.testing.assert_array_equal(strict[0, 0], [0, 0, 0, 0, 0, 1])
+
+
+def test_other_controls_are_ignored() -> None:
+    choice = {"from_name": "status", "to_name": IMAGE_NAME, "type": "choices", "value": {}}
+    decoded, has_regions = results_to_labels([choice], 2, 4, 4)
+    assert decoded.max() == 0
+    assert not has_regions.any()
+
+
+def one_result() -> dict[str, Any]:
+    labels = np.zeros((1, 4, 5), dtype=np.uint32)
+    labels[0, 1:3, 1:4] = 2
+    return instances_to_results(labels)[0]
+
+
+def broken(change: str) -> dict[str, Any]:
+    """Return a valid result with one thing broken."""
+    result = copy.deepcopy(one_result())
+    if change == "label":
+        result["value"]["brushlabels"] = ["axon"]
+    elif change == "no label":
+        result["value"]["brushlabels"] = []
+    elif change == "two labels":
+        result["value"]["brushlabels"] = ["n1", "n2"]
+    elif change == "slice":
+        result["item_index"] = 4
+    elif change == "no slice":
+        del result["item_index"]
+    elif change == "rle":
+        result["value"]["rle"] = result["value"]["rle"][:6]
+    elif change == "no rle":
+        del result["value"]["rle"]
+    elif change == "stated size":
+        result["original_width"] = 50
+    elif change == "rle size":
+        result["value"]["rle"] = instances_to_results(np.ones((1, 3, 3), np.uint32))[0]["value"][
+            "rle"
+        ]
+    elif change == "type":
+        result["type"] = "polygonlabels"
+    return result
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("label", "'axon' is not an instance label"),
+        ("no label", "exactly one label"),
+        ("two labels", "exactly one label"),
+        ("slice", r"item_index=4, but only 2 slices"),
+        ("no slice", r"item_index=None"),
+        ("rle", "cannot be decoded"),
+        ("no rle", "no RLE"),
+        ("stated size", "drawn on a 4x50 image"),
+        ("rle size", "holds 9 pixels"),
+        ("type", "expected a brush region"),
+    ],
+)
+def test_bad_results_raise_annotation_error_naming_the_task(change: str, message: str) -> None:
+    with pytest.raises(AnnotationError, match=message) as caught:
+        results_to_labels([broken(change)], 2, 4, 5, task=77)
+    assert "task 77" in str(caught.value)
+
+
+def test_a_valid_result_passes_the_same_checks() -> None:
+    decoded, _ = results_to_labels([one_result()], 2, 4, 5, task=77)
+    assert (decoded == 2).sum() == 6
+
+
+def test_instances_to_results_rejects_non_integer_labels() -> None:
+    with pytest.raises(ValueError, match="integers"):
+        instances_to_results(np.zeros((1, 2, 2), dtype=np.float32))
+
+
+def test_labeling_config_has_one_label_per_instance_and_the_status_choices() -> None:
+    root = ET.fromstring(labeling_config(4))
+    images = {tag.get("name"): tag.get("valueList") for tag in root.iter("Image")}
+    assert images == {IMAGE_NAME: "$images", OVERLAY_NAME: "$overlays"}
+    brush = root.find(".//BrushLabels")
+    assert brush is not None
+    assert (brush.get("name"), brush.get("toName")) == (BRUSH_NAME, IMAGE_NAME)
+    values = [label.get("value") for label in brush.iter("Label")]
+    assert values == ["n1", "n2", "n3", "n4"]
+    colours = [label.get("background") for label in brush.iter("Label")]
+    assert len(set(colours)) == 4
+    choices = [choice.get("value") for choice in root.iter("Choice")]
+    assert choices == ["done", "unsure", "skip"]
+
+
+def test_labeling_config_needs_an_instance() -> None:
+    with pytest.raises(ValueError, match="max_instances"):
+        labeling_config(0)
+
+
+def test_instance_id_parses_label_values() -> None:
+    assert instance_id("n17") == 17
+    for bad in ("n0", "n", "17", "N3", "n-1"):
+        with pytest.raises(AnnotationError):
+            instance_id(bad)
+
+
+def test_task_status_reads_the_choice() -> None:
+    results = [
+        one_result(),
+        {"from_name": "status", "type": "choices", "value": {"choices": ["unsure"]}},
+    ]
+    assert task_status(results) == "unsure"
+    assert task_status([one_result()]) is None

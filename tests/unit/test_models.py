@@ -1,0 +1,155 @@
+"""U-Net backbone, shake-shake heads and the sampling interface of every variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from activeseg.config import ModelConfig
+from activeseg.models.heads import mix_heads, shake_shake
+from activeseg.models.probabilistic import ProbabilisticModel, SegmentationNet
+from activeseg.models.unet import TrackedGroupNorm, UNet3d
+
+TINY = {"widths": (4, 8), "pool": ((1, 2, 2),), "embed_dim": 3, "groups": 2, "in_channels": 2}
+
+
+def tiny_config(**changes: object) -> ModelConfig:
+    return ModelConfig.model_validate({**TINY, **changes})
+
+
+def test_unet_keeps_the_spatial_shape_with_anisotropic_pooling() -> None:
+    net = UNet3d(2, (4, 8, 8), ((1, 2, 2), (2, 2, 2)), groups=2)
+    out = net(torch.randn(1, 2, 4, 16, 24))
+    assert out.shape == (1, 4, 4, 16, 24)
+    assert net.divisor() == (2, 4, 4)
+
+
+def test_tracked_group_norm_is_group_norm_in_training_and_frozen_in_eval() -> None:
+    norm = TrackedGroupNorm(2, 4)
+    x = torch.randn(1, 4, 3, 5, 5) * 3 + 1
+    assert torch.allclose(norm(x), F.group_norm(x, 2, eps=norm.eps), atol=1e-5)
+    norm.eval()
+    # the first training call sets the running statistics to that input's statistics
+    assert torch.allclose(norm(x), F.group_norm(x, 2, eps=norm.eps), atol=1e-4)
+    assert torch.allclose(norm(x[..., :2, :2, :2]), norm(x)[..., :2, :2, :2])
+
+
+def test_an_input_voxel_influences_outputs_only_within_the_stated_context() -> None:
+    torch.manual_seed(0)
+    net = UNet3d(1, (4, 8, 8), ((1, 2, 2), (2, 2, 2)), groups=2).eval()
+    x = torch.zeros(1, 1, 48, 96, 96)
+    bumped = x.clone()
+    bumped[0, 0, 24, 48, 48] = 100.0
+    with torch.no_grad():
+        changed = (net(bumped) - net(x)).abs().amax(dim=(0, 1)) > 0
+    reach = changed.nonzero()
+    extent = (reach - torch.tensor([24, 48, 48])).abs().amax(dim=0)
+    context = torch.tensor(net.context())
+    assert torch.all(extent <= context)
+    assert torch.all(extent >= context // 2)  # the bound is not wildly loose
+
+
+def test_mix_heads_forwards_one_mix_and_backpropagates_another() -> None:
+    heads = torch.tensor([[[1.0], [2.0], [4.0]]], requires_grad=True)  # (B=1, M=3, 1)
+    forward_w = torch.tensor([[0.5, 0.5, 0.0]])
+    backward_w = torch.tensor([[0.1, 0.2, 0.7]])
+    mixed = mix_heads(heads, forward_w, backward_w)
+    assert float(mixed.detach()) == pytest.approx(1.5)
+    mixed.sum().backward()
+    assert heads.grad is not None
+    assert torch.allclose(heads.grad[0, :, 0], backward_w[0])
+
+
+def test_shake_shake_weights_differ_between_forward_and_backward() -> None:
+    torch.manual_seed(1)
+    heads = torch.eye(4).reshape(1, 4, 4).requires_grad_(True)  # head m outputs e_m
+    mixed = shake_shake(heads)
+    forward_w = mixed.detach()[0]
+    mixed.sum().backward()
+    assert heads.grad is not None
+    backward_w = heads.grad[0, :, 0]
+    for weights in (forward_w, backward_w):
+        assert float(weights.sum()) == pytest.approx(1.0, rel=1e-5)
+        assert torch.all(weights >= 0)
+    assert not torch.allclose(forward_w, backward_w)
+    assert len(set(backward_w.tolist())) == 4  # every head gets its own gradient scale
+
+
+def test_mheads_receive_different_gradients_in_training() -> None:
+    torch.manual_seed(0)
+    net = SegmentationNet(tiny_config(kind="mheads", samples=3), heads=3, dropout=0.0).train()
+    out = net(torch.randn(1, 2, 2, 8, 8))
+    out.embedding.sum().backward()
+    grad = net.heads.out.weight.grad
+    assert grad is not None
+    per_head = grad.reshape(3, -1, *grad.shape[1:])[:, :3].flatten(1)
+    assert not torch.allclose(per_head[0], per_head[1])
+    assert not torch.allclose(per_head[1], per_head[2])
+
+
+def test_mheads_training_output_is_random_and_eval_output_is_the_mean() -> None:
+    torch.manual_seed(0)
+    net = SegmentationNet(tiny_config(kind="mheads", samples=4), heads=4, dropout=0.0)
+    x = torch.randn(1, 2, 2, 8, 8)
+    net.train()
+    first, second = net(x).embedding, net(x).embedding
+    assert not torch.allclose(first, second)
+    net.eval()
+    with torch.no_grad():
+        mean = net(x).embedding
+        heads = net.all_heads(x).embedding
+    assert torch.allclose(mean, heads.mean(dim=0), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "samples", "expected"),
+    [("single", 5, 1), ("mheads", 4, 4), ("ensemble", 3, 3), ("dropout", 3, 3)],
+)
+@pytest.mark.parametrize("aleatoric", [False, True])
+def test_every_variant_samples_the_promised_shapes(
+    kind: str, samples: int, expected: int, aleatoric: bool
+) -> None:
+    config = tiny_config(kind=kind, samples=samples, aleatoric=aleatoric, dropout=0.3)
+    model = ProbabilisticModel(config, seed=0)
+    out = model.sample(torch.randn(2, 2, 2, 8, 8), seed=0)
+    assert model.n_samples == expected
+    assert out.foreground.shape == (expected, 2, 2, 8, 8)
+    assert out.embedding.shape == (expected, 2, 3, 2, 8, 8)
+    assert torch.all((out.foreground >= 0) & (out.foreground <= 1))
+    if aleatoric:
+        assert out.aleatoric_var is not None and out.aleatoric_var.shape == (expected, 2, 2, 8, 8)
+        assert torch.all(out.aleatoric_var > 0)
+    else:
+        assert out.aleatoric_var is None
+    if expected > 1:
+        assert not torch.allclose(out.embedding[0], out.embedding[1])
+
+
+def test_ensemble_members_have_their_own_initialization() -> None:
+    model = ProbabilisticModel(tiny_config(kind="ensemble", samples=2), seed=0)
+    first, second = (net.heads.out.weight for net in model.nets())
+    assert not torch.allclose(first, second)
+    again = ProbabilisticModel(tiny_config(kind="ensemble", samples=2), seed=0)
+    assert torch.equal(again.nets()[1].heads.out.weight, second)
+
+
+def test_dropout_samples_repeat_for_a_seed_and_leave_the_model_in_eval_mode() -> None:
+    model = ProbabilisticModel(tiny_config(kind="dropout", samples=3, dropout=0.5), seed=0)
+    model.eval()
+    x = torch.randn(1, 2, 2, 8, 8)
+    first, again = model.sample(x, seed=7), model.sample(x, seed=7)
+    other = model.sample(x, seed=8)
+    assert torch.equal(first.embedding, again.embedding)
+    assert not torch.allclose(first.embedding, other.embedding)
+    assert not model.training
+    assert not any(m.training for m in model.modules())
+
+
+def test_sample_keep_returns_the_kept_box_of_the_full_output() -> None:
+    model = ProbabilisticModel(tiny_config(kind="mheads", samples=2), seed=0)
+    x = torch.randn(1, 2, 4, 8, 8)
+    full = model.sample(x)
+    box = (slice(1, 3), slice(2, 6), slice(0, 5))
+    kept = model.sample(x, keep=box)
+    assert torch.allclose(kept.embedding, full.embedding[(..., *box)], atol=1e-6)

@@ -1,0 +1,127 @@
+"""Training: input checks, patch sampling, and short runs of the smoke config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from activeseg.config import Config, load_config
+from activeseg.errors import InputError, StateError
+from activeseg.models.checkpoint import CHECKPOINT_FILES, load_model
+from activeseg.models.normalization import Normalization
+from activeseg.train import TrainingCrop, prepare_crop, sample_batch, train_model
+
+
+def bright_tubes(shape: tuple[int, int, int] = (16, 32, 32), seed: int = 0) -> TrainingCrop:
+    """Return a crop with three bright straight tubes along x, annotated on every other z."""
+    rng = np.random.default_rng(seed)
+    z, y = np.mgrid[: shape[0], : shape[1], : shape[2]][:2]
+    labels = np.zeros(shape, np.uint32)
+    raw = rng.normal(100, 10, (3, *shape))
+    for k in range(3):
+        cz, cy = rng.integers(3, shape[0] - 3), rng.integers(3, shape[1] - 3)
+        tube = (z - cz) ** 2 + (y - cy) ** 2 <= 4
+        labels[tube & (labels == 0)] = k + 1
+        raw[k][tube] += 800
+    mask = np.zeros(shape, bool)
+    mask[::2] = True
+    return TrainingCrop(raw.astype(np.uint16), labels, mask, np.zeros(shape, bool), "tubes")
+
+
+def smoke(steps: int, seed: int = 0, lr: float | None = None) -> Config:
+    config = load_config("smoke")
+    update: dict[str, object] = {"steps": steps, "seed": seed}
+    if lr is not None:
+        update["lr"] = lr
+    return config.model_copy(update={"train": config.train.model_copy(update=update)})
+
+
+def test_training_without_crops_or_annotations_is_a_state_error(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="no labeled crops"):
+        train_model([], smoke(1), tmp_path)
+    crop = bright_tubes()
+    unlabeled = TrainingCrop(crop.raw, crop.labels, np.zeros_like(crop.mask), crop.overlap)
+    with pytest.raises(StateError, match="annotated voxel"):
+        train_model([unlabeled], smoke(1), tmp_path)
+
+
+def test_crop_shapes_and_channels_are_checked(tmp_path: Path) -> None:
+    crop = bright_tubes()
+    with pytest.raises(InputError, match="mask has shape"):
+        TrainingCrop(crop.raw, crop.labels, crop.mask[:-1], crop.overlap, "bad")
+    two_channels = TrainingCrop(crop.raw[:2], crop.labels, crop.mask, crop.overlap, "rg")
+    with pytest.raises(InputError, match="rg: raw has 2 channels"):
+        train_model([two_channels], smoke(1), tmp_path)
+
+
+def test_sample_batch_keeps_raw_and_labels_aligned_under_augmentation() -> None:
+    crop = bright_tubes((16, 40, 40))
+    norm = Normalization((100.0,) * 3, (900.0,) * 3)
+    prepared = [prepare_crop(crop, norm)]
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        raw, target = sample_batch(prepared, (16, 32, 32), 2, rng)
+        assert raw.shape == (2, 3, 16, 32, 32) and raw.dtype == torch.float32
+        bright = raw.amax(dim=1) > 0.5
+        assert torch.equal(bright, target.labels > 0)
+        assert target.mask.any()
+
+
+def test_patches_larger_than_the_crop_are_padded_unannotated() -> None:
+    prepared = [prepare_crop(bright_tubes((8, 16, 16)), Normalization((0.0,) * 3, (1.0,) * 3))]
+    raw, target = sample_batch(prepared, (16, 16, 16), 1, np.random.default_rng(0))
+    assert raw.shape == (1, 3, 16, 16, 16)
+    assert int(target.mask.sum()) == 4 * 16 * 16  # 8 real z-slices, every other annotated
+
+
+@pytest.mark.slow
+def test_smoke_training_learns_saves_and_warm_starts(tmp_path: Path) -> None:
+    crops = [bright_tubes(seed=0), bright_tubes(seed=1)]
+    seen: list[tuple[int, int]] = []
+    result = train_model(
+        crops, smoke(40, lr=3e-3), tmp_path / "a", progress=lambda s, n, _: seen.append((s, n))
+    )
+    assert np.mean(result.losses[-8:]) < 0.8 * np.mean(result.losses[:8])
+    assert seen[-1] == (40, 40) and len(result.losses) == 40
+    assert {p.name for p in (tmp_path / "a").iterdir()} == set(CHECKPOINT_FILES)
+    curve = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert curve["losses"] == pytest.approx(list(result.losses))
+
+    trained = load_model(tmp_path / "a")
+    assert trained.config == smoke(40, lr=3e-3)
+    assert trained.normalization.channels == 3
+
+    # a warm start with a vanishing learning rate keeps the weights it started from
+    warm = train_model(crops, smoke(1, lr=1e-12), tmp_path / "b", init_from=tmp_path / "a")
+    restarted = load_model(warm.checkpoint).model.state_dict()
+    fresh = load_model(train_model(crops, smoke(1, lr=1e-12), tmp_path / "c").checkpoint)
+    for name, value in trained.model.state_dict().items():
+        if value.dtype.is_floating_point and "running" not in name:
+            assert torch.allclose(restarted[name], value, atol=1e-6), name
+    weight = "members.0.heads.out.weight"
+    assert not torch.allclose(fresh.model.state_dict()[weight], restarted[weight])
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    crops = [bright_tubes()]
+    first = train_model(crops, smoke(4, seed=3), tmp_path / "a")
+    second = train_model(crops, smoke(4, seed=3), tmp_path / "b")
+    other = train_model(crops, smoke(4, seed=4), tmp_path / "c")
+    assert first.losses == second.losses
+    assert first.losses != other.losses
+    a, b = (load_model(p).model.state_dict() for p in (first.checkpoint, second.checkpoint))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_warm_start_from_a_different_model_is_refused(tmp_path: Path) -> None:
+    crops = [bright_tubes()]
+    train_model(crops, smoke(1), tmp_path / "a")
+    config = smoke(1)
+    wider = config.model_copy(update={"model": config.model.model_copy(update={"embed_dim": 5})})
+    with pytest.raises(InputError, match="warm-start"):
+        train_model(crops, wider, tmp_path / "b", init_from=tmp_path / "a")
