@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -63,9 +64,20 @@ def command(name: str | None = None) -> Callable[[F], F]:
     return register
 
 
+def _finite(data: Any) -> Any:
+    """Return data with NaN and infinities as None (strict JSON has no NaN)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
 def emit_json(data: Any) -> None:
     """Print one JSON document on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 @app.callback()
@@ -564,3 +576,105 @@ def labelstudio_serve_cmd(
     except ActivesegError as exc:
         errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+@command("evaluate")
+def evaluate_cmd(
+    pred: Annotated[str, typer.Argument(help="Prediction: zarr path or registered volume.")],
+    gt: Annotated[str, typer.Argument(help="Ground truth: zarr path or registered volume.")],
+    fisbe: Annotated[
+        bool, typer.Option("--fisbe", help="FISBe protocol: drop predictions ≤ 800 voxels.")
+    ] = False,
+    partly: Annotated[
+        bool, typer.Option("--partly", help="GT labels only some neurons (FISBe partly).")
+    ] = False,
+    uncertainty: Annotated[
+        bool, typer.Option("--uncertainty", help="Add PAvPU, error AUROC and ECE.")
+    ] = False,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare a segmentation with ground truth: AP, FISBe avF1/C/S/FS/FM, VOI, ARAND.
+
+    Example: [bold]activeseg evaluate pred.zarr val0 --fisbe --json[/]
+    """
+    from activeseg.errors import ProjectNotFoundError
+    from activeseg.project import open_project
+    from activeseg.validation import evaluate_files
+
+    try:
+        project = open_project(project_dir)
+    except ProjectNotFoundError:
+        project = None
+    cluster = project.config.cluster if project else None
+    result = evaluate_files(
+        pred, gt, project, fisbe=fisbe, partly=partly, uncertainty=uncertainty, cluster=cluster
+    )
+    if as_json:
+        emit_json(result)
+        return
+    table = Table("metric", "value", title=f"{pred} vs {gt}")
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@command("score")
+def score_cmd(
+    strategy: Annotated[
+        str | None, typer.Option(help="random, diverse, uncertainty, bald or instance.")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="How many ranked crops to print.")] = 10,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score the unlabeled pool crops and rank them (this round's stages up to select).
+
+    Runs the open round (or a new one) through ingest, train, evaluate, score and select, all
+    recorded, and prints the ranking with the parts of each score.
+
+    Example: [bold]activeseg score --strategy bald --json[/]
+    """
+    from activeseg.loop import run_round
+    from activeseg.pool import rounds as pool_rounds
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    info = run_round(project, until="select", strategy=strategy, events=_stage_printer(as_json))
+    with project.session() as session:
+        scores = pool_rounds.round_scores(session, info.id)
+    ranking = [
+        {
+            "crop_id": s.crop_id,
+            "rank": s.rank,
+            "score": s.score,
+            "selected": s.selected,
+            **{k: v for k, v in s.parts.items() if k != "descriptor"},
+        }
+        for s in scores
+    ]
+    if as_json:
+        emit_json(ranking)
+        return
+    table = Table(
+        "rank",
+        "crop",
+        "score",
+        "uncertainty",
+        "bald",
+        "instance",
+        "flagged",
+        title=f"round {info.number}: {info.strategy}",
+    )
+    for row in ranking[:top]:
+        flagged = ", ".join(f"#{f['id']} {'/'.join(f['flags'])}" for f in row.get("flagged", []))
+        table.add_row(
+            str(row["rank"]),
+            str(row["crop_id"]),
+            f"{row['score']:.3f}",
+            *(f"{row[k]:.3f}" if k in row else "–" for k in ("uncertainty", "bald", "instance")),
+            flagged,
+            style="bold" if row["selected"] else None,
+        )
+    console.print(table)

@@ -54,7 +54,7 @@ class ModelConfig(Section):
     pool: tuple[Triple, ...] = ((1, 2, 2), (2, 2, 2))
     embed_dim: int = Field(8, ge=2)
     groups: int = Field(4, ge=1, description="GroupNorm groups")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="channel dropout; kind dropout only")
     aleatoric: bool = False
 
     @model_validator(mode="after")
@@ -112,6 +112,15 @@ class ClusterConfig(Section):
     bandwidth: float = Field(1.0, gt=0)
     min_size: int = Field(20, ge=0)
     max_seeds: int = Field(2000, ge=1)
+
+    def options(self) -> dict[str, Any]:
+        """Return the keywords of :func:`activeseg.cluster.segment` this section sets."""
+        return {
+            "threshold": self.foreground_threshold,
+            "bandwidth": self.bandwidth,
+            "min_size": self.min_size,
+            "max_seeds": self.max_seeds,
+        }
 
 
 class AcquisitionConfig(Section):

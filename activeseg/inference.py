@@ -44,14 +44,10 @@ def predict_volume(
         trained, raw, out, layout=cast(Literal["auto", "samples", "moments"], layout)
     )
     foreground, embedding = _mean_maps(out, chosen)
-    cluster = project.config.cluster
     consensus = segment(
         foreground,
         embedding,
-        threshold=cluster.foreground_threshold,
-        bandwidth=cluster.bandwidth,
-        min_size=cluster.min_size,
-        max_seeds=cluster.max_seeds,
+        **project.config.cluster.options(),
     )
     zarr.open_group(out, mode="a").create_array(CONSENSUS, data=consensus, overwrite=True)
     n = len(np.unique(consensus[consensus > 0]))

@@ -89,13 +89,7 @@ class CropAnalysis:
 def analyse_crop(trained: TrainedModel, raw: npt.NDArray[Any], config: Config) -> CropAnalysis:
     """Return the model's segmentation and uncertainty of one raw (C, Z, Y, X) crop."""
     prediction = predict_array(trained, raw)
-    cluster = config.cluster
-    options: dict[str, Any] = {
-        "threshold": cluster.foreground_threshold,
-        "bandwidth": cluster.bandwidth,
-        "min_size": cluster.min_size,
-        "max_seeds": cluster.max_seeds,
-    }
+    options = config.cluster.options()
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     consensus = segment_consensus(prediction.foreground, prediction.embedding, **options)
     foreground = prediction.foreground.mean(axis=0)

@@ -9,11 +9,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import zarr
 
 from activeseg import metrics
 from activeseg.cluster import segment_consensus, segment_samples
+from activeseg.config import ClusterConfig
+from activeseg.data.fisbe import read_fisbe
 from activeseg.data.instances import Instances
-from activeseg.data.volumes import read_ground_truth, read_raw
+from activeseg.data.volumes import GT_PATH, read_ground_truth, read_raw
+from activeseg.errors import InputError, VolumeFormatError
 from activeseg.models.checkpoint import TrainedModel, load_model
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import VolumeInfo
@@ -53,13 +57,7 @@ def _predict_volume(
 ) -> tuple[Instances, Instances, dict[str, float]]:
     path = project.resolve(volume.path)
     prediction = predict_array(trained, read_raw(path))
-    cluster = project.config.cluster
-    options: dict[str, Any] = {
-        "threshold": cluster.foreground_threshold,
-        "bandwidth": cluster.bandwidth,
-        "min_size": cluster.min_size,
-        "max_seeds": cluster.max_seeds,
-    }
+    options = project.config.cluster.options()
     consensus = segment_consensus(prediction.foreground, prediction.embedding, **options)
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     truth = read_ground_truth(path)
@@ -127,4 +125,99 @@ def uncertainty_quality(
     return {
         "voxel_error_auroc": metrics.auroc(mutual_info.ravel(), voxel_error.ravel()),
         "instance_error_auroc": instance,
+    }
+
+
+def load_instances(spec: str, project: Project | None) -> tuple[Instances, Path | None]:
+    """Return the instances named by ``spec`` and the zarr they came from.
+
+    spec: a registered volume's name (its ground truth), a FISBe-layout zarr, an activeseg
+    volume, the output of ``activeseg predict`` (its consensus), or a zarr label image.
+    """
+    path = Path(spec)
+    if not path.exists():
+        if project is None:
+            raise InputError(f"{spec} is neither a file nor, outside a project, a volume name")
+        with project.session() as session:
+            path = project.resolve(pool_volumes.get_volume(session, spec).path)
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for "not zarr"
+        raise VolumeFormatError(f"{path} is not a readable zarr array or group: {exc}") from exc
+    if isinstance(node, zarr.Array):
+        return Instances.from_labels(np.asarray(node[...])), path
+    if "volumes" in node or ".zgroup" in {p.name for p in path.iterdir()}:
+        return read_fisbe(path).instances, path
+    if f"{GT_PATH}/0" in node:
+        return read_ground_truth(path), path
+    for name in ("consensus", "labels", "segmentation", "label"):
+        if name in node:
+            return Instances.from_labels(np.asarray(zarr.open_array(path, path=name)[...])), path
+    raise VolumeFormatError(
+        f"{path} holds no instances: expected volumes/gt_instances (FISBe), {GT_PATH} "
+        f"(activeseg volume), consensus (activeseg predict) or a label array"
+    )
+
+
+def evaluate_files(
+    pred_spec: str,
+    gt_spec: str,
+    project: Project | None,
+    *,
+    fisbe: bool = False,
+    partly: bool = False,
+    uncertainty: bool = False,
+    cluster: ClusterConfig | None = None,
+) -> dict[str, Any]:
+    """Return the instance metrics of a prediction against ground truth, both named by spec.
+
+    With ``uncertainty``, the prediction must be an ``activeseg predict`` output holding
+    per-sample foreground and embeddings; uncertainty-quality metrics are added.
+    """
+    pred, pred_path = load_instances(pred_spec, project)
+    gt, _ = load_instances(gt_spec, project)
+    if pred.shape != gt.shape:
+        raise InputError(
+            f"prediction {pred_spec} has shape {pred.shape}, ground truth {gt_spec} has {gt.shape}"
+        )
+    result: dict[str, Any] = metrics.evaluate_instances(pred, gt, fisbe=fisbe, partly=partly)
+    if uncertainty:
+        if pred_path is None:
+            raise InputError("--uncertainty needs a prediction zarr from `activeseg predict`")
+        result |= _uncertainty_report(pred_path, pred, gt, cluster or ClusterConfig())
+    return result
+
+
+def _uncertainty_report(
+    path: Path, pred: Instances, gt: Instances, cluster: ClusterConfig
+) -> dict[str, Any]:
+    group = zarr.open_group(path, mode="r")
+    if "foreground" not in group or "embedding" not in group:
+        raise InputError(
+            f"{path} holds no per-sample foreground/embedding: predict it with "
+            f"`activeseg predict --samples samples`"
+        )
+    fg = np.asarray(zarr.open_array(path, path="foreground")[...], dtype=np.float32)
+    emb = np.asarray(zarr.open_array(path, path="embedding")[...], dtype=np.float32)
+    samples = segment_samples(
+        fg,
+        emb,
+        **cluster.options(),
+    )
+    mi = mutual_information(fg)
+    risks = instance_uncertainty(pred.labels, samples)
+    quality = uncertainty_quality(pred.labels, gt.labels, mi, risks)
+    accurate = _matched_truth(pred.labels, gt.labels)[pred.labels] == gt.labels
+    thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
+    curve = metrics.pavpu(accurate, mi, thresholds)
+    best = int(np.nanargmax(curve.pavpu))
+    return quality | {
+        "PAvPU": float(curve.pavpu[best]),
+        "PAvPU_threshold": float(curve.thresholds[best]),
+        "p_accurate_given_certain": float(curve.p_accurate_given_certain[best]),
+        "p_uncertain_given_inaccurate": float(curve.p_uncertain_given_inaccurate[best]),
+        "PAvPU_sweep": {
+            f"{t:.4g}": float(v) for t, v in zip(curve.thresholds, curve.pavpu, strict=True)
+        },
+        "ECE": metrics.ece(fg.mean(axis=0), gt.labels > 0),
     }

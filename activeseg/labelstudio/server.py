@@ -12,11 +12,13 @@ the child through its environment, never on its command line (visible in ``ps``)
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -45,6 +47,7 @@ LOG_NAME = "server.log"
 MIN_TOKEN_LENGTH = 6
 # Plain variables copied from the caller: what a Python process needs to run, nothing else.
 PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "SYSTEMROOT")
+PR_SET_PDEATHSIG = 1
 
 
 def repo_root() -> Path:
@@ -241,6 +244,16 @@ def start_server(
     return server
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this (child) process when its parent dies; runs before exec.
+
+    Without it a parent killed by a signal leaves the server running (it has its own session).
+    The signal follows the *thread* that started the server: start it from a long-lived one.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def launch(venv: Path, port: int, data_dir: Path, api_key: str) -> RunningServer:
     """Return the freshly spawned (not yet healthy) server process, its output in server.log."""
     log_path = data_dir / LOG_NAME
@@ -255,6 +268,7 @@ def launch(venv: Path, port: int, data_dir: Path, api_key: str) -> RunningServer
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     return RunningServer(f"http://{HOST}:{port}", process, data_dir, log_path)
 

@@ -1,0 +1,173 @@
+"""The loop with the simulated annotator: stages recorded, resumable after SIGKILL, locked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from activeseg.errors import LockError
+from activeseg.loop import STAGES, run_round
+from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import settings as pool_settings
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.project import Project, open_project
+from activeseg.simulation import create_demo_project
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a smoke project with synthetic volumes and round 0 (model-free) finished."""
+    root = tmp_path_factory.mktemp("loop") / "project"
+    project = create_demo_project(root, "smoke")
+    run_round(project)
+    project.engine.dispose()
+    return root
+
+
+def _copy(started: Path, tmp_path: Path) -> Project:
+    target = tmp_path / "project"
+    shutil.copytree(started, target)
+    return open_project(target)
+
+
+def _state(project: Project) -> dict[str, object]:
+    """Return what a round leaves behind: tasks, labels, checkpoints, scores, crop states."""
+    with project.session() as session:
+        tasks = pool_tasks.list_tasks(session)
+        rounds = pool_rounds.list_rounds(session)
+        return {
+            "tasks": [(t.crop_id, t.round_id, t.slices) for t in tasks],
+            "annotations": [
+                (a.task_id, a.label_path, a.current)
+                for t in tasks
+                for a in pool_tasks.annotation_history(session, t.id)
+            ],
+            "crops": [(c.id, c.status, c.labeled_round) for c in pool_volumes.list_crops(session)],
+            "checkpoints": [
+                pool_rounds.latest_checkpoint(session, r.id) is not None for r in rounds
+            ],
+            "selected": [
+                [s.crop_id for s in pool_rounds.round_scores(session, r.id) if s.selected]
+                for r in rounds
+            ],
+            "stages": [[(s.name, s.status) for s in r.stages] for r in rounds],
+            "finished": [r.finished_at is not None for r in rounds],
+        }
+
+
+def test_round_zero_is_model_free_and_queues_a_batch(started: Path) -> None:
+    project = open_project(started)
+    with project.session() as session:
+        first = pool_rounds.get_round(session, 0)
+        queued = pool_volumes.list_crops(session, status="queued")
+    assert first.strategy == "diverse"
+    assert [s.name for s in first.stages] == list(STAGES)
+    assert first.stage("train").outputs == {"skipped": "no labeled crops yet"}  # type: ignore[union-attr]
+    assert len(queued) == project.config.acquisition.batch_size
+
+
+@pytest.mark.slow
+def test_a_round_ingests_trains_evaluates_and_pushes(started: Path, tmp_path: Path) -> None:
+    project = _copy(started, tmp_path)
+    info = run_round(project)
+    assert info.finished_at is not None
+    train = info.stage("train")
+    assert train is not None and train.outputs["labeled_crops"] == 2
+    assert {"AP50", "avF1", "C", "S", "voxel_error_auroc"} <= set(info.metrics)
+    with project.session() as session:
+        labeled = pool_volumes.list_crops(session, status="labeled")
+        queued = pool_volumes.list_crops(session, status="queued")
+        tasks = pool_tasks.list_tasks(session)
+    assert {c.labeled_round for c in labeled} == {1}
+    assert len(queued) == 2
+    assert all(len(t.slices) == project.config.labelstudio.slices for t in tasks)
+    reasons = {t.pushed["reason"] for t in tasks if t.round_id == info.id}
+    assert reasons == {"slices where the model is most unsure"}
+
+
+def test_until_stops_and_the_next_call_resumes(started: Path, tmp_path: Path) -> None:
+    project = _copy(started, tmp_path)
+    project = replace(project, config=project.config)
+    paused = run_round(project, until="ingest")
+    assert paused.finished_at is None
+    assert [s.name for s in paused.stages] == ["ingest"]
+    events: list[tuple[str, str]] = []
+    run_round(project, until="ingest", events=lambda stage, state, _: events.append((stage, state)))
+    assert events == [("ingest", "skipped")]
+
+
+def test_a_second_round_process_is_refused(started: Path, tmp_path: Path) -> None:
+    project = _copy(started, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with project.session() as session:
+            pool_settings.acquire_lock(session, "round")
+            session.execute(
+                pool_settings.Lock.__table__.update().values(pid=holder.pid)  # type: ignore[attr-defined]
+            )
+        with pytest.raises(LockError, match=f"pid {holder.pid}"):
+            run_round(project)
+    finally:
+        holder.kill()
+        holder.wait()
+    run_round(project, until="ingest")  # the holder died: its lock is taken over
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from activeseg import loop
+    from activeseg.project import open_project
+
+    stage, when = sys.argv[2], sys.argv[3]
+    original = loop.STAGE_FUNCTIONS[stage]
+
+    def crash(context):
+        if when == "after":
+            original(context)  # the work is done but not yet recorded
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.STAGE_FUNCTIONS[stage] = crash
+    loop.run_round(open_project(Path(sys.argv[1])))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "when"),
+    [
+        ("ingest", "after"),
+        ("train", "before"),
+        ("train", "after"),
+        ("evaluate", "after"),
+        ("score", "after"),
+        ("select", "after"),
+        ("push", "after"),
+    ],
+)
+def test_a_round_killed_in_any_stage_resumes_to_the_same_state(
+    started: Path, tmp_path: Path, stage: str, when: str, request: pytest.FixtureRequest
+) -> None:
+    reference_dir = tmp_path / "reference"
+    reference = _copy(started, reference_dir)
+    run_round(reference)
+    killed = _copy(started, tmp_path / "killed")
+    killed.engine.dispose()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    crashed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(killed.root), stage, when], env=env, check=False
+    )
+    assert crashed.returncode == -signal.SIGKILL
+    run_round(killed)
+    assert _state(killed) == _state(reference)
