@@ -19,8 +19,13 @@ from scipy import ndimage
 from activeseg.data.instances import Instances
 from activeseg.data.volumes import CropLabels, read_ground_truth, write_crop_labels
 from activeseg.errors import StateError
+from activeseg.labelstudio.brush import instances_to_results
+from activeseg.labelstudio.client import LabelStudioClient
+from activeseg.labelstudio.labeling import status_result
+from activeseg.labelstudio.push import relabel_shown
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import CropInfo, TaskInfo, VolumeInfo
 from activeseg.project import Project
 
 log = logging.getLogger(__name__)
@@ -88,12 +93,8 @@ def correction_effort(predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.u
     return int((mapping[predicted] != truth).sum())
 
 
-def answer_open_tasks(
-    project: Project,
-    round_number: int | None,
-    noise: AnnotatorNoise | None = None,
-) -> int:
-    """Answer every queued task of the pool from ground truth; return how many were answered."""
+def _open_tasks(project: Project) -> list[tuple[TaskInfo, CropInfo, VolumeInfo]]:
+    """Return the active tasks without an answer, with their crops and volumes."""
     with project.session() as session:
         open_tasks = [
             t
@@ -102,6 +103,7 @@ def answer_open_tasks(
         ]
         crops = {t.id: pool_volumes.get_crop(session, t.crop_id) for t in open_tasks}
         volumes = {v.id: v for v in pool_volumes.list_volumes(session)}
+    found = []
     for task in open_tasks:
         crop = crops[task.id]
         volume = volumes[crop.volume_id]
@@ -110,6 +112,18 @@ def answer_open_tasks(
                 f"task {task.id} (crop {crop.id}): volume {volume.name} has no ground truth "
                 f"for the simulated annotator"
             )
+        found.append((task, crop, volume))
+    return found
+
+
+def answer_open_tasks(
+    project: Project,
+    round_number: int | None,
+    noise: AnnotatorNoise | None = None,
+) -> int:
+    """Answer every queued task of the pool from ground truth; return how many were answered."""
+    open_tasks = _open_tasks(project)
+    for task, crop, volume in open_tasks:
         truth = read_ground_truth(project.resolve(volume.path), crop.box)
         labels = sparse_labels(truth, task.slices, noise, seed=task.id)
         now = datetime.now(UTC)
@@ -130,3 +144,27 @@ def answer_open_tasks(
             )
     log.info("simulated annotator answered %d tasks", len(open_tasks))
     return len(open_tasks)
+
+
+def answer_in_labelstudio(
+    project: Project, client: LabelStudioClient, noise: AnnotatorNoise | None = None
+) -> int:
+    """Annotate every open pushed task through the Label Studio API, as a person would.
+
+    The truth on the task's slices becomes brush regions (one label per neuron, kept across
+    slices) with the status "done". A task that already has an annotation in Label Studio
+    (answered before a crash, not ingested yet) is left alone. Returns how many were answered.
+    """
+    answered = 0
+    max_instances = project.config.labelstudio.max_instances
+    for task, crop, volume in _open_tasks(project):
+        if task.ls_task_id is None or client.get_task(task.ls_task_id).get("annotations"):
+            continue
+        truth = read_ground_truth(project.resolve(volume.path), crop.box)
+        labels = sparse_labels(truth, task.slices, noise, seed=task.id)
+        shown, _ = relabel_shown(labels.labels[list(task.slices)], max_instances)
+        result = [*instances_to_results(shown), status_result("done")]
+        client.create_annotation(task.ls_task_id, result)
+        answered += 1
+    log.info("simulated annotator answered %d tasks in Label Studio", answered)
+    return answered

@@ -11,7 +11,8 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -46,7 +47,7 @@ ProjectOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
-def command(name: str | None = None) -> Callable[[F], F]:
+def command(name: str | None = None, group: typer.Typer | None = None) -> Callable[[F], F]:
     """Register a CLI command that turns activeseg errors into a message and an exit code."""
 
     def register(func: F) -> F:
@@ -58,7 +59,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
 
-        app.command(name)(wrapper)
+        (group or app).command(name)(wrapper)
         return func
 
     return register
@@ -262,6 +263,18 @@ def _brief(outputs: dict[str, Any]) -> str:
         f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()
     )
     return f"[dim]{shown}[/]" if shown else ""
+
+
+@contextmanager
+def _progress(what: str, as_json: bool) -> Iterator[Callable[[int, int], None]]:
+    """Yield a (done, total) callback that drives a rich progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), console=errors, disable=as_json
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @command("train")
@@ -553,7 +566,7 @@ labelstudio_app = typer.Typer(help="Run the Label Studio server.", no_args_is_he
 app.add_typer(labelstudio_app, name="labelstudio")
 
 
-@labelstudio_app.command("serve")
+@command("serve", labelstudio_app)
 def labelstudio_serve_cmd(
     port: Annotated[
         int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")
@@ -571,11 +584,35 @@ def labelstudio_serve_cmd(
     """
     from activeseg.labelstudio.server import serve_forever
 
+    serve_forever(port, data_dir)
+
+
+@command("annotate", labelstudio_app)
+def labelstudio_annotate_cmd(
+    project_dir: ProjectOption = None, as_json: JsonOption = False
+) -> None:
+    """Answer the open Label Studio tasks from hidden ground truth, as an annotator would.
+
+    The simulated annotator, through the real server: for every pushed task without an
+    answer it draws the true neurons on the shown slices and submits them ("done"). Then
+    `activeseg ingest` (or the next round) takes them in.
+
+    Example: [bold]activeseg labelstudio annotate --json[/]
+    """
+    from activeseg.annotator import answer_in_labelstudio
+    from activeseg.labelstudio.client import LabelStudioClient
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    client = LabelStudioClient.from_env()
     try:
-        serve_forever(port, data_dir)
-    except ActivesegError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        answered = answer_in_labelstudio(project, client)
+    finally:
+        client.close()
+    if as_json:
+        emit_json({"answered": answered})
+    else:
+        console.print(f"answered {answered} tasks in Label Studio")
 
 
 @command("evaluate")
@@ -678,3 +715,77 @@ def score_cmd(
             style="bold" if row["selected"] else None,
         )
     console.print(table)
+
+
+@command("push")
+def push_cmd(
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Push at most this many crops (best first).")
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Push the newest round's selected crops to Label Studio, pre-annotated by the model.
+
+    Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (environment or .env). Safe to re-run:
+    crops already pushed are not pushed twice.
+
+    Example: [bold]activeseg push --limit 10 --json[/]
+    """
+    from activeseg.labelstudio.push import latest_round, push_selected
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    with _progress("rendering crops", as_json) as progress:
+        result = push_selected(project, latest_round(project), limit=limit, progress=progress)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    console.print(
+        f"pushed {result.pushed} crops to Label Studio project {result.project_id}"
+        + (f" ({result.recovered} recovered from an interrupted push)" if result.recovered else "")
+    )
+
+
+@command("ingest")
+def ingest_cmd(
+    from_file: Annotated[
+        tuple[int, Path] | None,
+        typer.Option(
+            "--from-file",
+            metavar="CROP LABELS.zarr",
+            help="Ingest labels made in another tool for one crop instead of Label Studio.",
+        ),
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take new and updated annotations from Label Studio into the pool (or one label file).
+
+    Only what changed since the last ingest is read; ingesting twice changes nothing. A bad
+    annotation is reported with its task and does not stop the others (exit code 2 if any).
+
+    Example: [bold]activeseg ingest --json[/]
+
+    Example: [bold]activeseg ingest --from-file 12 crop12.zarr[/]
+    """
+    from activeseg.labelstudio.ingest import IngestResult, ingest_annotations, ingest_file
+    from activeseg.project import open_project
+
+    project = open_project(project_dir)
+    if from_file is not None:
+        crop_id, path = from_file
+        result = IngestResult()
+        outcome = ingest_file(project, crop_id, path)
+        setattr(result, outcome, 1)
+    else:
+        result = ingest_annotations(project)
+    counts = result.as_dict()
+    if as_json:
+        emit_json(counts)
+    else:
+        console.print(", ".join(f"{k} {v}" for k, v in counts.items() if k != "errors"))
+        for message in result.errors:
+            errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if result.errors:
+        raise typer.Exit(2)

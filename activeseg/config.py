@@ -148,6 +148,9 @@ class LabelStudioConfig(Section):
     overlay_vmax: float | None = Field(
         None, gt=0, description="uncertainty at full overlay colour; None = per crop maximum"
     )
+    # "upload": image files on the server (small database); "inline": data URIs in the task
+    # data (one request for everything, faster, but every task listing carries the images).
+    images: Literal["upload", "inline"] = "upload"
 
 
 class LoopConfig(Section):

@@ -15,16 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from activeseg import annotator, fitting, scoring
 from activeseg.errors import InputError
-from activeseg.labelstudio.render import choose_slices
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import CropInfo, RoundInfo
+from activeseg.pool.records import RoundInfo
 from activeseg.project import Project
 
 log = logging.getLogger(__name__)
@@ -186,35 +183,12 @@ def _push(context: RoundContext) -> dict[str, Any]:
     return push_selected(project, context.round).as_dict()
 
 
-def selected_crops(project: Project, round_id: int) -> list[CropInfo]:
-    """Return a round's selected crops that still wait for a task, best rank first."""
-    with project.session() as session:
-        chosen = [s for s in pool_rounds.round_scores(session, round_id) if s.selected]
-        crops = [pool_volumes.get_crop(session, s.crop_id) for s in chosen]
-    return [c for c in crops if c.status == "unlabeled"]
-
-
-def plan_slices(project: Project, round_number: int, crop: CropInfo) -> tuple[list[int], str]:
-    """Return the z-slices (crop coordinates) a task shows, and why those.
-
-    With a model: the slices where it is most unsure (mutual information). Round 0: evenly
-    spaced slices.
-    """
-    n = min(project.config.labelstudio.slices, crop.shape[0])
-    path = scoring.analysis_path(project, round_number, crop.id)
-    if path.exists():
-        uncertainty = scoring.read_analysis(path, "mutual_information")
-        return choose_slices(uncertainty, n), "slices where the model is most unsure"
-    spaced = np.linspace(0, crop.shape[0] - 1, n + 2)[1:-1].round().astype(int)
-    return sorted({int(z) for z in spaced}), "evenly spaced slices (no model yet)"
-
-
 def queue_selected(context: RoundContext) -> int:
     """Queue the round's selected crops as pool-only tasks (simulated annotation)."""
     project, current = context.project, context.round
-    crops = selected_crops(project, current.id)
+    crops = scoring.selected_crops(project, current.id)
     for crop in crops:
-        slices, reason = plan_slices(project, current.number, crop)
+        slices, reason = scoring.plan_slices(project, current.number, crop)
         with project.session() as session:
             pool_tasks.queue_crop(
                 session,

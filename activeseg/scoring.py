@@ -30,6 +30,7 @@ from activeseg.predict import predict_array
 from activeseg.project import Project
 from activeseg.uncertainty import (
     InstanceRisk,
+    choose_slices,
     embedding_descriptor,
     instance_error_score,
     instance_uncertainty,
@@ -218,3 +219,26 @@ def _crop_scores(parts: Sequence[dict[str, Any]]) -> CropScores:
         if parts and all(name in p for p in parts)
     }
     return CropScores(count=len(parts), **columns)
+
+
+def selected_crops(project: Project, round_id: int) -> list[CropInfo]:
+    """Return a round's selected crops that still wait for a task, best rank first."""
+    with project.session() as session:
+        chosen = [s for s in pool_rounds.round_scores(session, round_id) if s.selected]
+        crops = [pool_volumes.get_crop(session, s.crop_id) for s in chosen]
+    return [c for c in crops if c.status == "unlabeled"]
+
+
+def plan_slices(project: Project, round_number: int, crop: CropInfo) -> tuple[list[int], str]:
+    """Return the z-slices (crop coordinates) a task shows, and why those.
+
+    With a model: the slices where it is most unsure (mutual information). Round 0: evenly
+    spaced slices.
+    """
+    n = min(project.config.labelstudio.slices, crop.shape[0])
+    path = analysis_path(project, round_number, crop.id)
+    if path.exists():
+        uncertainty = read_analysis(path, "mutual_information")
+        return choose_slices(uncertainty, n), "slices where the model is most unsure"
+    spaced = np.linspace(0, crop.shape[0] - 1, n + 2)[1:-1].round().astype(int)
+    return sorted({int(z) for z in spaced}), "evenly spaced slices (no model yet)"

@@ -536,3 +536,35 @@ def intensity_descriptor(
     stats = [flat.mean(axis=1, keepdims=True), flat.std(axis=1, keepdims=True)]
     stats.append(np.percentile(flat, percentiles, axis=1).T.reshape(flat.shape[0], -1))
     return np.concatenate(stats, axis=1).ravel().astype(np.float32)
+
+
+def slice_scores(uncertainty: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Return (Z,) float64: the mean uncertainty of each z-slice of a (Z, Y, X) volume."""
+    values = np.asarray(uncertainty, dtype=np.float64)
+    if values.ndim != 3:
+        raise InputError(f"uncertainty must be (Z, Y, X), got shape {values.shape}")
+    return np.asarray(np.nan_to_num(values).mean(axis=(1, 2)), dtype=np.float64)
+
+
+def choose_slices(uncertainty: npt.ArrayLike, n: int, min_spacing: int | None = None) -> list[int]:
+    """Return the sorted z-indices of the ``n`` slices where the model is least sure.
+
+    The choice is uncertainty-driven: slices are ranked by mean uncertainty (``(Z, Y, X)``
+    float input) and taken greedily, skipping any closer than ``min_spacing`` to one already
+    taken, so the task does not show near-copies of one slice. ``min_spacing`` defaults to
+    ``Z // (2 n)`` (at least 1). When spacing leaves too few slices, the best remaining ones
+    fill up; never more than Z slices are returned.
+    """
+    if n < 1:
+        raise InputError(f"n must be at least 1, got {n}")
+    scores = slice_scores(uncertainty)
+    spacing = max(1, len(scores) // (2 * n)) if min_spacing is None else max(1, min_spacing)
+    ranked = [int(z) for z in np.argsort(-scores, kind="stable")]
+    chosen: list[int] = []
+    for z in ranked:
+        if len(chosen) < n and all(abs(z - c) >= spacing for c in chosen):
+            chosen.append(z)
+    for z in ranked:
+        if len(chosen) < n and z not in chosen:
+            chosen.append(z)
+    return sorted(chosen)

@@ -293,6 +293,17 @@ class LabelStudioClient:
             )
             return [task.model_dump(mode="json") for task in pager]
 
+    def list_task_data(self, project_id: int) -> list[Json]:
+        """Return ``{"id", "data"}`` of every task of a project (no annotations, no URL rewrite)."""
+        with self.calling(f"listing the tasks of project {project_id}"):
+            pager: Iterable[Any] = self._sdk.tasks.list(
+                project=project_id,
+                fields="task_only",
+                resolve_uri=False,
+                page_size=TASKS_PAGE_SIZE,
+            )
+            return [{"id": task.id, "data": task.data} for task in pager]
+
     def get_task(self, task_id: int) -> Json:
         """Return one task as a JSON-like dict, with its annotations (skips included)."""
         with self.calling(f"reading task {task_id}"):

@@ -106,3 +106,16 @@ def task_status(results: Sequence[dict[str, object]]) -> str | None:
             choices = value.get("choices") or []
             return str(choices[0]) if choices else None
     return None
+
+
+def status_result(choice: str) -> dict[str, object]:
+    """Return the result that picks a status choice (done / unsure / skip) for a task."""
+    if choice not in STATUS_CHOICES:
+        raise ValueError(f"status must be one of {STATUS_CHOICES}, got {choice!r}")
+    return {
+        "id": "status",
+        "from_name": STATUS_NAME,
+        "to_name": IMAGE_NAME,
+        "type": "choices",
+        "value": {"choices": [choice]},
+    }

@@ -12,6 +12,7 @@ from activeseg.uncertainty import (
     Reduction,
     aleatoric_variance,
     binary_entropy,
+    choose_slices,
     embedding_descriptor,
     embedding_variance,
     expected_entropy,
@@ -348,3 +349,40 @@ def test_intensity_descriptor_has_per_channel_statistics() -> None:
     assert descriptor[1, 0] == pytest.approx(99.5)
     assert descriptor[1, 2] == pytest.approx(99.5)  # median
     assert np.allclose(descriptor[2], [7.0, 0.0, 7.0, 7.0, 7.0])
+
+
+def uncertainty_with_peaks(depth: int, peaks: dict[int, float]) -> np.ndarray:
+    """Return (Z, 3, 3) float with low uncertainty except the given slice means."""
+    volume = np.full((depth, 3, 3), 0.01)
+    for z, value in peaks.items():
+        volume[z] = value
+    return volume
+
+
+def test_choose_slices_picks_the_most_uncertain_sorted() -> None:
+    volume = uncertainty_with_peaks(20, {15: 0.9, 2: 0.8, 9: 0.7, 5: 0.1})
+    assert choose_slices(volume, 3) == [2, 9, 15]
+
+
+def test_choose_slices_skips_neighbours_of_chosen_slices() -> None:
+    # 10 and 11 are the two most uncertain, but 11 is a near-copy of 10.
+    volume = uncertainty_with_peaks(16, {10: 0.9, 11: 0.85, 3: 0.5})
+    assert choose_slices(volume, 2, min_spacing=2) == [3, 10]
+    assert choose_slices(volume, 2, min_spacing=1) == [10, 11]
+
+
+def test_choose_slices_fills_up_when_spacing_leaves_too_few() -> None:
+    volume = uncertainty_with_peaks(4, {1: 0.9})
+    chosen = choose_slices(volume, 4, min_spacing=3)
+    assert chosen == [0, 1, 2, 3]
+
+
+def test_choose_slices_never_returns_more_than_depth() -> None:
+    assert choose_slices(np.zeros((2, 3, 3)), 5) == [0, 1]
+
+
+def test_choose_slices_rejects_bad_input() -> None:
+    with pytest.raises(InputError, match="n must be"):
+        choose_slices(np.zeros((3, 2, 2)), 0)
+    with pytest.raises(InputError, match=r"\(Z, Y, X\)"):
+        choose_slices(np.zeros((3, 2)), 1)

@@ -1,0 +1,260 @@
+"""The loop through a real Label Studio server: push, annotate through the API, ingest.
+
+One synthetic smoke project goes through round 0 (model-free selection, tasks without
+pre-annotations), the simulated annotator answering through the API, and round 1 (ingest,
+train, evaluate, score, select, push with pre-annotations). The ingest tests then annotate
+round 1's tasks the ways people do: an edited pre-annotation, a skip, malformed ones, an
+update, a deletion.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from activeseg.annotator import answer_in_labelstudio
+from activeseg.cli import app
+from activeseg.data.volumes import read_crop_labels, read_ground_truth
+from activeseg.labelstudio import push as push_module
+from activeseg.labelstudio.brush import instances_to_results, results_to_labels
+from activeseg.labelstudio.client import API_KEY_ENV, URL_ENV, LabelStudioClient
+from activeseg.labelstudio.ingest import SINCE_SETTING, ingest_annotations
+from activeseg.labelstudio.labeling import status_result
+from activeseg.labelstudio.push import latest_round, push_selected, relabel_shown
+from activeseg.loop import run_round
+from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import settings as pool_settings
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import TaskInfo
+from activeseg.project import CONFIG_FILE, Project, open_project
+from activeseg.scoring import analysis_path, read_analysis
+from activeseg.simulation import create_demo_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def environment(ls_connection: Any) -> Iterator[None]:
+    """Point the library at the test server through the environment, as users do."""
+    saved = {name: os.environ.get(name) for name in (URL_ENV, API_KEY_ENV)}
+    os.environ[URL_ENV], os.environ[API_KEY_ENV] = ls_connection.url, ls_connection.api_key
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def labelstudio_project(root: Path) -> Project:
+    """Return a synthetic smoke project whose annotators work in Label Studio."""
+    project = create_demo_project(root, "smoke")
+    config = project.config
+    config = config.model_copy(
+        update={"loop": config.loop.model_copy(update={"annotator": "labelstudio"})}
+    )
+    (root / CONFIG_FILE).write_text(config.to_yaml())
+    project.engine.dispose()
+    return open_project(root)
+
+
+def tasks_of_round(project: Project, number: int) -> list[TaskInfo]:
+    with project.session() as session:
+        round_id = pool_rounds.get_round(session, number).id
+        return [t for t in pool_tasks.list_tasks(session) if t.round_id == round_id]
+
+
+@pytest.fixture(scope="module")
+def looped(
+    environment: None, ls_client: LabelStudioClient, tmp_path_factory: pytest.TempPathFactory
+) -> Project:
+    """Return the project after round 0, API annotation of its tasks, and round 1."""
+    project = labelstudio_project(tmp_path_factory.mktemp("loop") / "project")
+    run_round(project)
+    assert answer_in_labelstudio(project, ls_client) == 2
+    run_round(project, batch_size=4)
+    return project
+
+
+def png_shape(data: bytes) -> tuple[int, ...]:
+    return tuple(np.asarray(Image.open(io.BytesIO(data))).shape)
+
+
+def test_round_zero_tasks_show_the_crop_without_pre_annotation(
+    looped: Project, ls_client: LabelStudioClient
+) -> None:
+    tasks = tasks_of_round(looped, 0)
+    assert len(tasks) == 2
+    for task in tasks:
+        remote = ls_client.get_task(int(task.ls_task_id or 0))
+        assert remote["data"]["crop_id"] == task.crop_id
+        assert remote["data"]["slices"] == list(task.slices)
+        assert remote["predictions"] == []
+        images, overlays = remote["data"]["images"], remote["data"]["overlays"]
+        assert len(images) == len(overlays) == len(task.slices) == 2
+        # The smoke crops are 16 x 32 x 32: every image is one RGB slice of the crop.
+        assert {png_shape(ls_client.fetch(url)) for url in images + overlays} == {(32, 32, 3)}
+
+
+def test_round_one_ingested_what_the_annotator_drew(looped: Project) -> None:
+    with looped.session() as session:
+        volumes = {v.id: v for v in pool_volumes.list_volumes(session)}
+        for task in tasks_of_round(looped, 0):
+            crop = pool_volumes.get_crop(session, task.crop_id)
+            assert (crop.status, crop.labeled_round) == ("labeled", 1)
+            truth = read_ground_truth(looped.resolve(volumes[crop.volume_id].path), crop.box)
+            labels = read_crop_labels(looped.resolve(str(crop.label_path)))
+            shown = list(task.slices)
+            assert labels.mask[shown].all() and labels.mask.sum() == len(shown) * 32 * 32
+            # Same partition of the shown slices as the truth (ids renumbered 1..K).
+            expected, _ = relabel_shown(truth.labels[shown], 32)
+            assert np.array_equal(labels.labels[shown], expected)
+            assert not labels.labels[~labels.mask].any()
+
+
+def test_round_one_pushes_pre_annotated_tasks_ranked_by_score(
+    looped: Project, ls_client: LabelStudioClient
+) -> None:
+    tasks = tasks_of_round(looped, 1)
+    assert len(tasks) == 4
+    with looped.session() as session:
+        round_one = pool_rounds.get_round(session, 1)
+        scores = {s.crop_id: s.score for s in pool_rounds.round_scores(session, round_one.id)}
+    for task in tasks:
+        remote = ls_client.get_task(int(task.ls_task_id or 0))
+        (prediction,) = remote["predictions"]
+        assert prediction["score"] == pytest.approx(scores[task.crop_id])
+        assert prediction["model_version"] == "round-1"
+        assert "most unsure" in remote["data"]["caption"]
+        consensus = read_analysis(analysis_path(looped, 1, task.crop_id), "consensus")
+        expected, mapping = relabel_shown(consensus[list(task.slices)], 32)
+        decoded, _ = results_to_labels(prediction["result"], len(task.slices), 32, 32)
+        assert np.array_equal(decoded, expected)
+        assert task.pushed["instances"] == {f"n{k}": v for k, v in mapping.items()}
+
+
+def test_history_shows_both_rounds(looped: Project) -> None:
+    answer = CliRunner().invoke(app, ["history", "--json", "-p", str(looped.root)])
+    assert answer.exit_code == 0, answer.output
+    rounds = json.loads(answer.stdout)
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert rounds[0]["metrics"] == {}
+    assert {"AP50", "avF1", "C", "S"} <= set(rounds[1]["metrics"])
+    assert rounds[1]["labeled_crops"] == 2
+
+
+def edited(prediction: list[dict[str, Any]], slices: int) -> list[dict[str, Any]]:
+    """Return an annotator's fix of a pre-annotation: one neuron painted on every slice."""
+    labels = np.zeros((slices, 32, 32), np.uint32)
+    labels[:, 4:9, 2:30] = 1
+    labels[:, 12:30, 20:24] = 2
+    return [*instances_to_results(labels), status_result("done")]
+
+
+def crop_state(project: Project, crop_id: int) -> tuple[str, str | None]:
+    with project.session() as session:
+        crop = pool_volumes.get_crop(session, crop_id)
+    return crop.status, crop.skip_reason
+
+
+def test_ingest_edits_skips_errors_updates_and_deletions(
+    looped: Project, ls_client: LabelStudioClient
+) -> None:
+    good, skipped, wrong_slice, empty = tasks_of_round(looped, 1)
+    n = len(good.slices)
+    ls = {t.crop_id: int(t.ls_task_id or 0) for t in (good, skipped, wrong_slice, empty)}
+    first = ls_client.create_annotation(ls[good.crop_id], edited([], n))
+    ls_client.create_annotation(ls[skipped.crop_id], [], was_cancelled=True)
+    off_slice = instances_to_results(np.ones((n + 1, 32, 32), np.uint32))[-1:]
+    ls_client.create_annotation(ls[wrong_slice.crop_id], off_slice)
+    ls_client.create_annotation(ls[empty.crop_id], [status_result("unsure")])
+
+    result = ingest_annotations(looped)
+    assert (result.ingested, result.skipped, result.updated) == (1, 1, 0)
+    assert len(result.errors) == 2
+    assert any(f"task {ls[wrong_slice.crop_id]} " in e and "item_index" in e for e in result.errors)
+    assert any(f"task {ls[empty.crop_id]} " in e and "no brush region" in e for e in result.errors)
+    assert crop_state(looped, skipped.crop_id)[0] == "skipped"
+    assert "skipped the task" in str(crop_state(looped, skipped.crop_id)[1])
+    for task in (wrong_slice, empty):
+        assert crop_state(looped, task.crop_id) == ("queued", None)
+    with looped.session() as session:
+        stored = read_crop_labels(
+            looped.resolve(str(pool_volumes.get_crop(session, good.crop_id).label_path))
+        )
+    expected, _ = results_to_labels(edited([], n), n, 32, 32)
+    assert np.array_equal(stored.labels[list(good.slices)], expected)
+
+    # Nothing changed in Label Studio: ingesting again changes nothing (through the CLI).
+    again = CliRunner().invoke(app, ["ingest", "--json", "-p", str(looped.root)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == {
+        "ingested": 0,
+        "updated": 0,
+        "skipped": 0,
+        "withdrawn": 0,
+        "unchanged": 0,
+        "errors": [],
+    }
+    # Even re-reading every task from the start leaves the pool as it is.
+    with looped.session() as session:
+        pool_settings.set_setting(session, SINCE_SETTING, "2000-01-01T00:00:00+00:00")
+    rescan = ingest_annotations(looped)
+    assert (rescan.ingested, rescan.updated, rescan.skipped, rescan.unchanged) == (0, 0, 0, 4)
+    with looped.session() as session:
+        assert len(pool_tasks.annotation_history(session, good.id)) == 1
+
+    # The annotator corrects the first annotation: it supersedes the old one, kept as history.
+    corrected = np.zeros((n, 32, 32), np.uint32)
+    corrected[:, 0:3, :] = 3
+    ls_client.update_annotation(first, [*instances_to_results(corrected), status_result("done")])
+    assert ingest_annotations(looped).updated == 1
+    with looped.session() as session:
+        history = pool_tasks.annotation_history(session, good.id)
+        crop = pool_volumes.get_crop(session, good.crop_id)
+    assert [a.current for a in history] == [False, True]
+    assert all(looped.resolve(str(a.label_path)).exists() for a in history)
+    assert np.array_equal(
+        read_crop_labels(looped.resolve(str(crop.label_path))).labels[list(good.slices)], corrected
+    )
+
+    # Deleting the annotation in Label Studio returns the crop to the queue.
+    ls_client.delete_annotation(first)
+    assert ingest_annotations(looped).withdrawn == 1
+    assert crop_state(looped, good.crop_id) == ("queued", None)
+
+
+def test_push_interrupted_before_the_pool_records_is_recovered(
+    environment: None,
+    ls_client: LabelStudioClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = labelstudio_project(tmp_path / "project")
+    run_round(project, until="select")
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(push_module.pool_tasks, "queue_crop", crash)
+        with pytest.raises(KeyboardInterrupt):
+            push_selected(project, latest_round(project))
+    with project.session() as session:
+        assert pool_tasks.list_tasks(session) == []
+    result = push_selected(project, latest_round(project))
+    assert (result.pushed, result.recovered) == (2, 2)
+    assert len(ls_client.list_task_data(result.project_id)) == 2
+    again = push_selected(project, latest_round(project))
+    assert again.pushed == 0
+    assert len(ls_client.list_task_data(result.project_id)) == 2

@@ -1,0 +1,154 @@
+"""Push and ingest pieces that need no server: renumbering, notes, decoding, label files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from activeseg.cli import app
+from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
+from activeseg.errors import AnnotationError, InputError
+from activeseg.labelstudio.brush import instances_to_results
+from activeseg.labelstudio.ingest import (
+    annotator_name,
+    ingest_file,
+    labels_from_results,
+    newest,
+)
+from activeseg.labelstudio.labeling import status_result
+from activeseg.labelstudio.push import flagged_instances, relabel_shown, render_crop
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.project import Project, open_project
+from activeseg.simulation import create_demo_project
+
+
+def test_relabel_shown_numbers_instances_by_size_and_drops_the_smallest() -> None:
+    shown = np.zeros((2, 4, 4), np.uint32)
+    shown[0, 0, :] = 70  # 4 voxels
+    shown[1, :, :3] = 9  # 12 voxels
+    shown[0, 3, 3] = 5  # 1 voxel
+    labels, mapping = relabel_shown(shown, max_instances=2)
+    assert mapping == {1: 9, 2: 70}
+    assert np.array_equal(labels == 1, shown == 9)
+    assert np.array_equal(labels == 2, shown == 70)
+    assert labels[0, 3, 3] == 0
+
+
+def test_flagged_instances_names_only_the_shown_ones() -> None:
+    risks = [
+        {"id": 9, "flags": ["merge"]},
+        {"id": 70, "flags": []},
+        {"id": 5, "flags": ["split", "unstable"]},
+    ]
+    notes = flagged_instances(risks, {9: 1, 70: 2})
+    assert notes == ["n1: may be merged (several neurons)"]
+
+
+def test_render_crop_names_one_slice_and_one_overlay_per_shown_slice() -> None:
+    raw = np.random.default_rng(0).integers(0, 500, (3, 6, 8, 10)).astype(np.uint16)
+    doubt = np.zeros((6, 8, 10))
+    doubt[4, :, :5] = 1.0
+    images, overlays = render_crop(raw, [1, 4], doubt, None, "crop3_r2")
+    assert list(images) == ["crop3_r2_z1.png", "crop3_r2_z4.png"]
+    assert list(overlays) == ["crop3_r2_u1.png", "crop3_r2_u4.png"]
+    # Where the model is sure the overlay is the bare slice; where unsure it differs.
+    assert overlays["crop3_r2_u1.png"] == images["crop3_r2_z1.png"]
+    assert overlays["crop3_r2_u4.png"] != images["crop3_r2_z4.png"]
+
+
+def test_labels_from_results_places_slices_and_masks_the_rest() -> None:
+    drawn = np.zeros((2, 5, 6), np.uint32)
+    drawn[0, 1:3, 1:4] = 2
+    drawn[1, 4, :] = 1
+    results = [*instances_to_results(drawn), status_result("done")]
+    labels = labels_from_results(results, [3, 7], (9, 5, 6), task=11, allow_empty=False)
+    assert np.array_equal(labels.labels[[3, 7]], drawn)
+    assert labels.mask.sum(axis=(1, 2)).nonzero()[0].tolist() == [3, 7]
+    assert not labels.labels[~labels.mask].any()
+
+
+def test_labels_from_results_refuses_an_empty_annotation_unless_done() -> None:
+    with pytest.raises(AnnotationError, match=r"task 11: .*no brush region"):
+        labels_from_results([status_result("unsure")], [0], (2, 3, 3), task=11, allow_empty=False)
+    empty = labels_from_results([], [0], (2, 3, 3), task=11, allow_empty=True)
+    assert empty.mask[0].all() and not empty.labels.any()
+
+
+def test_newest_annotation_and_its_author() -> None:
+    annotations = [
+        {"id": 1, "updated_at": "2026-01-02T10:00:00Z", "completed_by": 3},
+        {"id": 2, "updated_at": "2026-01-02T11:00:00.5Z", "completed_by": {"email": "a@b.c"}},
+    ]
+    assert newest(annotations) == annotations[1]
+    assert newest([]) is None
+    assert annotator_name(annotations[0]) == "user 3"
+    assert annotator_name(annotations[1]) == "a@b.c"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_demo_project(tmp_path_factory.mktemp("ingest") / "project", "smoke").root
+
+
+def first_pool_crop(project: Project) -> tuple[int, tuple[int, int, int]]:
+    with project.session() as session:
+        crop = pool_volumes.list_crops(session, split="pool")[0]
+    return crop.id, crop.shape
+
+
+def test_ingest_file_records_labels_made_elsewhere(synthetic: Path, tmp_path: Path) -> None:
+    project = open_project(synthetic)
+    crop_id, shape = first_pool_crop(project)
+    labels = np.zeros(shape, np.uint32)
+    labels[2:5, 3:9, 4:6] = 7
+    mask = np.zeros(shape, bool)
+    mask[2:5] = True
+    source = tmp_path / "napari.zarr"
+    write_crop_labels(source, CropLabels(labels, mask, np.zeros((0, 4), np.int64)))
+
+    assert ingest_file(project, crop_id, source, round_number=3) == "ingested"
+    with project.session() as session:
+        crop = pool_volumes.get_crop(session, crop_id)
+        (task,) = [t for t in pool_tasks.list_tasks(session) if t.crop_id == crop_id]
+    assert (crop.status, crop.labeled_round) == ("labeled", 3)
+    assert task.slices == (2, 3, 4)
+    stored = read_crop_labels(project.resolve(str(crop.label_path)))
+    assert np.array_equal(stored.labels, labels) and np.array_equal(stored.mask, mask)
+
+    plain = tmp_path / "plain.zarr"
+    zarr.create_array(plain, data=labels * 2)
+    assert ingest_file(project, crop_id, plain) == "updated"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (np.zeros((3, 4, 4), np.uint32), "labels of shape"),
+        (None, "integer"),
+    ],
+)
+def test_ingest_file_rejects_bad_labels_and_stores_nothing(
+    synthetic: Path, tmp_path: Path, data: np.ndarray | None, message: str
+) -> None:
+    project = open_project(synthetic)
+    with project.session() as session:
+        crop = pool_volumes.list_crops(session, split="pool")[1]
+    bad = tmp_path / "bad.zarr"
+    zarr.create_array(bad, data=np.zeros(crop.shape, np.float32) if data is None else data)
+    before = sorted(project.labels_dir.rglob("*")) if project.labels_dir.exists() else []
+    answer = CliRunner().invoke(
+        app, ["ingest", "--from-file", str(crop.id), str(bad), "-p", str(synthetic)]
+    )
+    assert answer.exit_code == 2
+    assert message in answer.stderr and "bad.zarr" in answer.stderr
+    after = sorted(project.labels_dir.rglob("*")) if project.labels_dir.exists() else []
+    assert after == before
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, crop.id).status == "unlabeled"
+    with pytest.raises(InputError):
+        ingest_file(project, crop.id, tmp_path / "missing.zarr")
