@@ -1,14 +1,15 @@
 """Benchmark: push 100 crops to Label Studio, then ingest 100 annotated tasks.
 
-Each task: 4 z-slices of a 64x64 3-channel crop as RGB PNGs, 4 uncertainty overlays and brush
-pre-annotations of ~5 instances per slice. The push (upload images + import tasks + import
-predictions) is compared with a 5 s target; the ingest times ``changed_tasks`` plus decoding
-every annotation back to instance labels.
+Each task is built the way ``activeseg push`` builds it (``activeseg.labelstudio.push``): 4
+z-slices of a 3-channel 64x64 crop as RGB PNGs, 4 uncertainty overlays, a caption and brush
+pre-annotations of ~5 instances per slice, imported with the predictions inline. The push
+(image upload + task import) is compared with a 5 s target; rendering is reported apart. The
+ingest times ``changed_tasks`` plus turning every annotation into the crop's sparse labels.
 
 Uses the server at LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY when both are set, otherwise starts
 one from .venv-ls on a free port with a temporary data directory (its startup is not timed).
 
-    .venv/bin/python benchmarks/bench_push.py [--tasks 100] [--slices 4] [--size 64] [--data-uris]
+    .venv/bin/python benchmarks/bench_push.py [--tasks 100] [--slices 4] [--size 64] [--inline]
 """
 
 from __future__ import annotations
@@ -24,16 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from activeseg.labelstudio.brush import instances_to_results, results_to_labels
+from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient, latest_update
-from activeseg.labelstudio.labeling import labeling_config
-from activeseg.labelstudio.render import (
-    channel_limits,
-    data_uri,
-    overlay_rgba,
-    png_bytes,
-    render_rgb,
-)
+from activeseg.labelstudio.ingest import labels_from_results
+from activeseg.labelstudio.labeling import labeling_config, status_result
+from activeseg.labelstudio.push import CropTask, relabel_shown, render_crop, upload_and_import
 from activeseg.labelstudio.server import LabelStudioServer
 
 PUSH_TARGET_S = 5.0
@@ -66,28 +62,13 @@ def synthetic_crop(rng: np.random.Generator, slices: int, size: int) -> dict[str
     return {"raw": raw, "labels": labels, "uncertainty": rng.random((slices, size, size))}
 
 
-def render_crop(crop: dict[str, np.ndarray], prefix: str) -> dict[str, bytes]:
-    """Return {name: PNG} of the slices and overlays of one crop."""
-    limits = channel_limits(crop["raw"])
-    images = {}
-    for z in range(crop["raw"].shape[1]):
-        images[f"{prefix}_s{z}.png"] = png_bytes(render_rgb(crop["raw"][:, z], limits))
-        images[f"{prefix}_u{z}.png"] = png_bytes(overlay_rgba(crop["uncertainty"][z], 1.0))
-    return images
-
-
-def tasks_for(urls: dict[str, str], n_tasks: int, slices: int) -> list[dict[str, Any]]:
-    """Return the task dicts (image and overlay URLs per crop)."""
-    return [
-        {
-            "data": {
-                "images": [urls[f"c{t}_s{z}.png"] for z in range(slices)],
-                "overlays": [urls[f"c{t}_u{z}.png"] for z in range(slices)],
-                "caption": f"crop {t}",
-            }
-        }
-        for t in range(n_tasks)
-    ]
+def crop_task(crop: dict[str, np.ndarray], number: int, slices: list[int]) -> CropTask:
+    """Return one crop as the task the product pushes."""
+    images, overlays = render_crop(crop["raw"], slices, crop["uncertainty"], None, f"c{number}")
+    shown, _ = relabel_shown(crop["labels"][slices], 32)
+    prediction = {"result": instances_to_results(shown), "score": 1.0 / (1 + number)}
+    data = {"caption": f"crop {number}", "crop_id": number, "round": 0, "slices": slices}
+    return CropTask(number, slices, images, overlays, data, prediction, {})
 
 
 def timed(label: str, times: dict[str, float]) -> Any:
@@ -109,50 +90,42 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument(
-        "--data-uris", action="store_true", help="put images in the task data, do not upload"
+        "--inline", action="store_true", help="put images in the task data, do not upload"
     )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     crops = [synthetic_crop(rng, args.slices, args.size) for _ in range(args.tasks)]
+    slices = list(range(args.slices))
     times: dict[str, float] = {}
     with connection() as client:
-        project = client.ensure_project(f"bench {uuid.uuid4().hex[:8]}", labeling_config(16))
-        with timed("render PNGs", times):
-            images: dict[str, bytes] = {}
-            for t, crop in enumerate(crops):
-                images.update(render_crop(crop, f"c{t}"))
-        with timed("encode brush RLE", times):
-            results = [instances_to_results(crop["labels"]) for crop in crops]
-        with timed("upload images", times):
-            if args.data_uris:
-                urls = {name: data_uri(png) for name, png in images.items()}
-            else:
-                urls = client.upload_images(project, images)
-        with timed("import tasks", times):
-            task_ids = client.import_tasks(project, tasks_for(urls, args.tasks, args.slices))
-        with timed("import predictions", times):
-            client.import_predictions(
-                project, [{"task": t, "result": r} for t, r in zip(task_ids, results, strict=True)]
-            )
+        project = client.create_project(f"bench {uuid.uuid4().hex[:8]}", labeling_config(32))
+        with timed("render + encode", times):
+            tasks = [crop_task(crop, t, slices) for t, crop in enumerate(crops)]
+        with timed("push", times):
+            mode = "inline" if args.inline else "upload"
+            task_ids = upload_and_import(client, project, tasks, mode)
         since = latest_update(client.changed_tasks(project))
-        for task, result in zip(task_ids, results, strict=True):
-            client.create_annotation(task, result)
+        for task, answer in zip(task_ids, tasks, strict=True):
+            assert answer.prediction is not None
+            client.create_annotation(task, [*answer.prediction["result"], status_result("done")])
         with timed("changed_tasks", times):
             changed = client.changed_tasks(project, since)
         with timed("decode annotations", times):
-            for answer in changed:
-                for annotation in answer["annotations"]:
-                    results_to_labels(
-                        annotation["result"], args.slices, args.size, args.size, task=answer["id"]
+            shape = (args.slices, args.size, args.size)
+            for task in changed:
+                for annotation in task["annotations"]:
+                    labels_from_results(
+                        annotation["result"], slices, shape, task=task["id"], allow_empty=False
                     )
-    report(times, len(images), len(changed), args)
+    n_images = sum(len(t.images) + len(t.overlays) for t in tasks)
+    report(times, n_images, len(changed), args)
 
 
 def report(times: dict[str, float], n_images: int, n_changed: int, args: Any) -> None:
     """Print the timings, the push total and its ratio to the 5 s target."""
     for label, seconds in times.items():
         print(f"{label:>20}: {seconds:6.2f} s")
-    push = times["upload images"] + times["import tasks"] + times["import predictions"]
+    push = times["push"]
     ingest = times["changed_tasks"] + times["decode annotations"]
     print(
         f"push of {args.tasks} tasks ({n_images} images, {args.slices} slices of "

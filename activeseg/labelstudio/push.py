@@ -280,7 +280,8 @@ def _push(
             progress(done, len(crops))
     found = _tasks_already_in_labelstudio(client, ls_project, round_info.number)
     missing = [t for t in tasks if t.crop_id not in found]
-    new_ids = _import(client, ls_project, missing, project) if missing else []
+    images = project.config.labelstudio.images
+    new_ids = upload_and_import(client, ls_project, missing, images) if missing else []
     ls_ids = found | dict(zip([t.crop_id for t in missing], new_ids, strict=True))
     with project.session() as session:
         for task in tasks:
@@ -310,12 +311,15 @@ def _tasks_already_in_labelstudio(
     return found
 
 
-def _import(
-    client: LabelStudioClient, ls_project: int, tasks: Sequence[CropTask], project: Project
+def upload_and_import(
+    client: LabelStudioClient, ls_project: int, tasks: Sequence[CropTask], images_as: str
 ) -> list[int]:
-    """Return the new task ids after uploading the images and importing tasks + predictions."""
+    """Return the new task ids after uploading the images and importing tasks + predictions.
+
+    ``images_as``: "upload" (files on the server) or "inline" (data URIs in the task data).
+    """
     images = {name: png for t in tasks for name, png in (t.images | t.overlays).items()}
-    if project.config.labelstudio.images == "upload":
+    if images_as == "upload":
         urls = client.upload_images(ls_project, images)
     else:
         urls = {name: data_uri(png) for name, png in images.items()}

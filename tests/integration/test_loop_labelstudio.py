@@ -9,6 +9,7 @@ update, a deletion.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -56,12 +57,15 @@ def environment(ls_connection: Any) -> Iterator[None]:
             os.environ[name] = value
 
 
-def labelstudio_project(root: Path) -> Project:
+def labelstudio_project(root: Path, images: str = "inline") -> Project:
     """Return a synthetic smoke project whose annotators work in Label Studio."""
     project = create_demo_project(root, "smoke")
     config = project.config
     config = config.model_copy(
-        update={"loop": config.loop.model_copy(update={"annotator": "labelstudio"})}
+        update={
+            "loop": config.loop.model_copy(update={"annotator": "labelstudio"}),
+            "labelstudio": config.labelstudio.model_copy(update={"images": images}),
+        }
     )
     (root / CONFIG_FILE).write_text(config.to_yaml())
     project.engine.dispose()
@@ -86,7 +90,10 @@ def looped(
     return project
 
 
-def png_shape(data: bytes) -> tuple[int, ...]:
+def png_shape(client: LabelStudioClient, url: str) -> tuple[int, ...]:
+    """Return the shape of the image behind a task URL (uploaded file or data URI)."""
+    prefix = "data:image/png;base64,"
+    data = base64.b64decode(url[len(prefix) :]) if url.startswith(prefix) else client.fetch(url)
     return tuple(np.asarray(Image.open(io.BytesIO(data))).shape)
 
 
@@ -103,7 +110,7 @@ def test_round_zero_tasks_show_the_crop_without_pre_annotation(
         images, overlays = remote["data"]["images"], remote["data"]["overlays"]
         assert len(images) == len(overlays) == len(task.slices) == 2
         # The smoke crops are 16 x 32 x 32: every image is one RGB slice of the crop.
-        assert {png_shape(ls_client.fetch(url)) for url in images + overlays} == {(32, 32, 3)}
+        assert {png_shape(ls_client, url) for url in images + overlays} == {(32, 32, 3)}
 
 
 def test_round_one_ingested_what_the_annotator_drew(looped: Project) -> None:
@@ -240,7 +247,7 @@ def test_push_interrupted_before_the_pool_records_is_recovered(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    project = labelstudio_project(tmp_path / "project")
+    project = labelstudio_project(tmp_path / "project", images="upload")
     run_round(project, until="select")
 
     def crash(*args: Any, **kwargs: Any) -> None:
@@ -257,4 +264,9 @@ def test_push_interrupted_before_the_pool_records_is_recovered(
     assert len(ls_client.list_task_data(result.project_id)) == 2
     again = push_selected(project, latest_round(project))
     assert again.pushed == 0
-    assert len(ls_client.list_task_data(result.project_id)) == 2
+    remote = ls_client.list_task_data(result.project_id)
+    assert len(remote) == 2
+    for task in remote:  # uploaded files this time, served by Label Studio
+        urls = task["data"]["images"] + task["data"]["overlays"]
+        assert all(url.startswith("/data/upload/") for url in urls)
+        assert {png_shape(ls_client, url) for url in urls} == {(32, 32, 3)}
