@@ -8,15 +8,15 @@ each mode is one instance.
 The implementation is built for 10^5 to 10^6 points on a CPU or one GPU (it runs on the input
 tensor's device):
 
-- seeds are one point of each occupied cell of a grid of cell size ``bandwidth`` (binning), at
-  most ``max_seeds`` of them, drawn at random;
+- seeds are one point of each occupied cell of a grid of cell size ``bandwidth`` (binning),
+  fullest cells first, in rounds of growing size (64, 256, ... at most ``max_seeds``); after
+  each round only cells whose points no mode explains yet (all farther than ``bandwidth`` from
+  every mode) are seeded, each cell once, so a cluster costs a few seeds, not one per cell;
 - the density is estimated from at most ``max_points`` points drawn at random;
 - seeds move by batched kernel means, computed for a chunk of seeds x all points at a time, so
   no N x N matrix ever exists; seeds that stopped moving leave the batch, and seeds that ride
   together (closer than 1 % of the bandwidth) are fused, so later iterations are cheap;
 - modes closer than ``merge_fraction * bandwidth`` are merged, the denser one surviving;
-- when seeds were capped, points farther than ``bandwidth`` from every mode (a small cluster that
-  got no seed) are seeded again, for a few rounds, so the cap does not lose small instances;
 - every point joins its nearest mode; clusters under ``min_size`` points become background (0).
 """
 
@@ -37,14 +37,18 @@ logger = logging.getLogger(__name__)
 
 Kernel = Literal["flat", "gaussian"]
 
-# Entries of one seeds x points distance block: 2^24 float32 = 64 MiB.
-_BLOCK_ENTRIES = 2**24
+# Entries of one seeds x points distance block: 2^20 float32 = 4 MiB, small enough that the
+# passes over a block (distances, threshold, weighted sum) find it in cache.
+_BLOCK_ENTRIES = 2**20
 # Seeds closer than this fraction of the bandwidth follow the same path: fuse them.
 _FUSE_FRACTION = 0.01
 # A seed has converged when it moves less than this fraction of the bandwidth (as sklearn).
 _STOP_FRACTION = 1e-3
-# Rounds of re-seeding the points that no mode explains.
+# Seeding rounds at most; after the first, a round seeds only cells no mode explains yet.
 _SEEDING_ROUNDS = 5
+# Seeds of the first round, and by how much each later round grows (up to max_seeds).
+_FIRST_ROUND_SEEDS = 64
+_ROUND_GROWTH = 4
 # Seeds first climb the density of this many points, then the survivors that of max_points.
 _COARSE_POINTS = 5_000
 # Odd 63-bit multipliers hashing integer grid cells of up to 64 dimensions to one int64 key.
@@ -81,13 +85,13 @@ def mean_shift(
     points: (N, E) float embeddings, on any device; the work runs there.
     bandwidth: kernel radius (flat) or standard deviation (gaussian), in embedding units.
     kernel: "flat" (mean of the points within ``bandwidth``) or "gaussian".
-    max_seeds: at most this many seeds per seeding round.
+    max_seeds: at most this many seeds per seeding round (the first rounds seed 64, 256, ...).
     min_size: clusters with fewer points are dropped (their points get label 0).
     max_iter: mean-shift iterations per seed at most.
     merge_fraction: modes closer than ``merge_fraction * bandwidth`` are one cluster.
     max_points: the density is estimated from at most this many points, drawn at random
         (modes barely move; the cost stops growing with N). Every point is still assigned.
-    seed: seed of the random choices of seeds and points.
+    seed: seed of the random choice of the points that estimate the density.
     """
     settings = _Settings(
         bandwidth, kernel, max_seeds, min_size, max_iter, merge_fraction, max_points
@@ -259,29 +263,46 @@ def _check_volumes(
 def _find_modes(x: torch.Tensor, settings: _Settings, generator: torch.Generator) -> torch.Tensor:
     """Return (K, E) modes of the points x (N, E).
 
-    Seeds first climb the density of a small sample (cheap, most seeds end on the same few
-    modes), then the few survivors are refined on the large sample. When the seeds were
-    capped, points far from every mode may belong to a cluster that got no seed: they are
-    seeded again, for a few rounds.
+    Seeding runs in rounds of growing size, fullest grid cells first: the first few seeds find
+    the big clusters, and later rounds seed only not yet seeded cells of the points that no
+    mode explains (farther than ``bandwidth`` from every mode), so most cells need no seed.
     """
     fine = _subsample(x, settings.max_points, generator)
     coarse = _subsample(fine, _COARSE_POINTS, generator)
     modes = x.new_zeros((0, x.shape[1]))
-    unexplained = x
-    for _ in range(_SEEDING_ROUNDS):
-        seeds, capped = _bin_seeds(unexplained, settings, generator)
-        rough = _shift_to_modes(seeds, coarse, settings)
-        rough = _merge_modes(rough, coarse, settings, keep_empty=True)
-        found = _shift_to_modes(rough, fine, settings)
+    keys = _cell_keys(x, settings.bandwidth)
+    unexplained = torch.arange(len(x), device=x.device)
+    for round_ in range(_SEEDING_ROUNDS):
+        size = min(settings.max_seeds, _FIRST_ROUND_SEEDS * _ROUND_GROWTH**round_)
+        seeds, seeded = _bin_seeds(x[unexplained], keys[unexplained], size)
+        found = _new_modes(seeds, modes, coarse, fine, settings)
         modes = _merge_modes(torch.cat([modes, found]), fine, settings, keep_empty=False)
-        if not capped:
-            break
-        _, distance = _nearest_mode(x, modes)
-        unexplained = x[distance > settings.bandwidth]
+        _, distance = _nearest_mode(x[unexplained], modes)
+        far = distance > settings.bandwidth
+        unexplained = unexplained[far & ~torch.isin(keys[unexplained], seeded)]
         if len(unexplained) < max(settings.min_size, 1):
             break
         logger.debug("mean shift: %d points far from every mode, seeding again", len(unexplained))
     return modes
+
+
+def _new_modes(
+    seeds: torch.Tensor,
+    modes: torch.Tensor,
+    coarse: torch.Tensor,
+    fine: torch.Tensor,
+    settings: _Settings,
+) -> torch.Tensor:
+    """Return (K', E) the modes that seeds (M, E) climb to and no known mode (K, E) explains.
+
+    The seeds first climb the density of the small sample coarse (C, E): cheap, and most seeds
+    end on the same few modes. Those within ``bandwidth`` of a known mode are dropped; the
+    rest are refined on the large sample fine (F, E).
+    """
+    rough = _shift_to_modes(seeds, coarse, settings)
+    rough = _merge_modes(rough, coarse, settings, keep_empty=True)
+    _, distance = _nearest_mode(rough, modes)
+    return _shift_to_modes(rough[distance > settings.bandwidth], fine, settings)
 
 
 def _subsample(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -293,22 +314,20 @@ def _subsample(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.
 
 
 def _bin_seeds(
-    x: torch.Tensor, settings: _Settings, generator: torch.Generator
-) -> tuple[torch.Tensor, bool]:
-    """Return (M, E) seeds, one point per occupied grid cell (cell = bandwidth), and capped.
+    x: torch.Tensor, keys: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (M, E) seeds, one point of each of the ``count`` fullest cells, and (M,) their keys.
 
-    At most ``max_seeds`` cells, drawn at random, are seeded; ``capped`` says whether some
-    were left out. A real point (the first of its cell) always has itself in its window.
+    x: (N, E) points; keys: (N,) int64 keys of their grid cells (:func:`_cell_keys`). The seed
+    of a cell is its first point, a real point, so it always has itself in its window.
+    M = min(count, occupied cells).
     """
-    _, cell_of_point = torch.unique(_cell_keys(x, settings.bandwidth), return_inverse=True)
-    n_cells = int(cell_of_point.max()) + 1
-    first = torch.full((n_cells,), len(x), dtype=torch.int64, device=x.device)
+    cells, cell_of_point, sizes = torch.unique(keys, return_inverse=True, return_counts=True)
+    first = torch.full((len(cells),), len(x), dtype=torch.int64, device=x.device)
     positions = torch.arange(len(x), device=x.device)
     first = first.scatter_reduce(0, cell_of_point, positions, reduce="amin")
-    if n_cells <= settings.max_seeds:
-        return x[first], False
-    chosen = torch.randperm(n_cells, generator=generator)[: settings.max_seeds]
-    return x[first[chosen.to(x.device)]], True
+    fullest = torch.argsort(sizes, descending=True, stable=True)[:count]
+    return x[first[fullest]], cells[fullest]
 
 
 def _cell_keys(x: torch.Tensor, size: float) -> torch.Tensor:
@@ -370,7 +389,7 @@ def _kernel_weights(
     seed_squared = (seeds * seeds).sum(dim=1, keepdim=True)
     partial = torch.addmm(x_squared, seeds, x.T, alpha=-2.0)  # |x|^2 - 2 s.x
     if settings.kernel == "flat":
-        return (partial <= h2 - seed_squared).to(x.dtype)
+        return partial.le_(h2 - seed_squared)  # 1.0 inside the window, 0.0 outside
     return partial.add_(seed_squared).clamp_(min=0).mul_(-0.5 / h2).exp_()
 
 
@@ -420,8 +439,11 @@ def _merge_modes(
 def _density(modes: torch.Tensor, x: torch.Tensor, bandwidth: float) -> torch.Tensor:
     """Return (K,) the number of points x (N, E) within ``bandwidth`` of each mode (K, E)."""
     counts = torch.empty(len(modes), dtype=torch.int64, device=modes.device)
+    x_squared = (x * x).sum(dim=1)
+    mode_squared = (modes * modes).sum(dim=1, keepdim=True)
     for block in _blocks(len(modes), len(x)):
-        counts[block] = (_squared_distances(modes[block], x) <= bandwidth**2).sum(dim=1)
+        partial = torch.addmm(x_squared, modes[block], x.T, alpha=-2.0)  # |x|^2 - 2 m.x
+        counts[block] = (partial <= bandwidth**2 - mode_squared[block]).sum(dim=1)
     return counts
 
 
@@ -442,9 +464,13 @@ def _nearest_mode(x: torch.Tensor, modes: torch.Tensor) -> tuple[torch.Tensor, t
     distance = torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
     if len(modes) == 0:
         return index - 1, distance
+    mode_squared = (modes * modes).sum(dim=1)
     for block in _blocks(len(x), len(modes)):
-        squared, index[block] = _squared_distances(x[block], modes).min(dim=1)
-        distance[block] = squared.sqrt()
+        # |x|^2 is the same for every mode: add it after the minimum, to K times fewer entries.
+        partial = torch.addmm(mode_squared, x[block], modes.T, alpha=-2.0)
+        smallest, index[block] = partial.min(dim=1)
+        squared = smallest.add_((x[block] * x[block]).sum(dim=1)).clamp_(min=0)
+        distance[block] = squared.sqrt_()
     return index, distance
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from activeseg import cluster
 from activeseg.cluster import mean_shift, segment, segment_consensus, segment_samples
 from activeseg.errors import InputError
 
@@ -49,6 +50,45 @@ def test_capped_seeds_still_find_every_cluster() -> None:
     points, truth = blobs([500, 400, 300, 200, 100, 50, 40, 30], dims=10)
     labels = mean_shift(points, bandwidth=0.75, max_seeds=3)  # 8 clusters: >= 3 rounds
     assert adjusted_rand_score(truth, labels.numpy()) >= 0.98
+
+
+def test_bin_seeds_take_the_fullest_cells_first() -> None:
+    cells = [[0.1, 0.1], [5.2, 0.3], [0.4, 0.2], [9.1, 9.1], [5.5, 0.6], [0.7, 0.9]]
+    points = torch.tensor(cells)  # cell (0, 0) holds 3 points, (5, 0) 2, (9, 9) 1
+    keys = cluster._cell_keys(points, 1.0)
+    seeds, seeded = cluster._bin_seeds(points, keys, count=2)
+    assert torch.equal(seeds, points[[0, 1]])  # the first point of each cell
+    assert seeded.tolist() == [int(keys[0]), int(keys[1])]
+    all_seeds, _ = cluster._bin_seeds(points, keys, count=10)
+    assert torch.equal(all_seeds, points[[0, 1, 3]])
+
+
+def test_more_clusters_than_first_round_seeds_are_all_found() -> None:
+    rng = np.random.default_rng(1)
+    grid = np.stack(np.meshgrid(*[np.arange(5) * 3.0] * 3), axis=-1).reshape(-1, 3)[:100]
+    centres = np.concatenate([grid, np.zeros((100, 5))], axis=1)  # 100 clusters in 8-D
+    truth = np.repeat(np.arange(100), 40)
+    points = centres[truth] + rng.normal(0, 0.1, (len(truth), 8))
+    labels = mean_shift(torch.from_numpy(points.astype(np.float32)), bandwidth=0.75)
+    assert len(np.unique(labels.numpy())) == 100
+    assert adjusted_rand_score(truth, labels.numpy()) == 1.0
+
+
+def test_isolated_point_gets_its_own_cluster() -> None:
+    points, truth = blobs([300, 200])
+    outlier = torch.full((1, 8), 10.0)
+    labels = mean_shift(torch.cat([points, outlier]), bandwidth=0.75).numpy()
+    assert labels[-1] == 3 and (labels[:-1] < 3).all()
+    assert adjusted_rand_score(truth, labels[:-1]) == 1.0
+
+
+@pytest.mark.parametrize("kernel", ["flat", "gaussian"])
+def test_small_blocks_give_the_same_labels(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    points, _ = blobs([300, 200, 100, 40], dims=5, spread=0.25)
+    whole = mean_shift(points, bandwidth=0.75, kernel=kernel)  # type: ignore[arg-type]
+    monkeypatch.setattr(cluster, "_BLOCK_ENTRIES", 97)  # ragged blocks of a few rows
+    chunked = mean_shift(points, bandwidth=0.75, kernel=kernel)  # type: ignore[arg-type]
+    assert torch.equal(whole, chunked)
 
 
 def test_density_subsample_keeps_the_clusters() -> None:
