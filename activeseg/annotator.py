@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,10 +24,12 @@ from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
 from activeseg.labelstudio.push import relabel_shown
+from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CropInfo, TaskInfo, VolumeInfo
 from activeseg.project import Project
+from activeseg.scoring import analysis_path, read_analysis
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +119,38 @@ def _open_tasks(project: Project) -> list[tuple[TaskInfo, CropInfo, VolumeInfo]]
     return found
 
 
+def pre_annotation(project: Project, task: TaskInfo) -> npt.NDArray[np.uint32] | None:
+    """Return the model's instances on a task's shown slices (what was pushed), or None."""
+    if task.round_id is None:
+        return None
+    with project.session() as session:
+        number = next(r.number for r in pool_rounds.list_rounds(session) if r.id == task.round_id)
+    path = analysis_path(project, number, task.crop_id)
+    if not path.exists():
+        return None
+    return read_analysis(path, "consensus")[list(task.slices)].astype(np.uint32)
+
+
 def answer_open_tasks(
     project: Project,
     round_number: int | None,
     noise: AnnotatorNoise | None = None,
-) -> int:
-    """Answer every queued task of the pool from ground truth; return how many were answered."""
+) -> dict[str, Any]:
+    """Answer every queued task of the pool from ground truth, straight into the pool.
+
+    Returns how many were answered and the mean correction effort: the voxels per crop the
+    annotator had to repaint on the shown slices, and their fraction of the shown voxels,
+    over the tasks that came with a pre-annotation (None when none did).
+    """
     open_tasks = _open_tasks(project)
+    efforts: list[tuple[int, int]] = []
     for task, crop, volume in open_tasks:
         truth = read_ground_truth(project.resolve(volume.path), crop.box)
         labels = sparse_labels(truth, task.slices, noise, seed=task.id)
+        predicted = pre_annotation(project, task)
+        if predicted is not None:
+            shown = labels.labels[list(task.slices)]
+            efforts.append((correction_effort(predicted, shown), shown.size))
         now = datetime.now(UTC)
         path = project.crop_label_path(crop.id, f"simulated-task{task.id}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +168,12 @@ def answer_open_tasks(
                 round_number=round_number,
             )
     log.info("simulated annotator answered %d tasks", len(open_tasks))
-    return len(open_tasks)
+    voxels = [v for v, _ in efforts]
+    return {
+        "ingested": len(open_tasks),
+        "correction_voxels": float(np.mean(voxels)) if efforts else None,
+        "correction_fraction": float(np.mean([v / n for v, n in efforts])) if efforts else None,
+    }
 
 
 def answer_in_labelstudio(

@@ -32,6 +32,7 @@ def round_history(project: Project) -> list[dict[str, Any]]:
     for info in rounds:
         train = info.stage("train")
         select = info.stage("select")
+        ingest = info.stage("ingest")
         history.append(
             {
                 "round": info.number,
@@ -41,6 +42,11 @@ def round_history(project: Project) -> list[dict[str, Any]]:
                 ),
                 "trained_on": (train.outputs.get("labeled_crops") if train else None),
                 "crops_added": len(select.outputs.get("selected", [])) if select else 0,
+                # Of the shown voxels, the fraction the annotator repainted in the
+                # pre-annotations answered this round (None without pre-annotations).
+                "correction_fraction": ingest.outputs.get("correction_fraction")
+                if ingest
+                else None,
                 "training_seconds": _seconds(info, "train"),
                 "metrics": {k: v for k, v in info.metrics.items() if k != "volumes"},
                 "stages": {

@@ -118,7 +118,7 @@ def _run_stage(context: RoundContext, stage: str, events: StageEvents | None) ->
 def _ingest(context: RoundContext) -> dict[str, Any]:
     project = context.project
     if project.config.loop.annotator == "simulated":
-        return {"ingested": annotator.answer_open_tasks(project, context.round.number)}
+        return annotator.answer_open_tasks(project, context.round.number)
     from activeseg.labelstudio.ingest import ingest_annotations
 
     return ingest_annotations(project, round_number=context.round.number).as_dict()
