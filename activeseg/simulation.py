@@ -32,8 +32,15 @@ def simulated_config(config: Config, strategy: str | None, seed: int | None) -> 
         update={k: v for k, v in (("strategy", strategy), ("seed", seed)) if v is not None}
     )
     loop = config.loop.model_copy(update={"annotator": "simulated"})
+    # A seed changes the random choices of selection and of training alike.
+    train = config.train.model_copy(update={"seed": seed} if seed is not None else {})
     return Config.model_validate(
-        {**config.model_dump(), "acquisition": acq.model_dump(), "loop": loop.model_dump()}
+        {
+            **config.model_dump(),
+            "acquisition": acq.model_dump(),
+            "loop": loop.model_dump(),
+            "train": train.model_dump(),
+        }
     )
 
 
