@@ -41,8 +41,13 @@ def test_the_main_commands_exist() -> None:
         "show",
         "simulate",
         "demo",
+        "evaluate",
+        "score",
+        "push",
+        "ingest",
     }
-    assert {(name,) for name in expected} | {("labelstudio", "serve")} <= set(COMMANDS)
+    grouped = {("labelstudio", "serve"), ("labelstudio", "annotate")}
+    assert {(name,) for name in expected} | grouped <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
