@@ -736,8 +736,9 @@ def push_cmd(
     from activeseg.project import open_project
 
     project = open_project(project_dir)
+    newest = latest_round(project)
     with _progress("rendering crops", as_json) as progress:
-        result = push_selected(project, latest_round(project), limit=limit, progress=progress)
+        result = push_selected(project, newest, limit=limit, progress=progress)
     if as_json:
         emit_json(result.as_dict())
         return
