@@ -258,7 +258,9 @@ def _stage_printer(as_json: bool) -> Callable[[str, str, dict[str, Any]], None]:
 
 
 def _brief(outputs: dict[str, Any]) -> str:
-    keep = {k: v for k, v in outputs.items() if not isinstance(v, (list, dict))}
+    keep = {k: v for k, v in outputs.items() if v is not None and not isinstance(v, (list, dict))}
+    if "AP50" in keep:  # evaluation: the headline metrics only
+        keep = {k: keep[k] for k in ("AP50", "avF1", "C", "S", "voxel_error_auroc") if k in keep}
     shown = ", ".join(
         f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()
     )

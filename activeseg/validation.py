@@ -72,12 +72,27 @@ def _predict_volume(
 def _matched_truth(
     consensus: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]
 ) -> npt.NDArray[np.int64]:
-    """Return, per predicted id, the true id it overlaps most (0 for background)."""
+    """Return, indexed by predicted id, the true id it overlaps most; 0 maps to 0.
+
+    consensus, truth: (Z, Y, X) label images; ids need not be contiguous. The result has
+    ``consensus.max() + 1`` entries. A predicted instance that overlaps no true neuron maps to
+    -1, not to background: its voxels are foreground where there is none, so they are wrong.
+    """
     table = metrics.contingency_table(consensus, truth)
-    best = table[:, 1:].argmax(axis=1) + 1
-    best[table[:, 1:].max(axis=1) == 0] = 0
-    best[0] = 0
-    return best
+    pred_ids, true_ids = _present_ids(consensus), _present_ids(truth)
+    lookup = np.full(int(consensus.max(initial=0)) + 1, -1, np.int64)
+    lookup[0] = 0
+    if len(pred_ids) and len(true_ids):
+        overlaps = table[1:, 1:]
+        hit = overlaps.max(axis=1) > 0
+        lookup[pred_ids[hit]] = true_ids[overlaps.argmax(axis=1)[hit]]
+    return lookup
+
+
+def _present_ids(labels: npt.NDArray[np.uint32]) -> npt.NDArray[np.int64]:
+    """Return the sorted non-zero ids of a label image: the order of a contingency table."""
+    ids = np.unique(labels)
+    return ids[ids != 0].astype(np.int64)
 
 
 def _erroneous_instances(
@@ -91,12 +106,11 @@ def _erroneous_instances(
     inside = table / np.maximum(pred_size[:, None], 1) >= 0.2  # 20% of pred lies in a truth
     split_truths = covers[1:, 1:].sum(axis=0) >= 2
     errors = {}
-    for pred_id in range(1, table.shape[0]):
-        if pred_size[pred_id] == 0:
-            continue
-        merge = inside[pred_id, 1:].sum() >= 2
-        split = bool((covers[pred_id, 1:] & split_truths).any())
-        errors[pred_id] = bool(iou[pred_id, 1:].max(initial=0) < iou_threshold or merge or split)
+    # Table rows 1.. follow the sorted predicted ids, which need not be 1, 2, ...
+    for row, pred_id in enumerate(_present_ids(consensus), start=1):
+        merge = inside[row, 1:].sum() >= 2
+        split = bool((covers[row, 1:] & split_truths).any())
+        errors[int(pred_id)] = bool(iou[row, 1:].max(initial=0) < iou_threshold or merge or split)
     return errors
 
 
@@ -110,6 +124,7 @@ def uncertainty_quality(
 
     consensus, truth: (Z, Y, X) label images; mutual_info: (Z, Y, X). A voxel is wrong when
     its foreground call or its instance (mapped to the best-overlapping true neuron) is wrong.
+    The counts of scored instances and of erroneous ones say why an AUROC is NaN.
     """
     mapped = _matched_truth(consensus, truth)[consensus]
     voxel_error = mapped != truth
@@ -125,6 +140,39 @@ def uncertainty_quality(
     return {
         "voxel_error_auroc": metrics.auroc(mutual_info.ravel(), voxel_error.ravel()),
         "instance_error_auroc": instance,
+        "scored_instances": float(len(scored)),
+        "erroneous_instances": float(sum(e for _, e in scored)),
+    }
+
+
+def uncertainty_report(
+    consensus: npt.NDArray[np.uint32],
+    truth: npt.NDArray[np.uint32],
+    foreground: npt.NDArray[np.float32],
+    risks: Sequence[InstanceRisk],
+) -> dict[str, Any]:
+    """Return the uncertainty quality of one prediction: error AUROCs, PAvPU and ECE.
+
+    consensus, truth: (Z, Y, X) label images; foreground: (S, Z, Y, X) float per-sample
+    foreground probability; risks: ``instance_uncertainty`` of consensus. PAvPU uses voxel
+    mutual information, best over a sweep of its quantiles; ECE is that of the sample mean
+    foreground probability against the true foreground.
+    """
+    mi = mutual_information(foreground)
+    quality = uncertainty_quality(consensus, truth, mi, risks)
+    accurate = _matched_truth(consensus, truth)[consensus] == truth
+    thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
+    curve = metrics.pavpu(accurate, mi, thresholds)
+    best = int(np.nanargmax(curve.pavpu))
+    return quality | {
+        "PAvPU": float(curve.pavpu[best]),
+        "PAvPU_threshold": float(curve.thresholds[best]),
+        "p_accurate_given_certain": float(curve.p_accurate_given_certain[best]),
+        "p_uncertain_given_inaccurate": float(curve.p_uncertain_given_inaccurate[best]),
+        "PAvPU_sweep": {
+            f"{t:.4g}": float(v) for t, v in zip(curve.thresholds, curve.pavpu, strict=True)
+        },
+        "ECE": metrics.ece(foreground.mean(axis=0), truth > 0),
     }
 
 
@@ -204,20 +252,5 @@ def _uncertainty_report(
         emb,
         **cluster.options(),
     )
-    mi = mutual_information(fg)
     risks = instance_uncertainty(pred.labels, samples)
-    quality = uncertainty_quality(pred.labels, gt.labels, mi, risks)
-    accurate = _matched_truth(pred.labels, gt.labels)[pred.labels] == gt.labels
-    thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
-    curve = metrics.pavpu(accurate, mi, thresholds)
-    best = int(np.nanargmax(curve.pavpu))
-    return quality | {
-        "PAvPU": float(curve.pavpu[best]),
-        "PAvPU_threshold": float(curve.thresholds[best]),
-        "p_accurate_given_certain": float(curve.p_accurate_given_certain[best]),
-        "p_uncertain_given_inaccurate": float(curve.p_uncertain_given_inaccurate[best]),
-        "PAvPU_sweep": {
-            f"{t:.4g}": float(v) for t, v in zip(curve.thresholds, curve.pavpu, strict=True)
-        },
-        "ECE": metrics.ece(fg.mean(axis=0), gt.labels > 0),
-    }
+    return uncertainty_report(pred.labels, gt.labels, fg, risks)

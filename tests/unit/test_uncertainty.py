@@ -25,6 +25,7 @@ from activeseg.uncertainty import (
     reduce_crop,
     voxel_uncertainty,
 )
+from activeseg.validation import uncertainty_quality, uncertainty_report
 
 SHAPE = (6, 10, 10)
 VOXEL_REDUCTIONS: tuple[Reduction, ...] = ("mean", "quantile", "region")
@@ -386,3 +387,42 @@ def test_choose_slices_rejects_bad_input() -> None:
         choose_slices(np.zeros((3, 2, 2)), 0)
     with pytest.raises(InputError, match=r"\(Z, Y, X\)"):
         choose_slices(np.zeros((3, 2)), 1)
+
+
+# --------------------------------------------------------------------------- quality of it
+
+
+def _sparse_id_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (consensus, truth, samples) whose ids are not 1..n: 3 ~ 5, 7 ~ 9, 20 is spurious."""
+    boxes = _three_boxes()
+    truth = np.select([boxes == 1, boxes == 2], [5, 9], 0).astype(np.uint32)
+    consensus = np.select([boxes == 1, boxes == 2, boxes == 3], [3, 7, 20], 0).astype(np.uint32)
+    samples = np.stack([np.where(consensus == 20, 0, consensus)] * 2).astype(np.uint32)
+    return consensus, truth, samples
+
+
+def test_uncertainty_quality_maps_sparse_ids_to_their_true_neurons() -> None:
+    consensus, truth, samples = _sparse_id_case()
+    mi = (consensus == 20).astype(np.float32)  # uncertain exactly where the prediction is wrong
+    quality = uncertainty_quality(consensus, truth, mi, instance_uncertainty(consensus, samples))
+    assert quality["voxel_error_auroc"] == 1.0
+    assert quality["instance_error_auroc"] == 1.0
+    assert (quality["scored_instances"], quality["erroneous_instances"]) == (3, 1)
+
+
+def test_uncertainty_quality_without_true_neurons_is_nan_not_a_crash() -> None:
+    consensus, _, samples = _sparse_id_case()
+    truth = np.zeros_like(consensus)
+    mi = np.zeros(consensus.shape, np.float32)
+    quality = uncertainty_quality(consensus, truth, mi, instance_uncertainty(consensus, samples))
+    assert np.isnan(quality["instance_error_auroc"])
+    assert (quality["scored_instances"], quality["erroneous_instances"]) == (3, 3)
+
+
+def test_uncertainty_report_adds_pavpu_and_ece() -> None:
+    consensus, truth, samples = _sparse_id_case()
+    fg = np.stack([(consensus > 0) & (consensus != 20), consensus > 0]).astype(np.float32)
+    report = uncertainty_report(consensus, truth, fg, instance_uncertainty(consensus, samples))
+    assert report["voxel_error_auroc"] == 1.0  # the samples disagree only on the spurious box
+    assert report["ECE"] == pytest.approx(0.5 * (consensus == 20).mean())
+    assert 0.0 <= report["PAvPU"] <= 1.0
