@@ -107,7 +107,10 @@ class TrainConfig(Section):
 class ClusterConfig(Section):
     """Mean-shift clustering of foreground embeddings into instances."""
 
-    foreground_threshold: float = Field(0.5, gt=0, lt=1)
+    # The class-balanced foreground loss over-predicts: on synthetic MCFO volumes 0.5 keeps
+    # about twice the true foreground, 0.8 about 1.3x (Dice ~0.63 vs ~0.72); 0.8-0.9 win on
+    # validation volumes.
+    foreground_threshold: float = Field(0.8, gt=0, lt=1)
     # The bandwidth follows the loss margins: between delta_v and delta_d.
     bandwidth: float = Field(1.0, gt=0)
     min_size: int = Field(20, ge=0)

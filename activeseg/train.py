@@ -259,13 +259,19 @@ def _pad_to(array: npt.NDArray[_T], patch: Triple) -> npt.NDArray[_T]:
 
 
 def _augment(patch: _Patch, rng: np.random.Generator) -> _Patch:
-    """Return the patch randomly flipped, rotated in-plane and intensity-jittered."""
+    """Return the patch randomly flipped, rotated in-plane, channel-shuffled and jittered.
+
+    MCFO colours are stochastic: which channels a neuron expresses says nothing about what it
+    is, so shuffling the channels keeps the network from tying embeddings to the few colours
+    of the training neurons (it must separate neurons by colour difference instead).
+    """
     flips = tuple(axis for axis in (-3, -2, -1) if rng.random() < 0.5)
     square = patch[1].shape[-1] == patch[1].shape[-2]
     turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
     raw, labels, mask, overlap = patch
+    shuffled = raw[rng.permutation(raw.shape[0])]
     return (
-        _jitter_intensity(_move(raw, flips, turns), rng),
+        _jitter_intensity(_move(shuffled, flips, turns), rng),
         _move(labels, flips, turns),
         _move(mask, flips, turns),
         _move(overlap, flips, turns),

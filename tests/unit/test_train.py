@@ -71,6 +71,22 @@ def test_sample_batch_keeps_raw_and_labels_aligned_under_augmentation() -> None:
         assert target.mask.any()
 
 
+def test_augmentation_moves_a_neuron_between_channels_but_keeps_it_in_one() -> None:
+    crop = bright_tubes((16, 32, 32))
+    raw = np.zeros_like(crop.raw)
+    raw[0][crop.labels > 0] = 900  # every tube expresses channel 0 alone
+    one_colour = TrainingCrop(raw, crop.labels, crop.mask, crop.overlap)
+    prepared = [prepare_crop(one_colour, Normalization((0.0,) * 3, (900.0,) * 3))]
+    rng = np.random.default_rng(0)
+    channels = set()
+    for _ in range(12):
+        batch, _ = sample_batch(prepared, (16, 32, 32), 1, rng)
+        bright = (batch[0] > 0.5).flatten(1).sum(dim=1)
+        assert int((bright > 0).sum()) == 1  # the neurons stay one colour
+        channels.add(int(bright.argmax()))
+    assert channels == {0, 1, 2}
+
+
 def test_patches_larger_than_the_crop_are_padded_unannotated() -> None:
     prepared = [prepare_crop(bright_tubes((8, 16, 16)), Normalization((0.0,) * 3, (1.0,) * 3))]
     raw, target = sample_batch(prepared, (16, 16, 16), 1, np.random.default_rng(0))
