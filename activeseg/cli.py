@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -421,23 +422,26 @@ def history_cmd(
 
 
 def print_history(history: list[dict[str, Any]]) -> None:
-    """Print the rounds as a table."""
+    """Print the rounds as a table (narrow enough for an 80-column terminal)."""
     table = Table(
         "round",
         "strategy",
-        "labeled",
-        "added",
-        "train s",
+        "crops",
+        "+",
+        "sec",
         "AP50",
         "avF1",
         "C",
         "S",
-        "MI AUROC",
+        "MI AUC",
+        "fixed",
         title="rounds",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
 
-    def fmt(value: Any) -> str:
-        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+    def fmt(value: Any, digits: int = 2) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
 
     for row in history:
         m = row["metrics"]
@@ -446,10 +450,15 @@ def print_history(history: list[dict[str, Any]]) -> None:
             row["strategy"],
             str(row["labeled_crops"]),
             str(row["crops_added"]),
-            fmt(row["training_seconds"]),
+            fmt(row["training_seconds"], 0),
             *(fmt(m.get(k)) for k in ("AP50", "avF1", "C", "S", "voxel_error_auroc")),
+            fmt(row.get("correction_fraction")),
         )
     console.print(table)
+    console.print(
+        "[dim]crops: labeled so far; sec: training time; MI AUC: voxel-error AUROC of the "
+        "uncertainty; fixed: share of shown voxels repainted in the pre-annotations[/]"
+    )
 
 
 @command("show")
