@@ -199,13 +199,15 @@ def segment_consensus(
     kernel: Kernel = "flat",
     seed: int = 0,
     device: str | torch.device = "cpu",
+    shared_space: bool = True,
 ) -> npt.NDArray[np.uint32]:
     """Return the (Z, Y, X) uint32 segmentation of the sample mean of foreground and embeddings.
 
     foreground: (S, Z, Y, X) float; embeddings: (S, E, Z, Y, X) float.
     Averaging embeddings is only meaningful when the samples share one embedding space (MC
     dropout, heads trained jointly with a shared embedding target); independently trained
-    ensemble members learn embedding spaces that differ by an arbitrary rotation.
+    ensemble members learn embedding spaces that differ by an arbitrary rotation, so with
+    ``shared_space=False`` the mean foreground is clustered in the first sample's embedding.
     """
     fg, emb = np.asarray(foreground), np.asarray(embeddings)
     if fg.ndim != 4 or emb.ndim != 5 or len(fg) != len(emb):
@@ -215,7 +217,7 @@ def segment_consensus(
         )
     return segment(
         fg.mean(axis=0),
-        emb.mean(axis=0),
+        emb.mean(axis=0) if shared_space else emb[0],
         threshold=threshold,
         bandwidth=bandwidth,
         min_size=min_size,

@@ -57,6 +57,11 @@ class ModelConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="channel dropout; kind dropout only")
     aleatoric: bool = False
 
+    @property
+    def shared_embedding(self) -> bool:
+        """Whether all samples embed into one space (not so for independently trained members)."""
+        return self.kind != "ensemble"
+
     @model_validator(mode="after")
     def _levels_match(self) -> ModelConfig:
         if len(self.pool) != len(self.widths) - 1:

@@ -43,7 +43,7 @@ def predict_volume(
     chosen = predict_to_zarr(
         trained, raw, out, layout=cast(Literal["auto", "samples", "moments"], layout)
     )
-    foreground, embedding = _mean_maps(out, chosen)
+    foreground, embedding = _mean_maps(out, chosen, trained.config.model.shared_embedding)
     consensus = segment(
         foreground,
         embedding,
@@ -61,10 +61,15 @@ def predict_volume(
     }
 
 
-def _mean_maps(out: Path, layout: str) -> tuple[np.ndarray, np.ndarray]:
+def _mean_maps(out: Path, layout: str, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Return the mean foreground and the embedding to cluster it in (see segment_consensus)."""
+
     def read(name: str) -> np.ndarray:
         return np.asarray(zarr.open_array(out, path=name, mode="r")[...], dtype=np.float32)
 
     if layout == "samples":
-        return read("foreground").mean(axis=0), read("embedding").mean(axis=0)
+        embedding = read("embedding")
+        return read("foreground").mean(axis=0), embedding.mean(axis=0) if shared else embedding[0]
+    if not shared:
+        log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
     return read("foreground_mean"), read("embedding_mean")

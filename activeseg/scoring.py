@@ -92,7 +92,10 @@ def analyse_crop(trained: TrainedModel, raw: npt.NDArray[Any], config: Config) -
     prediction = predict_array(trained, raw)
     options = config.cluster.options()
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
-    consensus = segment_consensus(prediction.foreground, prediction.embedding, **options)
+    shared = trained.config.model.shared_embedding
+    consensus = segment_consensus(
+        prediction.foreground, prediction.embedding, shared_space=shared, **options
+    )
     foreground = prediction.foreground.mean(axis=0)
     return CropAnalysis(
         consensus=consensus,

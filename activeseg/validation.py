@@ -58,7 +58,10 @@ def _predict_volume(
     path = project.resolve(volume.path)
     prediction = predict_array(trained, read_raw(path))
     options = project.config.cluster.options()
-    consensus = segment_consensus(prediction.foreground, prediction.embedding, **options)
+    shared = trained.config.model.shared_embedding
+    consensus = segment_consensus(
+        prediction.foreground, prediction.embedding, shared_space=shared, **options
+    )
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     truth = read_ground_truth(path)
     predicted = Instances.from_labels(consensus)

@@ -77,7 +77,10 @@ def predict_case(trained: TrainedModel, seed: int) -> Case:
     volume = generate_mcfo(config.synth.shape, config.synth.neurons, seed)
     prediction = predict_array(trained, volume.raw)
     options = config.cluster.options()
-    consensus = segment_consensus(prediction.foreground, prediction.embedding, **options)
+    shared = config.model.shared_embedding
+    consensus = segment_consensus(
+        prediction.foreground, prediction.embedding, shared_space=shared, **options
+    )
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     risks = instance_uncertainty(consensus, samples)
     return Case(consensus, volume.instances.labels, prediction.foreground, risks)

@@ -181,3 +181,20 @@ def test_samples_and_consensus() -> None:
     assert adjusted_rand_score(truth[truth > 0], consensus[truth > 0]) == 1.0
     with pytest.raises(InputError, match="samples"):
         segment_samples(foreground, embeddings, threshold=0.5, bandwidth=1.0, min_size=5)
+
+
+def test_consensus_of_unaligned_embedding_spaces_uses_the_first_sample() -> None:
+    # Two ensemble members embed the same two halves at swapped places: their mean puts
+    # every voxel at one point, the first member alone keeps the halves apart.
+    foreground = np.ones((2, 2, 4, 8), np.float32)
+    first = np.zeros((2, 2, 4, 8), np.float32)
+    first[0, :, :, 4:] = 3.0
+    second = np.zeros((2, 2, 4, 8), np.float32)
+    second[0, :, :, :4] = 3.0
+    embeddings = np.stack([first, second])
+    options = {"threshold": 0.5, "bandwidth": 1.0, "min_size": 1}
+    merged = segment_consensus(foreground, embeddings, **options)
+    kept = segment_consensus(foreground, embeddings, shared_space=False, **options)
+    assert len(np.unique(merged)) == 1
+    assert len(np.unique(kept)) == 2
+    assert len(np.unique(kept[:, :, :4])) == len(np.unique(kept[:, :, 4:])) == 1
