@@ -179,24 +179,9 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
         updated_at,
     ):
         return "unchanged"
-    results = list(annotation.get("result") or [])
-    status = task_status(results)
+    status = task_status(list(annotation.get("result") or []))
     skipped = bool(annotation.get("was_cancelled")) or status == "skip"
-    label_path = None
-    if not skipped:
-        where = f"{ls_id} (crop {pooled.crop_id}, annotation {annotation['id']})"
-        labels = labels_from_results(
-            results,
-            pooled.slices,
-            pooled.pushed.get("shape") or _crop_shape(project, pooled),
-            task=where,
-            allow_empty=status == "done",
-        )
-        stamp = updated_at.strftime("%Y%m%dT%H%M%S%f")
-        path = project.crop_label_path(pooled.crop_id, f"ls-{annotation['id']}-{stamp}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_crop_labels(path, labels)
-        label_path = project.relative(path)
+    label_path = None if skipped else _write_labels(project, pooled, annotation, ls_id)
     lead_time = annotation.get("lead_time")
     with project.session() as session:
         pool_tasks.record_annotation(
@@ -214,6 +199,25 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
     if skipped:
         return "skipped"
     return "ingested" if current is None or current.was_cancelled else "updated"
+
+
+def _write_labels(
+    project: Project, pooled: TaskInfo, annotation: Mapping[str, Any], ls_id: int
+) -> str:
+    """Return the pool path of an annotation's labels, written as a new version for its crop."""
+    results = list(annotation.get("result") or [])
+    labels = labels_from_results(
+        results,
+        pooled.slices,
+        pooled.pushed.get("shape") or _crop_shape(project, pooled),
+        task=f"{ls_id} (crop {pooled.crop_id}, annotation {annotation['id']})",
+        allow_empty=task_status(results) == "done",
+    )
+    stamp = parse_time(str(annotation["updated_at"])).strftime("%Y%m%dT%H%M%S%f")
+    path = project.crop_label_path(pooled.crop_id, f"ls-{annotation['id']}-{stamp}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_crop_labels(path, labels)
+    return project.relative(path)
 
 
 def _skip_reason(annotation: Mapping[str, Any], status: str | None) -> str:
