@@ -107,6 +107,8 @@ class TrainConfig(Section):
     seed: int = 0
     warm_start: bool = True
     threads: int = Field(2, ge=1)
+    # "auto" trains on the GPU when torch sees one; the checkpoint is the same either way.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ClusterConfig(Section):

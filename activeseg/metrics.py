@@ -697,6 +697,7 @@ def pavpu(
     thresholds: npt.ArrayLike,
     *,
     grid: tuple[int, int] = (4, 4),
+    relevant: npt.ArrayLike | None = None,
 ) -> PavpuCurve:
     """Return PAvPU (Mukhoti & Gal 2018) per uncertainty threshold, on patches of z-slices.
 
@@ -705,14 +706,23 @@ def pavpu(
     thresholds: (T,) float; a patch is uncertain if its mean uncertainty exceeds one.
     grid: every z-slice is cut into grid[0] x grid[1] patches (along Y, X). A patch is accurate
         if at least half its voxels are.
+    relevant: (Z, Y, X) bool, the voxels whose accuracy counts (e.g. predicted or true
+        foreground, so that ~95 % background does not make every patch accurate); patches
+        without a relevant voxel are left out. None: every voxel counts.
     PAvPU = (n_ac + n_iu) / (n_ac + n_au + n_ic + n_iu); also p(accurate | certain) =
     n_ac / (n_ac + n_ic) and p(uncertain | inaccurate) = n_iu / (n_ic + n_iu).
     """
     acc, unc = np.asarray(accurate), np.asarray(uncertainty)
     if acc.shape != unc.shape or acc.ndim != 3:
         raise InputError(f"pavpu needs two (Z, Y, X) volumes, got {acc.shape} and {unc.shape}")
-    patch_accurate = _patch_means(acc.astype(np.float32), grid).ravel() >= 0.5
-    patch_uncertainty = _patch_means(unc.astype(np.float32), grid).ravel()
+    weight = np.ones(acc.shape, bool) if relevant is None else np.asarray(relevant, bool)
+    if weight.shape != acc.shape:
+        raise InputError(f"pavpu: relevant has shape {weight.shape}, accurate has {acc.shape}")
+    counted = _patch_means(weight.astype(np.float32), grid).ravel()
+    kept = counted > 0
+    hits = _patch_means((acc & weight).astype(np.float32), grid).ravel()
+    patch_accurate = hits[kept] >= 0.5 * counted[kept]
+    patch_uncertainty = _patch_means(unc.astype(np.float32), grid).ravel()[kept]
     levels = np.atleast_1d(np.asarray(thresholds, np.float64))
     uncertain = patch_uncertainty[None, :] > levels[:, None]
     n_ac, n_au = _count(patch_accurate & ~uncertain), _count(patch_accurate & uncertain)

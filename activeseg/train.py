@@ -98,14 +98,16 @@ def train_model(
     Raises StateError when no crop has an annotated voxel.
     """
     _check_crops(crops, config)
+    device = training_device(config)
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
     try:
         normalization = Normalization.from_volumes([c.raw for c in crops], config.train.seed)
         prepared = [prepare_crop(crop, normalization) for crop in crops]
-        model = _initial_model(config, init_from)
+        model = _initial_model(config, init_from).to(device)
         losses = _optimize(model, prepared, config, progress)
+        model.to("cpu")
     finally:
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started
@@ -122,6 +124,15 @@ def train_model(
     save_checkpoint(Path(out_dir), model, config, normalization, training)
     logger.info("trained %d steps in %.0f s, final loss %.4f", len(losses), seconds, final)
     return TrainResult(Path(out_dir), len(losses), final, seconds, tuple(losses))
+
+
+def training_device(config: Config) -> torch.device:
+    """Return the device config trains on: the GPU for "auto" when torch sees one."""
+    if config.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device is cuda, but torch sees no GPU on this machine")
+    return torch.device(config.train.device)
 
 
 def _check_crops(crops: Sequence[TrainingCrop], config: Config) -> None:
@@ -205,7 +216,9 @@ def _train_step(
 ) -> float:
     """Return the loss of one optimizer step of net on a random augmented batch."""
     x, target = sample_batch(prepared, config.train.patch, config.train.batch_size, rng)
-    terms = segmentation_loss(net(x), target, config.loss)
+    device = next(net.parameters()).device
+    target = Target(target.labels.to(device), target.mask.to(device), target.overlap.to(device))
+    terms = segmentation_loss(net(x.to(device)), target, config.loss)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     optimizer.step()

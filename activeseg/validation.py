@@ -158,14 +158,16 @@ def uncertainty_report(
 
     consensus, truth: (Z, Y, X) label images; foreground: (S, Z, Y, X) float per-sample
     foreground probability; risks: ``instance_uncertainty`` of consensus. PAvPU uses voxel
-    mutual information, best over a sweep of its quantiles; ECE is that of the sample mean
+    mutual information, best over a sweep of its quantiles, on patches that hold predicted or
+    true foreground, judged by the accuracy of those voxels (neurons fill a few percent of a
+    volume: judged on all voxels, every patch is accurate); ECE is that of the sample mean
     foreground probability against the true foreground.
     """
     mi = mutual_information(foreground)
     quality = uncertainty_quality(consensus, truth, mi, risks)
     accurate = _matched_truth(consensus, truth)[consensus] == truth
     thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
-    curve = metrics.pavpu(accurate, mi, thresholds)
+    curve = metrics.pavpu(accurate, mi, thresholds, relevant=(consensus > 0) | (truth > 0))
     best = int(np.nanargmax(curve.pavpu))
     return quality | {
         "PAvPU": float(curve.pavpu[best]),

@@ -1,6 +1,7 @@
 """End-to-end quality: train the demo config on synthetic MCFO volumes, segment held-out ones.
 
-Trains on densely labeled synthetic (32, 128, 128) volumes, predicts a validation volume and
+Trains on 32 densely labeled synthetic (32, 128, 128) volumes (on the GPU when torch sees one,
+else on the CPU's threads), predicts a validation volume and
 held-out test volumes, clusters the consensus (mean over samples) of foreground and embeddings
 with mean shift, and reports IoU-matched F1 at IoU 0.5 (goal >= 0.5) and FISBe's avF1 (goal
 >= 0.6). The foreground threshold, the bandwidth and whether spatially disconnected pieces of a
@@ -32,9 +33,10 @@ from activeseg.models.checkpoint import TrainedModel, load_model
 from activeseg.predict import predict_array
 from activeseg.train import TrainingCrop, train_model
 
-TRAIN_SEEDS = (0, 1, 2, 3)
+# Synthetic volumes cost ~0.3 s each; with 4 of them the network memorizes its 32 neurons.
+TRAIN_SEEDS = tuple(range(32))
 VAL_SEED = 100
-TEST_SEEDS = (200, 201, 202)
+TEST_SEEDS = (200, 201, 202, 203, 204)
 # Neurons fill ~5% of a synthetic volume; a threshold that keeps more than this is not tried.
 MAX_FOREGROUND = 0.25
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -17,13 +17,14 @@ Budget: every backbone gets ``--steps`` network updates. The ensemble's K member
 all the steps instead (K times the training time).
 
     .venv/bin/python benchmarks/bench_uncertainty.py [--steps 100] [--members 4] \\
-        [--full-members] [--test-volumes 2] [--kinds mheads ensemble dropout]
+        [--full-members] [--test-volumes 2] [--kinds mheads ensemble dropout] [--model DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from activeseg.config import Config, load_config
 from activeseg.data.instances import Instances
 from activeseg.data.synthetic import generate_mcfo
 from activeseg.metrics import score_volume, threshold_table
-from activeseg.models.checkpoint import TrainedModel, load_model
+from activeseg.models.checkpoint import TRAINING_FILE, TrainedModel, load_model
 from activeseg.predict import predict_array
 from activeseg.train import train_model
 from activeseg.uncertainty import InstanceRisk, instance_uncertainty
@@ -118,19 +119,32 @@ def run_backbone(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     config = backbone_config(kind, args.steps, args.members, args.full_members)
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(training_crops(config), config, Path(tmp) / "model")
-        trained = load_model(result.checkpoint)
+        return test_model(load_model(result.checkpoint), training_record(result.checkpoint), args)
+
+
+def training_record(checkpoint: Path) -> dict[str, Any]:
+    """Return what a checkpoint folder says about its training (steps, seconds, loss)."""
+    record: dict[str, Any] = json.loads((checkpoint / TRAINING_FILE).read_text())
+    return record
+
+
+def test_model(
+    trained: TrainedModel, training: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Return the uncertainty report of a trained model on the held-out volumes."""
     started = time.perf_counter()
     cases = [predict_case(trained, seed) for seed in TEST_SEEDS[: args.test_volumes]]
     whole = pooled(cases)
     report = uncertainty_report(whole.consensus, whole.truth, whole.foreground, whole.risks)
     members = len(trained.model.nets())
     print(
-        f"{kind}: S={trained.model.n_samples}, {members} x {result.steps} steps in "
-        f"{result.seconds:.0f} s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f}; "
-        f"test {time.perf_counter() - started:.0f} s; PAvPU sweep {report['PAvPU_sweep']}",
+        f"{trained.config.model.kind}: S={trained.model.n_samples}, {members} x "
+        f"{training['steps']} steps in {training['seconds']:.0f} s, final loss "
+        f"{training['final_loss']:.3f}; test {time.perf_counter() - started:.0f} s; "
+        f"PAvPU sweep {report['PAvPU_sweep']}",
         flush=True,
     )
-    return report | {"f1": f1_at_05(cases), "train_s": result.seconds, "steps": result.steps}
+    return report | {"f1": f1_at_05(cases), "train_s": training["seconds"]}
 
 
 def cell(value: float, digits: int = 3) -> str:
@@ -178,11 +192,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="network updates per backbone")
     parser.add_argument("--members", type=int, default=4, help="ensemble members K")
     parser.add_argument("--full-members", action="store_true", help="every member gets --steps")
-    parser.add_argument("--test-volumes", type=int, default=2, choices=range(1, 4))
+    volumes = range(1, len(TEST_SEEDS) + 1)
+    parser.add_argument("--test-volumes", type=int, default=2, choices=volumes)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--model", type=Path, help="test this checkpoint instead of training")
     args = parser.parse_args()
     started = time.perf_counter()
-    reports = {kind: run_backbone(kind, args) for kind in args.kinds}
+    if args.model:
+        trained = load_model(args.model)
+        record = training_record(args.model)
+        reports = {trained.config.model.kind: test_model(trained, record, args)}
+    else:
+        reports = {kind: run_backbone(kind, args) for kind in args.kinds}
     print_table(reports)
     print(f"total {time.perf_counter() - started:.0f} s")
 

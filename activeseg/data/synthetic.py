@@ -49,6 +49,9 @@ BRIGHTNESS = (150.0, 800.0)  # log-uniform brightness of a neuron
 DIM_BRIGHTNESS = (50.0, 120.0)
 DIM_PROBABILITY = 0.2
 CHANNEL_PROBABILITY = 0.5  # each channel is expressed independently (at least one is)
+# Log-uniform level of an expressed channel relative to the neuron's strongest one. MCFO tags
+# express at different levels, so hues vary continuously (a FISBe neuron reads 0.27:0.35:1).
+RELATIVE_LEVEL = (0.2, 1.0)
 SPECKLE_SHAPE = 3.0  # gamma shape of per-voxel label density; smaller is grainier
 BACKGROUND = (6.0, 14.0)
 BLUR_SIGMA = (1.6, 0.7, 0.7)  # (z, y, x) voxels: the PSF is longer along the optical axis
@@ -335,12 +338,14 @@ def _random_colors(rng: np.random.Generator, n_neurons: int, channels: int) -> F
     bright = _log_uniform(rng, BRIGHTNESS, n_neurons)
     faint = _log_uniform(rng, DIM_BRIGHTNESS, n_neurons)
     brightness = np.where(dim, faint, bright)
-    levels = brightness[:, None] * rng.uniform(0.6, 1.0, (n_neurons, channels))
-    return np.where(expressed, levels, 0.0)
+    relative = np.where(expressed, _log_uniform(rng, RELATIVE_LEVEL, (n_neurons, channels)), 0.0)
+    return brightness[:, None] * relative / relative.max(axis=1, keepdims=True)
 
 
-def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], size: int) -> FloatArray:
-    """Return (size,) float64 values log-uniform between ``bounds``."""
+def _log_uniform(
+    rng: np.random.Generator, bounds: tuple[float, float], size: int | tuple[int, ...]
+) -> FloatArray:
+    """Return float64 values of shape ``size`` log-uniform between ``bounds``."""
     return np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]), size))
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from activeseg.errors import AnnotationError
 from activeseg.labelstudio.labeling import BRUSH_NAME, IMAGE_NAME, instance_id, instance_label
@@ -29,6 +28,8 @@ def brush_result(
     mask: npt.NDArray[np.bool_], label: str, item_index: int, from_name: str, to_name: str
 ) -> dict[str, Any]:
     """Return one brush result dict for an (H, W) bool mask on shown slice ``item_index``."""
+    from label_studio_sdk.converter.brush import mask2rle  # the SDK is slow to import
+
     height, width = mask.shape
     return {
         "id": f"s{item_index}-{label}",
@@ -71,6 +72,8 @@ def decode_mask(
     value: Mapping[str, Any], height: int, width: int, threshold: int, where: str
 ) -> npt.NDArray[np.bool_]:
     """Return the (H, W) bool mask of a brush value (alpha >= ``threshold``)."""
+    from label_studio_sdk.converter.brush import decode_rle  # the SDK is slow to import
+
     if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
         raise AnnotationError(f"{where}: brush region has no RLE (format {value.get('format')!r})")
     try:

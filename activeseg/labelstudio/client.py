@@ -19,14 +19,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from dotenv import dotenv_values, find_dotenv
-from label_studio_sdk import LabelStudio
-from label_studio_sdk.core.api_error import ApiError
 
 from activeseg.errors import LabelStudioError
+
+if TYPE_CHECKING:
+    # The SDK takes about a second to import: it loads when a client is made, not before.
+    from label_studio_sdk import LabelStudio
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class LabelStudioClient:
     """The Label Studio calls of the annotation loop, on top of the SDK."""
 
     def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+        from label_studio_sdk import LabelStudio
+
         self.url = url.rstrip("/")
         self._sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
@@ -139,6 +143,8 @@ class LabelStudioClient:
     @contextmanager
     def calling(self, what: str) -> Iterator[None]:
         """Turn SDK and HTTP failures inside the block into LabelStudioError naming ``what``."""
+        from label_studio_sdk.core.api_error import ApiError
+
         try:
             yield
         except ApiError as exc:

@@ -219,6 +219,24 @@ def test_pavpu_counts_hand_built_patches() -> None:
     assert informative.pavpu[0] == pytest.approx(1.0)
 
 
+def test_pavpu_judges_patches_by_their_relevant_voxels_only() -> None:
+    # Mostly background: every patch is >= half accurate over all voxels.
+    accurate = np.ones((1, 8, 8), bool)
+    relevant = np.zeros((1, 8, 8), bool)
+    relevant[0, 0, :3] = True  # patch 0: a neuron whose 3 voxels are all wrong
+    accurate[0, 0, :3] = False
+    relevant[0, 4, 4:7] = True  # patch 3: a neuron whose voxels are right
+    uncertainty = patches([0.9, 0.1, 0.1, 0.1])
+    plain = pavpu(accurate, uncertainty, [0.5], grid=(2, 2))
+    assert np.isnan(plain.p_uncertain_given_inaccurate[0])  # no inaccurate patch at all
+    judged = pavpu(accurate, uncertainty, [0.5], grid=(2, 2), relevant=relevant)
+    # patches 1 and 2 hold no relevant voxel and are left out: one iu, one ac
+    assert judged.pavpu[0] == pytest.approx(1.0)
+    assert judged.p_uncertain_given_inaccurate[0] == pytest.approx(1.0)
+    with pytest.raises(InputError, match="relevant has shape"):
+        pavpu(accurate, uncertainty, [0.5], grid=(2, 2), relevant=relevant[0])
+
+
 def test_pavpu_patch_grid_must_fit() -> None:
     with pytest.raises(InputError, match="patch grid"):
         pavpu(np.ones((1, 2, 2), bool), np.zeros((1, 2, 2)), [0.5], grid=(4, 4))

@@ -136,6 +136,11 @@ def test_colours_are_random_channel_subsets_with_dim_neurons() -> None:
     assert len(np.unique(expressed, axis=0)) >= 4
     brightest = colors.max(axis=1)
     assert brightest.min() < 150 < brightest.max()
+    # hues vary continuously: expressed channels run from a fifth of the strongest to all of it
+    relative = colors[expressed] / np.repeat(brightest, expressed.sum(axis=1))
+    assert relative.min() >= 0.2 - 1e-9
+    assert (relative < 0.5).any()
+    assert ((relative > 0.5) & (relative < 1.0)).any()
 
 
 @pytest.mark.parametrize(

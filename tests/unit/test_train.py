@@ -13,7 +13,13 @@ from activeseg.config import Config, load_config
 from activeseg.errors import InputError, StateError
 from activeseg.models.checkpoint import CHECKPOINT_FILES, load_model
 from activeseg.models.normalization import Normalization
-from activeseg.train import TrainingCrop, prepare_crop, sample_batch, train_model
+from activeseg.train import (
+    TrainingCrop,
+    prepare_crop,
+    sample_batch,
+    train_model,
+    training_device,
+)
 
 
 def bright_tubes(shape: tuple[int, int, int] = (16, 32, 32), seed: int = 0) -> TrainingCrop:
@@ -56,6 +62,23 @@ def test_crop_shapes_and_channels_are_checked(tmp_path: Path) -> None:
     two_channels = TrainingCrop(crop.raw[:2], crop.labels, crop.mask, crop.overlap, "rg")
     with pytest.raises(InputError, match="rg: raw has 2 channels"):
         train_model([two_channels], smoke(1), tmp_path)
+
+
+def with_device(config: Config, device: str) -> Config:
+    return config.model_copy(update={"train": config.train.model_copy(update={"device": device})})
+
+
+def test_training_device_follows_the_config_and_what_torch_sees(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_device(smoke(1)).type == "cuda"
+    assert training_device(with_device(smoke(1), "cpu")).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device(smoke(1)).type == "cpu"
+    with pytest.raises(InputError, match=r"train\.device is cuda, but torch sees no GPU"):
+        train_model([bright_tubes()], with_device(smoke(1), "cuda"), tmp_path / "model")
+    assert not (tmp_path / "model").exists()
 
 
 def test_sample_batch_keeps_raw_and_labels_aligned_under_augmentation() -> None:
