@@ -9,7 +9,11 @@ the correction effort: the fraction of shown voxels the annotator repainted in t
 pre-annotations. Writes the learning curves and a JSON of every run next to the project.
 
     .venv/bin/python benchmarks/bench_label_efficiency.py --out /tmp/label-efficiency \\
-        [--rounds 5] [--seeds 3] [--strategies random instance bald] [--config demo]
+        [--rounds 5] [--seeds 3] [--strategies random instance bald] [--config demo] \\
+        [--pool-volumes N]
+
+``--pool-volumes`` enlarges the demo's pool (4 volumes = 16 candidate crops): with 16, nine
+labeled crops are most of the pool, and any strategy ends up picking much of what random picks.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from activeseg.config import load_config
 from activeseg.history import plot_history
 from activeseg.simulation import create_demo_project, simulate
 
@@ -72,18 +77,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", nargs="+", default=["random", "instance", "bald"])
     parser.add_argument("--config", default="demo")
+    parser.add_argument("--pool-volumes", type=int, help="synthetic pool volumes (4 crops each)")
     args = parser.parse_args()
     if "random" not in args.strategies:
         parser.error("random is the baseline: include it in --strategies")
 
     started = time.perf_counter()
-    project = create_demo_project(args.out / "start", args.config)
+    config = load_config(args.config)
+    if args.pool_volumes:
+        synth = config.synth.model_copy(update={"pool_volumes": args.pool_volumes})
+        config = config.model_copy(update={"synth": synth})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.yaml").write_text(config.to_yaml())
+    project = create_demo_project(args.out / "start", args.out / "config.yaml")
     runs = simulate(project, args.rounds, args.strategies, args.seeds)
     by_strategy = {s: [runs[f"{s}-seed{k}"] for k in range(args.seeds)] for s in args.strategies}
     (args.out / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
     plot = plot_history(runs, args.out / "label-efficiency.png")
 
-    print(f"{args.rounds} rounds x {args.seeds} seeds, config {args.config!r}")
+    print(
+        f"{args.rounds} rounds x {args.seeds} seeds, config {args.config!r}, "
+        f"{config.synth.pool_volumes} pool volumes"
+    )
     for metric in METRICS:
         print(f"\nvalidation {metric}, mean ± std over seeds, by labeled crops:")
         for strategy, strategy_runs in by_strategy.items():
