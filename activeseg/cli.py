@@ -639,12 +639,17 @@ def evaluate_cmd(
     uncertainty: Annotated[
         bool, typer.Option("--uncertainty", help="Add PAvPU, error AUROC and ECE.")
     ] = False,
+    reliability: Annotated[
+        Path | None,
+        typer.Option(help="With --uncertainty: draw the foreground reliability diagram (PNG)."),
+    ] = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare a segmentation with ground truth: AP, FISBe avF1/C/S/FS/FM, VOI, ARAND.
 
     Example: [bold]activeseg evaluate pred.zarr val0 --fisbe --json[/]
+    or [bold]activeseg evaluate pred.zarr val0 --uncertainty --reliability calib.png[/]
     """
     from activeseg.errors import ProjectNotFoundError
     from activeseg.project import open_project
@@ -656,7 +661,14 @@ def evaluate_cmd(
         project = None
     cluster = project.config.cluster if project else None
     result = evaluate_files(
-        pred, gt, project, fisbe=fisbe, partly=partly, uncertainty=uncertainty, cluster=cluster
+        pred,
+        gt,
+        project,
+        fisbe=fisbe,
+        partly=partly,
+        uncertainty=uncertainty,
+        cluster=cluster,
+        reliability_plot=reliability,
     )
     if as_json:
         emit_json(result)

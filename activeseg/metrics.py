@@ -177,12 +177,18 @@ def _skeletons(members: _Members, shape: tuple[int, ...]) -> tuple[IntArray, Int
 
 
 def _skeleton_keys(voxels: IntArray, shape: tuple[int, ...]) -> IntArray:
-    """Return the linear keys of the 3-D skeleton of the instance made of the voxels ``voxels``."""
+    """Return the linear keys of the 3-D skeleton of the instance made of the voxels ``voxels``.
+
+    skimage's 3-D thinning deletes some thin, even-sided shapes entirely (a bar of 2 x 2 or
+    4 x 3 voxels leaves nothing); such an instance is its own skeleton, so that it can still
+    be matched.
+    """
     coords = np.stack(np.unravel_index(voxels, shape), axis=1)
     low = coords.min(axis=0)
     mask = np.zeros(tuple(coords.max(axis=0) - low + 3), bool)
     mask[tuple((coords - low + 1).T)] = True
-    skeleton = np.argwhere(skeletonize(mask)) + low - 1
+    thinned = skeletonize(mask)
+    skeleton = np.argwhere(thinned if thinned.any() else mask) + low - 1
     return np.ravel_multi_index(tuple(skeleton.T), shape).astype(np.int64)
 
 

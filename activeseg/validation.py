@@ -221,12 +221,16 @@ def evaluate_files(
     partly: bool = False,
     uncertainty: bool = False,
     cluster: ClusterConfig | None = None,
+    reliability_plot: Path | None = None,
 ) -> dict[str, Any]:
     """Return the instance metrics of a prediction against ground truth, both named by spec.
 
     With ``uncertainty``, the prediction must be an ``activeseg predict`` output holding
-    per-sample foreground and embeddings; uncertainty-quality metrics are added.
+    per-sample foreground and embeddings; uncertainty-quality metrics are added, and the
+    reliability diagram of the mean foreground probability is drawn to ``reliability_plot``.
     """
+    if reliability_plot is not None and not uncertainty:
+        raise InputError("a reliability diagram needs --uncertainty (per-sample foreground)")
     pred, pred_path = load_instances(pred_spec, project)
     gt, _ = load_instances(gt_spec, project)
     if pred.shape != gt.shape:
@@ -237,12 +241,14 @@ def evaluate_files(
     if uncertainty:
         if pred_path is None:
             raise InputError("--uncertainty needs a prediction zarr from `activeseg predict`")
-        result |= _uncertainty_report(pred_path, pred, gt, cluster or ClusterConfig())
+        result |= _uncertainty_report(
+            pred_path, pred, gt, cluster or ClusterConfig(), reliability_plot
+        )
     return result
 
 
 def _uncertainty_report(
-    path: Path, pred: Instances, gt: Instances, cluster: ClusterConfig
+    path: Path, pred: Instances, gt: Instances, cluster: ClusterConfig, plot: Path | None
 ) -> dict[str, Any]:
     group = zarr.open_group(path, mode="r")
     if "foreground" not in group or "embedding" not in group:
@@ -258,4 +264,33 @@ def _uncertainty_report(
         **cluster.options(),
     )
     risks = instance_uncertainty(pred.labels, samples)
-    return uncertainty_report(pred.labels, gt.labels, fg, risks)
+    report = uncertainty_report(pred.labels, gt.labels, fg, risks)
+    if plot is not None:
+        diagram = metrics.reliability(fg.mean(axis=0), gt.labels > 0)
+        report["reliability_plot"] = str(plot_reliability(diagram, report["ECE"], plot))
+    return report
+
+
+def plot_reliability(diagram: metrics.Reliability, ece: float, path: Path) -> Path:
+    """Draw a reliability diagram: accuracy and voxel count per confidence bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    filled = diagram.counts > 0
+    width = float(np.diff(diagram.centers).mean()) if len(diagram.centers) > 1 else 0.5
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.bar(diagram.centers[filled], diagram.accuracy[filled], width=width, edgecolor="black")
+    low = float(diagram.centers[0] - width / 2)
+    top.plot([low, 1.0], [low, 1.0], "--", color="gray", label="calibrated")
+    top.set(ylabel="accuracy", ylim=(0, 1), title=f"foreground reliability (ECE {ece:.3f})")
+    top.legend(loc="upper left")
+    bottom.bar(diagram.centers, diagram.counts, width=width, color="gray")
+    bottom.set(xlabel="confidence", ylabel="voxels", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

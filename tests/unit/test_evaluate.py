@@ -54,3 +54,51 @@ def test_dropping_a_neuron_lowers_coverage(flylight_zarr: Path, tmp_path: Path) 
     assert scores["n_pred"] == 2
     assert np.isclose(scores["C"], 2 / 3, atol=0.02)
     assert scores["avF1"] < 1.0
+
+
+def _prediction_with_samples(path: Path, truth: np.ndarray) -> None:
+    """Write a predict-like zarr: the truth plus a spurious neuron that one sample of two sees."""
+    labels = truth.copy()
+    labels[:, :4, :4] = 3
+    foreground = np.stack([truth > 0, labels > 0]).astype(np.float32) * 0.9 + 0.05
+    embedding = np.zeros((2, 2, *truth.shape), np.float32)
+    embedding[:, 0][:, truth == 2] = 3.0  # neurons and the spurious one lie 3 apart
+    embedding[:, 1][:, labels == 3] = 3.0
+    group = zarr.open_group(path, mode="w")
+    group.create_array("labels", data=labels)
+    group.create_array("foreground", data=foreground)
+    group.create_array("embedding", data=embedding)
+
+
+def test_uncertainty_evaluation_adds_its_metrics_and_draws_the_reliability_diagram(
+    tmp_path: Path,
+) -> None:
+    truth = np.zeros((4, 16, 16), np.uint32)
+    truth[:, 6:9, 2:14] = 1
+    truth[:, 11:14, 2:14] = 2
+    gt = tmp_path / "gt.zarr"
+    zarr.open_group(gt, mode="w").create_array("labels", data=truth)
+    pred = tmp_path / "pred.zarr"
+    _prediction_with_samples(pred, truth)
+    picture = tmp_path / "calibration.png"
+    scores = _evaluate(str(pred), str(gt), "--uncertainty", "--reliability", str(picture))
+    assert scores["n_pred"] == 3 and scores["AP50"] < 1.0
+    # The samples disagree exactly on the spurious neuron: it is the wrong voxels and the
+    # wrong instance, and the most uncertain ones.
+    assert scores["voxel_error_auroc"] == 1.0
+    assert scores["instance_error_auroc"] == 1.0
+    assert scores["p_uncertain_given_inaccurate"] == 1.0
+    for key in ("PAvPU", "p_accurate_given_certain", "ECE"):
+        assert 0.0 <= scores[key] <= 1.0
+    assert scores["reliability_plot"] == str(picture)
+    assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_reliability_diagram_needs_the_uncertainty_evaluation(tmp_path: Path) -> None:
+    truth = np.ones((2, 4, 4), np.uint32)
+    gt = tmp_path / "gt.zarr"
+    zarr.open_group(gt, mode="w").create_array("labels", data=truth)
+    answer = runner.invoke(app, ["evaluate", str(gt), str(gt), "--reliability", "x.png"])
+    assert answer.exit_code != 0
+    assert "needs --uncertainty" in answer.output
+    assert not (tmp_path / "x.png").exists()

@@ -55,6 +55,15 @@ def test_perfect_prediction_scores_perfectly() -> None:
     assert scores["n_pred"] == scores["n_gt"] == 3
 
 
+def test_a_bar_that_thinning_deletes_still_matches_itself() -> None:
+    # skimage's 3-D skeletonize leaves nothing of an even-sided 2 x 2 bar
+    bar = Instances.from_labels(labels_with((slice(4, 6), slice(5, 7), slice(5, 105))))
+    scores = evaluate_instances(bar, bar)
+    assert scores["avF1"] == scores["C"] == pytest.approx(1.0)
+    empty = Instances.from_labels(np.zeros(SHAPE, np.uint32))
+    assert evaluate_instances(empty, bar)["avF1"] == 0.0
+
+
 def test_one_gt_split_in_two_is_one_false_split() -> None:
     gt = Instances.from_labels(labels_with(tube(5)))
     pred = Instances.from_labels(labels_with(tube(5, x=slice(5, 55)), tube(5, x=slice(55, 105))))
