@@ -1,11 +1,11 @@
 """End-to-end quality: train the demo config on synthetic MCFO volumes, segment held-out ones.
 
 Trains on 32 densely labeled synthetic (32, 128, 128) volumes (on the GPU when torch sees one,
-else on the CPU's threads), predicts a validation volume and
-held-out test volumes, clusters the consensus (mean over samples) of foreground and embeddings
-with mean shift, and reports IoU-matched F1 at IoU 0.5 (goal >= 0.5) and FISBe's avF1 (goal
->= 0.6). The foreground threshold, the bandwidth and whether spatially disconnected pieces of a
-cluster are split are chosen on the validation volume only. Also reported, to locate errors:
+else on the CPU's threads), predicts two validation volumes and five held-out test volumes,
+clusters the consensus (mean over samples) of foreground and embeddings with mean shift, and
+reports IoU-matched F1 at IoU 0.5 (goal >= 0.5) and FISBe's avF1 (goal >= 0.6). The foreground
+threshold, the bandwidth and whether spatially disconnected pieces of a cluster are split are
+chosen on the validation volumes only. Also reported, to locate errors:
 the foreground Dice and the F1 of clustering the TRUE foreground's embeddings.
 
     .venv/bin/python benchmarks/bench_quality.py [--steps 900] [--kind mheads] [--embed-background]
@@ -35,7 +35,8 @@ from activeseg.train import TrainingCrop, train_model
 
 # Synthetic volumes cost ~0.3 s each; with 4 of them the network memorizes its 32 neurons.
 TRAIN_SEEDS = tuple(range(32))
-VAL_SEED = 100
+# Settings chosen on one validation volume swung F1 by +-0.07; two steady the choice.
+VAL_SEEDS = (100, 101)
 TEST_SEEDS = (200, 201, 202, 203, 204)
 # Neurons fill ~5% of a synthetic volume; a threshold that keeps more than this is not tried.
 MAX_FOREGROUND = 0.25
@@ -127,8 +128,8 @@ def dice(case: Consensus, threshold: float) -> float:
     return float(2 * (predicted & true).sum() / max(predicted.sum() + true.sum(), 1))
 
 
-def choose_setting(val: Consensus, config: Config) -> tuple[Setting, float]:
-    """Return the setting with the best validation F1@0.5, and that F1."""
+def choose_setting(val: list[Consensus], config: Config) -> tuple[Setting, float]:
+    """Return the setting with the best validation F1@0.5 (volumes pooled), and that F1."""
     loss = config.loss
     bandwidths = (loss.delta_v, (loss.delta_v + loss.delta_d) / 2, loss.delta_d)
     grid = [
@@ -136,7 +137,9 @@ def choose_setting(val: Consensus, config: Config) -> tuple[Setting, float]:
         for t, b, split in itertools.product(THRESHOLDS, bandwidths, (False, True))
     ]
     min_size = config.cluster.min_size
-    f1 = {s: f1_at_05([score_volume(instances(val, s, min_size), val.truth)]) for s in grid}
+    f1 = {
+        s: f1_at_05([score_volume(instances(v, s, min_size), v.truth) for v in val]) for s in grid
+    }
     best = max(grid, key=lambda s: f1[s])
     return best, f1[best]
 
@@ -166,7 +169,7 @@ def main() -> None:
     started = time.perf_counter()
     trained = load_model(args.model) if args.model else train(args)
     config = trained.config
-    val = consensus(trained, VAL_SEED)
+    val = [consensus(trained, seed) for seed in VAL_SEEDS]
     tests = [consensus(trained, seed) for seed in TEST_SEEDS]
     setting, val_f1 = choose_setting(val, config)
     print(f"validation: best F1@0.5 {val_f1:.3f} with {setting}")
