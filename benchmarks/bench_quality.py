@@ -9,7 +9,7 @@ chosen on the validation volumes only. Also reported, to locate errors:
 the foreground Dice and the F1 of clustering the TRUE foreground's embeddings.
 
     .venv/bin/python benchmarks/bench_quality.py [--steps 900] [--kind mheads] [--embed-background]
-        [--keep DIR | --model DIR]
+        [--patch Z Y X] [--keep DIR | --model DIR]
 """
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ class Consensus:
     truth: Instances
 
 
-def bench_config(steps: int, kind: str, embed_background: bool) -> Config:
-    """Return the demo config with the training length, variant and loss option asked for."""
+def bench_config(
+    steps: int, kind: str, embed_background: bool, patch: tuple[int, int, int] | None = None
+) -> Config:
+    """Return the demo config with the training length, variant, loss option and patch asked for."""
     config = load_config("demo")
     data = config.model_dump()
     data["train"]["steps"] = steps
+    if patch:
+        data["train"]["patch"] = patch
     data["model"]["kind"] = kind
     data["loss"]["embed_background"] = embed_background
     return Config.model_validate(data)
@@ -146,7 +150,7 @@ def choose_setting(val: list[Consensus], config: Config) -> tuple[Setting, float
 
 def train(args: argparse.Namespace) -> TrainedModel:
     """Return the model trained as the command line asks, after printing how training went."""
-    config = bench_config(args.steps, args.kind, args.embed_background)
+    config = bench_config(args.steps, args.kind, args.embed_background, args.patch)
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(training_crops(config), config, args.keep or Path(tmp) / "model")
         trained = load_model(result.checkpoint)
@@ -163,6 +167,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--kind", default="mheads")
     parser.add_argument("--embed-background", action="store_true")
+    parser.add_argument("--patch", type=int, nargs=3, help="training patch Z Y X (demo: 32 64 64)")
     parser.add_argument("--keep", type=Path, help="write the checkpoint here")
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training")
     args = parser.parse_args()
