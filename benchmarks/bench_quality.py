@@ -6,10 +6,11 @@ clusters the consensus (mean over samples) of foreground and embeddings with mea
 reports IoU-matched F1 at IoU 0.5 (goal >= 0.5) and FISBe's avF1 (goal >= 0.6). The foreground
 threshold, the bandwidth and whether spatially disconnected pieces of a cluster are split are
 chosen on the validation volumes only. Also reported, to locate errors:
-the foreground Dice and the F1 of clustering the TRUE foreground's embeddings.
+the foreground Dice, the F1 of clustering the TRUE foreground's embeddings, and the F1 of the
+predicted foreground perfectly clustered (each voxel given its nearest true neuron).
 
     .venv/bin/python benchmarks/bench_quality.py [--steps 900] [--kind mheads] [--embed-background]
-        [--patch Z Y X] [--keep DIR | --model DIR]
+        [--pos-weight W] [--no-dice] [--patch Z Y X] [--keep DIR | --model DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from activeseg.cluster import segment
 from activeseg.config import Config, load_config
@@ -40,7 +42,7 @@ VAL_SEEDS = (100, 101)
 TEST_SEEDS = (200, 201, 202, 203, 204)
 # Neurons fill ~5% of a synthetic volume; a threshold that keeps more than this is not tried.
 MAX_FOREGROUND = 0.25
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
@@ -52,17 +54,16 @@ class Consensus:
     truth: Instances
 
 
-def bench_config(
-    steps: int, kind: str, embed_background: bool, patch: tuple[int, int, int] | None = None
-) -> Config:
-    """Return the demo config with the training length, variant, loss option and patch asked for."""
-    config = load_config("demo")
-    data = config.model_dump()
-    data["train"]["steps"] = steps
-    if patch:
-        data["train"]["patch"] = patch
-    data["model"]["kind"] = kind
-    data["loss"]["embed_background"] = embed_background
+def bench_config(args: argparse.Namespace) -> Config:
+    """Return the demo config with the training length, variant, losses and patch asked for."""
+    data = load_config("demo").model_dump()
+    data["train"]["steps"] = args.steps
+    if args.patch:
+        data["train"]["patch"] = args.patch
+    data["model"]["kind"] = args.kind
+    data["loss"]["embed_background"] = args.embed_background
+    data["loss"]["foreground_pos_weight"] = args.pos_weight
+    data["loss"]["foreground_dice"] = not args.no_dice
     return Config.model_validate(data)
 
 
@@ -126,6 +127,18 @@ def with_true_foreground(case: Consensus) -> Consensus:
     return Consensus((case.truth.labels > 0).astype(np.float32), case.embedding, case.truth)
 
 
+def with_true_instances(case: Consensus, threshold: float) -> Instances:
+    """Return the thresholded foreground, each voxel labeled with the nearest true neuron: what a
+    perfect clustering of this foreground would give."""
+    labels = case.truth.labels
+    nearest = ndimage.distance_transform_edt(
+        labels == 0, return_distances=False, return_indices=True
+    )
+    return Instances.from_labels(
+        np.where(case.foreground > threshold, labels[tuple(nearest)], 0).astype(np.uint32)
+    )
+
+
 def dice(case: Consensus, threshold: float) -> float:
     """Return the Dice of the thresholded foreground against the true foreground."""
     predicted, true = case.foreground > threshold, case.truth.labels > 0
@@ -150,7 +163,7 @@ def choose_setting(val: list[Consensus], config: Config) -> tuple[Setting, float
 
 def train(args: argparse.Namespace) -> TrainedModel:
     """Return the model trained as the command line asks, after printing how training went."""
-    config = bench_config(args.steps, args.kind, args.embed_background, args.patch)
+    config = bench_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(training_crops(config), config, args.keep or Path(tmp) / "model")
         trained = load_model(result.checkpoint)
@@ -167,6 +180,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--kind", default="mheads")
     parser.add_argument("--embed-background", action="store_true")
+    parser.add_argument(
+        "--pos-weight", type=float, help="foreground BCE weight (default: balanced)"
+    )
+    parser.add_argument("--no-dice", action="store_true", help="foreground loss without soft Dice")
     parser.add_argument("--patch", type=int, nargs=3, help="training patch Z Y X (demo: 32 64 64)")
     parser.add_argument("--keep", type=Path, help="write the checkpoint here")
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training")
@@ -188,6 +205,8 @@ def main() -> None:
     threshold = setting.threshold
     print(f"test foreground Dice @{threshold}: {np.mean([dice(c, threshold) for c in tests]):.3f}")
     print(f"test F1@0.5 clustering the TRUE foreground: {f1_at_05(true_fg):.3f}")
+    perfect = [score_volume(with_true_instances(c, threshold), c.truth) for c in tests]
+    print(f"test F1@0.5 of the foreground, perfectly clustered: {f1_at_05(perfect):.3f}")
     per_volume = ", ".join(f"{f1_at_05([s]):.2f}" for s in scores)
     print(f"test F1@0.5 end to end: {f1_at_05(scores):.3f} (per volume {per_volume}; goal >= 0.5)")
     print(f"test FISBe avF1 end to end: {summarize(fisbe)['avF1']:.3f} (goal >= 0.6)")
