@@ -103,7 +103,9 @@ def train_model(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
     try:
-        normalization = Normalization.from_volumes([c.raw for c in crops], config.train.seed)
+        normalization = Normalization.from_volumes(
+            [c.raw for c in crops], config.train.seed, config.model.intensity
+        )
         prepared = [prepare_crop(crop, normalization) for crop in crops]
         model = _initial_model(config, init_from).to(device)
         losses = _optimize(model, prepared, config, progress)

@@ -112,10 +112,14 @@ def main() -> None:
             changed = client.changed_tasks(project, since)
         with timed("decode annotations", times):
             shape = (args.slices, args.size, args.size)
-            for task in changed:
-                for annotation in task["annotations"]:
+            for changed_task in changed:
+                for annotation in changed_task["annotations"]:
                     labels_from_results(
-                        annotation["result"], slices, shape, task=task["id"], allow_empty=False
+                        annotation["result"],
+                        slices,
+                        shape,
+                        task=changed_task["id"],
+                        allow_empty=False,
                     )
     n_images = sum(len(t.images) + len(t.overlays) for t in tasks)
     report(times, n_images, len(changed), args)

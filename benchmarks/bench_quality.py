@@ -10,7 +10,8 @@ the foreground Dice, the F1 of clustering the TRUE foreground's embeddings, and 
 predicted foreground perfectly clustered (each voxel given its nearest true neuron).
 
     .venv/bin/python benchmarks/bench_quality.py [--steps 900] [--kind mheads] [--embed-background]
-        [--pos-weight W] [--no-dice] [--patch Z Y X] [--keep DIR | --model DIR]
+        [--pos-weight W] [--no-dice] [--intensity linear] [--batch B] [--patch Z Y X]
+        [--keep DIR | --model DIR]
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def bench_config(args: argparse.Namespace) -> Config:
     data["train"]["steps"] = args.steps
     if args.patch:
         data["train"]["patch"] = args.patch
+    if args.batch:
+        data["train"]["batch_size"] = args.batch
     data["model"]["kind"] = args.kind
+    if args.intensity:
+        data["model"]["intensity"] = args.intensity
     data["loss"]["embed_background"] = args.embed_background
     data["loss"]["foreground_pos_weight"] = args.pos_weight
     data["loss"]["foreground_dice"] = not args.no_dice
@@ -183,8 +188,10 @@ def main() -> None:
     parser.add_argument(
         "--pos-weight", type=float, help="foreground BCE weight (default: balanced)"
     )
+    parser.add_argument("--intensity", choices=("linear", "sqrt"), help="input transform")
     parser.add_argument("--no-dice", action="store_true", help="foreground loss without soft Dice")
-    parser.add_argument("--patch", type=int, nargs=3, help="training patch Z Y X (demo: 32 64 64)")
+    parser.add_argument("--batch", type=int, help="training patches per step")
+    parser.add_argument("--patch", type=int, nargs=3, help="training patch Z Y X")
     parser.add_argument("--keep", type=Path, help="write the checkpoint here")
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training")
     args = parser.parse_args()

@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="test this checkpoint instead of training")
     args = parser.parse_args()
     started = time.perf_counter()
+    reports: dict[str, dict[str, Any]]
     if args.model:
         trained = load_model(args.model)
         record = training_record(args.model)

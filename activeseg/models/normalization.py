@@ -1,7 +1,10 @@
 """Per-channel percentile normalization of raw intensities (nnU-Net style).
 
-The percentiles are computed once from the training crops and stored with the model, so
-inference maps intensities exactly as training did: ``lower`` goes to 0, ``upper`` to 1.
+With ``transform="sqrt"`` intensities are square-rooted first: photon (Poisson) noise then has
+about the same spread at every brightness, and a dim neuron is not squeezed next to zero by
+the bright ones that set the upper percentile. The percentiles are computed once from the
+training crops and stored with the model, so inference maps intensities exactly as training
+did: ``lower`` goes to 0, ``upper`` to 1.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from activeseg.errors import InputError
+
+Transform = Literal["linear", "sqrt"]
 
 PERCENTILES = (1.0, 99.8)
 # Voxels per channel the percentiles are estimated from; more changes them by < 1%.
@@ -23,17 +29,26 @@ MAX_VOXELS = 2_000_000
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-channel intensity mapping: ``(raw - lower) / (upper - lower)``."""
+    """Per-channel intensity mapping: ``(t(raw) - lower) / (upper - lower)``, t the transform."""
 
     lower: tuple[float, ...]
     upper: tuple[float, ...]
+    transform: Transform = "linear"
 
     @classmethod
-    def from_volumes(cls, raws: Sequence[npt.NDArray[np.generic]], seed: int = 0) -> Normalization:
+    def from_volumes(
+        cls,
+        raws: Sequence[npt.NDArray[np.generic]],
+        seed: int = 0,
+        transform: Transform = "linear",
+    ) -> Normalization:
         """Return the normalization of raws, each (C, Z, Y, X) of any numeric dtype."""
         rng = np.random.default_rng(seed)
         channels = raws[0].shape[0]
-        per_channel = [np.concatenate([r[c].ravel() for r in raws]) for c in range(channels)]
+        per_channel = [
+            _transformed(np.concatenate([r[c].ravel() for r in raws]), transform)
+            for c in range(channels)
+        ]
         lower, upper = [], []
         for values in per_channel:
             if values.size > MAX_VOXELS:
@@ -41,7 +56,7 @@ class Normalization:
             low, high = np.percentile(values.astype(np.float64), PERCENTILES)
             lower.append(float(low))
             upper.append(float(high) if high > low else float(low) + 1.0)
-        return cls(tuple(lower), tuple(upper))
+        return cls(tuple(lower), tuple(upper), transform)
 
     @property
     def channels(self) -> int:
@@ -57,11 +72,17 @@ class Normalization:
         shape = (-1,) + (1,) * (raw.ndim - 1)
         lower = np.asarray(self.lower, np.float32).reshape(shape)
         scale = 1.0 / (np.asarray(self.upper, np.float32).reshape(shape) - lower)
-        return ((raw.astype(np.float32) - lower) * scale).astype(np.float32, copy=False)
+        values = _transformed(raw, self.transform)
+        return ((values - lower) * scale).astype(np.float32, copy=False)
 
     def save(self, path: Path) -> None:
         """Write the normalization as JSON to path."""
-        data = {"percentiles": list(PERCENTILES), "lower": self.lower, "upper": self.upper}
+        data = {
+            "percentiles": list(PERCENTILES),
+            "transform": self.transform,
+            "lower": self.lower,
+            "upper": self.upper,
+        }
         path.write_text(json.dumps(data, indent=2))
 
     @classmethod
@@ -69,6 +90,15 @@ class Normalization:
         """Return the normalization stored at path by ``save``."""
         try:
             data = json.loads(path.read_text())
-            return cls(tuple(data["lower"]), tuple(data["upper"]))
+            transform = data.get("transform", "linear")  # checkpoints before sqrt existed
+            if transform not in ("linear", "sqrt"):
+                raise ValueError(f"unknown transform {transform!r}")
+            return cls(tuple(data["lower"]), tuple(data["upper"]), transform)
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"cannot read the normalization {path}: {exc}") from exc
+
+
+def _transformed(values: npt.NDArray[np.generic], transform: Transform) -> npt.NDArray[np.float32]:
+    """Return values as float32, square-rooted (negatives as 0) for the sqrt transform."""
+    as_float = values.astype(np.float32)
+    return np.sqrt(np.maximum(as_float, 0.0)) if transform == "sqrt" else as_float

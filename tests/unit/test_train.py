@@ -133,6 +133,7 @@ def test_smoke_training_learns_saves_and_warm_starts(tmp_path: Path) -> None:
     trained = load_model(tmp_path / "a")
     assert trained.config == smoke(40, lr=3e-3)
     assert trained.normalization.channels == 3
+    assert trained.normalization.transform == trained.config.model.intensity == "sqrt"
 
     # a warm start with a vanishing learning rate keeps the weights it started from
     warm = train_model(crops, smoke(1, lr=1e-12), tmp_path / "b", init_from=tmp_path / "a")
@@ -164,3 +165,21 @@ def test_warm_start_from_a_different_model_is_refused(tmp_path: Path) -> None:
     wider = config.model_copy(update={"model": config.model.model_copy(update={"embed_dim": 5})})
     with pytest.raises(InputError, match="warm-start"):
         train_model(crops, wider, tmp_path / "b", init_from=tmp_path / "a")
+
+
+def test_sqrt_normalization_maps_square_roots_and_survives_save_and_load(tmp_path: Path) -> None:
+    raw = np.array([[0, 100, 400, 10_000]] * 50, np.uint16).reshape(1, 1, 1, -1)
+    norm = Normalization.from_volumes([raw], transform="sqrt")
+    assert norm.lower[0] == pytest.approx(0.0) and norm.upper[0] == pytest.approx(100.0, rel=0.05)
+    # linear would put 400 counts at 0.04 of the way up; sqrt at 0.2
+    assert norm.apply(np.array([[400.0]]))[0, 0] == pytest.approx(20 / norm.upper[0])
+    norm.save(tmp_path / "n.json")
+    assert Normalization.load(tmp_path / "n.json") == norm
+
+
+def test_normalization_without_a_transform_field_loads_as_linear(tmp_path: Path) -> None:
+    (tmp_path / "n.json").write_text('{"lower": [1.0], "upper": [3.0]}')
+    assert Normalization.load(tmp_path / "n.json") == Normalization((1.0,), (3.0,), "linear")
+    (tmp_path / "bad.json").write_text('{"lower": [1.0], "upper": [3.0], "transform": "log"}')
+    with pytest.raises(InputError, match=r"bad\.json"):
+        Normalization.load(tmp_path / "bad.json")
