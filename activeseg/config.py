@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from activeseg.errors import ConfigError
 
 Triple = tuple[int, int, int]
+# How raw intensities are transformed before percentile normalization.
+Intensity = Literal["linear", "sqrt"]
 
 
 class Section(BaseModel):
@@ -49,7 +51,7 @@ class ModelConfig(Section):
     kind: Literal["single", "mheads", "ensemble", "dropout"] = "mheads"
     samples: int = Field(8, ge=1, description="M heads, K ensemble members or K dropout passes")
     in_channels: int = Field(3, ge=1)
-    intensity: Literal["linear", "sqrt"] = Field(
+    intensity: Intensity = Field(
         "sqrt", description="transform before percentile normalization; sqrt evens photon noise"
     )
     widths: tuple[int, ...] = (16, 32, 64)

@@ -13,14 +13,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.config import Intensity
 from activeseg.errors import InputError
-
-Transform = Literal["linear", "sqrt"]
 
 PERCENTILES = (1.0, 99.8)
 # Voxels per channel the percentiles are estimated from; more changes them by < 1%.
@@ -33,14 +32,14 @@ class Normalization:
 
     lower: tuple[float, ...]
     upper: tuple[float, ...]
-    transform: Transform = "linear"
+    transform: Intensity = "linear"
 
     @classmethod
     def from_volumes(
         cls,
         raws: Sequence[npt.NDArray[np.generic]],
         seed: int = 0,
-        transform: Transform = "linear",
+        transform: Intensity = "linear",
     ) -> Normalization:
         """Return the normalization of raws, each (C, Z, Y, X) of any numeric dtype."""
         rng = np.random.default_rng(seed)
@@ -91,14 +90,14 @@ class Normalization:
         try:
             data = json.loads(path.read_text())
             transform = data.get("transform", "linear")  # checkpoints before sqrt existed
-            if transform not in ("linear", "sqrt"):
+            if transform not in get_args(Intensity):
                 raise ValueError(f"unknown transform {transform!r}")
             return cls(tuple(data["lower"]), tuple(data["upper"]), transform)
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"cannot read the normalization {path}: {exc}") from exc
 
 
-def _transformed(values: npt.NDArray[np.generic], transform: Transform) -> npt.NDArray[np.float32]:
+def _transformed(values: npt.NDArray[np.generic], transform: Intensity) -> npt.NDArray[np.float32]:
     """Return values as float32, square-rooted (negatives as 0) for the sqrt transform."""
     as_float = values.astype(np.float32)
     return np.sqrt(np.maximum(as_float, 0.0)) if transform == "sqrt" else as_float
