@@ -3,9 +3,11 @@
 A volume is cut into a grid of *core* boxes. Each tile is its core plus a margin of context on
 every side (zero-filled beyond the volume, i.e. at the normalized background level); only the
 core of a tile's prediction is kept. With the margin at least the U-Net's receptive-field
-radius, tile origins aligned to its pooling grid, and normalization statistics frozen at
-inference (``TrackedGroupNorm``), every kept voxel sees exactly what it would see in one pass
-over the whole volume: the stitched result has no seams.
+radius, tile origins aligned to its pooling grid, and normalization statistics fixed for the
+whole volume (``TrackedGroupNorm``), every kept voxel sees exactly what it would see in one pass
+over the whole volume: the stitched result has no seams. The statistics are the volume's own
+(``calibrate``): of the whole volume when it fits one calibration box, else of a few boxes
+spread over it, independent of the tiling.
 
 Zarr output (a v3 group) has one of two layouts, recorded in its ``layout`` attribute:
 
@@ -43,6 +45,7 @@ import zarr
 from activeseg.config import Triple
 from activeseg.errors import InputError
 from activeseg.models.checkpoint import TrainedModel
+from activeseg.models.unet import calibrating
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CORE: Triple = (32, 128, 128)
 # Above this many bytes of per-sample output, predict_to_zarr stores moments instead.
 SAMPLE_BUDGET_BYTES = 8 * 2**30
+# Normalization statistics come from at most this many boxes of at most this size, spread over
+# the volume; together about one default tile, so calibrating costs memory like one tile.
+CALIBRATION_BOX: Triple = (32, 128, 128)
+CALIBRATION_BOXES = 4
 
 Box = tuple[slice, slice, slice]
 Layout = Literal["auto", "samples", "moments"]
@@ -160,8 +167,48 @@ def iterate_tiles(
     """Yield (core box, prediction of that core) for every tile of raw (C, Z, Y, X)."""
     shape = _spatial_shape(raw, trained)
     with _threads(trained.config.train.threads):
+        calibrate(trained, raw)
         for box in tiling.boxes(shape):
             yield box, predict_tile(trained, raw, box, tiling.margin, seed)
+
+
+def calibrate(trained: TrainedModel, raw: Any) -> None:
+    """Set the model's normalization statistics to those of raw (C, Z, Y, X), as GroupNorm
+    computes them over one input: the whole volume's when it fits CALIBRATION_BOX, else those
+    of CALIBRATION_BOXES such boxes spread over it. Every later pass uses them."""
+    shape = _spatial_shape(raw, trained)
+    size = tuple(min(c, n) for c, n in zip(CALIBRATION_BOX, shape, strict=True))
+    padded = _round_up(size, trained.model.divisor())
+    batch = np.stack(
+        [
+            _read_normalized(
+                trained, raw, start, [s + p for s, p in zip(start, padded, strict=True)]
+            )
+            for start in calibration_starts(shape, size)
+        ]
+    )
+    model = trained.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for net in model.nets():
+                with calibrating(net):
+                    net.backbone(torch.from_numpy(batch))
+    finally:
+        model.train(was_training)
+
+
+def calibration_starts(shape: Triple, size: tuple[int, ...]) -> list[list[int]]:
+    """Return the starts of at most CALIBRATION_BOXES boxes of size inside shape, spread evenly
+    over a grid that covers it (one box, at the origin, when size is the whole shape)."""
+    axes = [
+        np.linspace(0, n - s, -(-n // s)).round().astype(int)
+        for n, s in zip(shape, size, strict=True)
+    ]
+    grid = [list(map(int, start)) for start in product(*axes)]
+    picked = np.linspace(0, len(grid) - 1, min(len(grid), CALIBRATION_BOXES)).round()
+    return [grid[i] for i in sorted(set(picked.astype(int)))]
 
 
 def predict_tile(

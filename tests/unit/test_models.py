@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from activeseg.config import ModelConfig
 from activeseg.models.heads import mix_heads, shake_shake
 from activeseg.models.probabilistic import ProbabilisticModel, SegmentationNet
-from activeseg.models.unet import TrackedGroupNorm, UNet3d
+from activeseg.models.unet import TrackedGroupNorm, UNet3d, calibrating
 
 TINY = {"widths": (4, 8), "pool": ((1, 2, 2),), "embed_dim": 3, "groups": 2, "in_channels": 2}
 
@@ -33,6 +33,20 @@ def test_tracked_group_norm_is_group_norm_in_training_and_frozen_in_eval() -> No
     # the first training call sets the running statistics to that input's statistics
     assert torch.allclose(norm(x), F.group_norm(x, 2, eps=norm.eps), atol=1e-4)
     assert torch.allclose(norm(x[..., :2, :2, :2]), norm(x)[..., :2, :2, :2])
+
+
+def test_calibrating_sets_the_inference_statistics_to_those_of_the_input() -> None:
+    norm = TrackedGroupNorm(2, 4).eval()
+    x = torch.randn(2, 4, 3, 5, 5) * 3 + 1
+    with calibrating(norm):
+        norm(x)
+    # both batch items pooled: GroupNorm of the two side by side along x
+    side_by_side = torch.cat([x[0], x[1]], dim=-1)[None]
+    expected = F.group_norm(side_by_side, 2, eps=norm.eps)
+    assert torch.allclose(norm(side_by_side), expected, atol=1e-5)
+    assert not norm.calibrating
+    norm(x * 10)  # outside the block the statistics stay
+    assert torch.allclose(norm(side_by_side), expected, atol=1e-5)
 
 
 def test_an_input_voxel_influences_outputs_only_within_the_stated_context() -> None:

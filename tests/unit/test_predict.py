@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,19 @@ import pytest
 import torch
 import zarr
 
+from activeseg import predict
 from activeseg.config import Config, load_config
 from activeseg.errors import InputError
 from activeseg.models.checkpoint import TrainedModel
 from activeseg.models.normalization import Normalization
 from activeseg.models.probabilistic import ProbabilisticModel
-from activeseg.predict import Tiling, plan_tiling, predict_array, predict_to_zarr
+from activeseg.predict import (
+    Tiling,
+    calibration_starts,
+    plan_tiling,
+    predict_array,
+    predict_to_zarr,
+)
 
 SHAPE = (12, 40, 36)  # not a multiple of the tiles, nor of the pooling divisor in y, x
 
@@ -71,6 +79,42 @@ def test_tiled_prediction_equals_one_pass(kind: str) -> None:
     # without enough context, tiles do show seams: the equality above is not trivial
     seamy = predict_array(trained, raw, core=(6, 24, 24), margin=(2, 2, 2))
     assert np.abs(seamy.embedding - one_pass.embedding).max() > 1e-2
+
+
+def test_inference_normalizes_with_the_statistics_of_the_volume_itself() -> None:
+    trained = trained_model()
+    raw = volume()
+    x = torch.from_numpy(trained.normalization.apply(raw))[None]
+    backbone = trained.model.nets()[0].backbone
+    with torch.no_grad():
+        with_running_averages = backbone(x)
+        predict_array(trained, raw)  # SHAPE fits one calibration box: the whole volume
+        calibrated = backbone(x)
+        group_norm = copy.deepcopy(backbone).train()(x)  # per-input statistics, as in training
+    torch.testing.assert_close(calibrated, group_norm, atol=1e-4, rtol=1e-4)
+    assert (calibrated - with_running_averages).abs().max() > 1e-2
+
+
+def test_calibration_boxes_are_few_inside_and_spread_over_the_volume() -> None:
+    assert calibration_starts((12, 40, 36), (12, 40, 36)) == [[0, 0, 0]]
+    starts = calibration_starts((100, 300, 300), (32, 128, 128))
+    assert len(starts) == predict.CALIBRATION_BOXES
+    assert starts[0] == [0, 0, 0] and starts[-1] == [68, 172, 172]
+    assert len({tuple(s) for s in starts}) == len(starts)
+
+
+def test_tiled_equals_one_pass_when_calibrating_on_several_boxes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(predict, "CALIBRATION_BOX", (6, 16, 16))
+    trained = trained_model()
+    raw = volume()
+    one_pass = predict_array(trained, raw, core=(12, 40, 36))
+    tiled = predict_array(trained, raw, core=(6, 24, 24))
+    np.testing.assert_allclose(tiled.embedding, one_pass.embedding, atol=1e-4)
+    # a different volume gets different statistics
+    other = predict_array(trained, volume(seed=1) // 4, core=(12, 40, 36))
+    assert not np.allclose(other.embedding, one_pass.embedding, atol=1e-2)
 
 
 def test_one_pass_is_the_model_applied_to_the_zero_padded_volume() -> None:
