@@ -4,8 +4,8 @@ A volume is cut into a grid of *core* boxes. Each tile is its core plus a margin
 every side (zero-filled beyond the volume, i.e. at the normalized background level); only the
 core of a tile's prediction is kept. With the margin at least the U-Net's receptive-field
 radius, tile origins aligned to its pooling grid, and normalization statistics fixed for the
-whole volume (``TrackedGroupNorm``), every kept voxel sees exactly what it would see in one pass
-over the whole volume: the stitched result has no seams. The statistics are the volume's own
+whole volume (``CalibratedGroupNorm``), every kept voxel sees exactly what it would see in one
+pass over the whole volume: the stitched result has no seams. The statistics are the volume's own
 (``calibrate``): of the whole volume when it fits one calibration box, else of a few boxes
 spread over it, independent of the tiling.
 

@@ -12,7 +12,8 @@ predicted foreground perfectly clustered (each voxel given its nearest true neur
 
     .venv/bin/python benchmarks/bench_quality.py [--steps 2100] [--kind mheads] [--embed-background]
         [--pos-weight W] [--no-dice] [--intensity linear] [--batch B] [--patch Z Y X]
-        [--widths 16 32 64 128] [--lr 0.003] [--volumes 32] [--test-volumes 15]
+        [--widths 16 32 64 128] [--lr 0.003] [--set loss.delta_d=1.0 ...] [--volumes 32]
+        [--test-volumes 15]
         [--keep DIR | --model DIR]
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import yaml
 from scipy import ndimage
 
 from activeseg.cluster import segment
@@ -81,6 +83,12 @@ def bench_config(args: argparse.Namespace) -> Config:
     data["loss"]["embed_background"] = args.embed_background
     data["loss"]["foreground_pos_weight"] = args.pos_weight
     data["loss"]["foreground_dice"] = not args.no_dice
+    for override in args.set:
+        key, _, value = override.partition("=")
+        section, _, field = key.partition(".")
+        if section not in data or field not in data[section]:
+            raise SystemExit(f"--set {override}: no config field {key!r}")
+        data[section][field] = yaml.safe_load(value)
     return Config.model_validate(data)
 
 
@@ -209,6 +217,14 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs=3, help="training patch Z Y X")
     parser.add_argument("--widths", type=int, nargs="+", help="U-Net channels per level")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any other config field, e.g. loss.delta_d=1.0 model.embed_dim=16",
+    )
     parser.add_argument("--volumes", type=int, default=TRAIN_VOLUMES, help="training volumes")
     parser.add_argument(
         "--test-volumes",

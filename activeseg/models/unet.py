@@ -4,10 +4,10 @@ Plain ``GroupNorm`` normalizes every forward pass with the statistics of the who
 tile's output depends on what else is in the tile and tiled inference shows seams. The
 normalization here behaves like GroupNorm while training (per-sample statistics) and uses fixed
 statistics at inference, which makes every output voxel depend only on its receptive field:
-tiles stitched from their valid centres equal one pass. The fixed statistics are running
-averages from training, or, better, those of the volume being predicted (``calibrating``:
-AdaBN, Li et al. 2016): a network trained with per-patch statistics expects its input's own,
-and with the volume's it segments far better (measured in BENCHMARKS.md).
+tiles stitched from their valid centres equal one pass. The fixed statistics are those of the
+volume being predicted (``calibrating``: AdaBN, Li et al. 2016): a network trained with
+per-patch statistics expects its input's own, and segments far worse with running averages
+from training (measured in BENCHMARKS.md), which are therefore not kept.
 """
 
 from __future__ import annotations
@@ -25,19 +25,20 @@ logger = logging.getLogger(__name__)
 Triple = tuple[int, int, int]
 
 
-class TrackedGroupNorm(nn.Module):
-    """GroupNorm that tracks running per-group statistics and uses them in eval mode."""
+class CalibratedGroupNorm(nn.Module):
+    """GroupNorm that, in eval mode, normalizes with statistics fixed by ``calibrating``.
+
+    Until calibrated (or after training, which leaves the statistics alone) eval mode
+    normalizes every input by its own statistics, as in training.
+    """
 
     running_mean: torch.Tensor
     running_var: torch.Tensor
-    tracked: torch.Tensor
+    tracked: torch.Tensor  # how many calibration passes set the statistics (0: none yet)
 
-    def __init__(
-        self, groups: int, channels: int, momentum: float = 0.05, eps: float = 1e-5
-    ) -> None:
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.groups = groups
-        self.momentum = momentum
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -48,11 +49,10 @@ class TrackedGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return x (B, C, Z, Y, X) normalized per channel group."""
-        if self.training:
-            self._track(x)
-            return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
-        if self.calibrating:
+        if not self.training and self.calibrating:
             self._calibrate(x)
+        if self.training or not bool(self.tracked):
+            return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
         per_group = x.shape[1] // self.groups
         inv_std = torch.rsqrt(self.running_var + self.eps).repeat_interleave(per_group)
         scale = self.weight * inv_std
@@ -62,19 +62,11 @@ class TrackedGroupNorm(nn.Module):
 
     @torch.no_grad()
     def _calibrate(self, x: torch.Tensor) -> None:
-        """Replace the running statistics by those of x, all batch items pooled."""
+        """Replace the fixed statistics by those of x, all batch items pooled."""
         pooled = x.transpose(0, 1).reshape(self.groups, -1)
         var, mean = torch.var_mean(pooled, dim=-1, correction=0)
         self.running_mean.copy_(mean)
         self.running_var.copy_(var)
-
-    @torch.no_grad()
-    def _track(self, x: torch.Tensor) -> None:
-        var, mean = torch.var_mean(x.reshape(x.shape[0], self.groups, -1), dim=-1, correction=0)
-        # A plain average over the first 1/momentum steps, so early checkpoints are usable.
-        rate = max(self.momentum, 1.0 / float(self.tracked.item() + 1))
-        self.running_mean.lerp_(mean.mean(0), rate)
-        self.running_var.lerp_(var.mean(0), rate)
         self.tracked += 1
 
 
@@ -83,7 +75,7 @@ def calibrating(module: nn.Module) -> Iterator[None]:
     """Within the block, an inference pass of module sets the statistics of its normalization
     layers to those of its input (every batch item pooled), as GroupNorm computes them for
     one sample; they stay after the block, for the passes that follow."""
-    norms = [m for m in module.modules() if isinstance(m, TrackedGroupNorm)]
+    norms = [m for m in module.modules() if isinstance(m, CalibratedGroupNorm)]
     for norm in norms:
         norm.calibrating = True
     try:
@@ -101,7 +93,7 @@ def conv_block(
     for cin in (in_channels, out_channels):
         layers += [
             nn.Conv3d(cin, out_channels, 3, padding=1),
-            TrackedGroupNorm(min(groups, out_channels), out_channels),
+            CalibratedGroupNorm(min(groups, out_channels), out_channels),
             nn.ReLU(inplace=True),
         ]
     if dropout > 0:

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from activeseg.config import ModelConfig
 from activeseg.models.heads import mix_heads, shake_shake
 from activeseg.models.probabilistic import ProbabilisticModel, SegmentationNet
-from activeseg.models.unet import TrackedGroupNorm, UNet3d, calibrating
+from activeseg.models.unet import CalibratedGroupNorm, UNet3d, calibrating
 
 TINY = {"widths": (4, 8), "pool": ((1, 2, 2),), "embed_dim": 3, "groups": 2, "in_channels": 2}
 
@@ -25,18 +25,24 @@ def test_unet_keeps_the_spatial_shape_with_anisotropic_pooling() -> None:
     assert net.divisor() == (2, 4, 4)
 
 
-def test_tracked_group_norm_is_group_norm_in_training_and_frozen_in_eval() -> None:
-    norm = TrackedGroupNorm(2, 4)
+def test_group_norm_uses_each_inputs_statistics_until_calibrated_then_fixed_ones() -> None:
+    norm = CalibratedGroupNorm(2, 4)
     x = torch.randn(1, 4, 3, 5, 5) * 3 + 1
+    corner = x[..., :2, :2, :2]
     assert torch.allclose(norm(x), F.group_norm(x, 2, eps=norm.eps), atol=1e-5)
     norm.eval()
-    # the first training call sets the running statistics to that input's statistics
-    assert torch.allclose(norm(x), F.group_norm(x, 2, eps=norm.eps), atol=1e-4)
-    assert torch.allclose(norm(x[..., :2, :2, :2]), norm(x)[..., :2, :2, :2])
+    assert torch.allclose(norm(corner), F.group_norm(corner, 2, eps=norm.eps), atol=1e-5)
+    with calibrating(norm):
+        norm(x)
+    # fixed statistics: a voxel's output no longer depends on the rest of the input
+    assert torch.allclose(norm(corner), norm(x)[..., :2, :2, :2], atol=1e-6)
+    assert not torch.allclose(norm(corner), F.group_norm(corner, 2, eps=norm.eps), atol=1e-2)
+    norm.train()  # training always normalizes by the input's own statistics
+    assert torch.allclose(norm(corner), F.group_norm(corner, 2, eps=norm.eps), atol=1e-5)
 
 
 def test_calibrating_sets_the_inference_statistics_to_those_of_the_input() -> None:
-    norm = TrackedGroupNorm(2, 4).eval()
+    norm = CalibratedGroupNorm(2, 4).eval()
     x = torch.randn(2, 4, 3, 5, 5) * 3 + 1
     with calibrating(norm):
         norm(x)
@@ -56,6 +62,8 @@ def test_an_input_voxel_influences_outputs_only_within_the_stated_context() -> N
     bumped = x.clone()
     bumped[0, 0, 24, 48, 48] = 100.0
     with torch.no_grad():
+        with calibrating(net):  # fixed statistics: no voxel sees the whole input through them
+            net(torch.randn(1, 1, 16, 32, 32))
         changed = (net(bumped) - net(x)).abs().amax(dim=(0, 1)) > 0
     reach = changed.nonzero()
     extent = (reach - torch.tensor([24, 48, 48])).abs().amax(dim=0)
