@@ -10,7 +10,7 @@ chosen on the validation volumes only. Also reported, to locate errors:
 the foreground Dice, the F1 of clustering the TRUE foreground's embeddings, and the F1 of the
 predicted foreground perfectly clustered (each voxel given its nearest true neuron).
 
-    .venv/bin/python benchmarks/bench_quality.py [--steps 2100] [--kind mheads] [--embed-background]
+    .venv/bin/python benchmarks/bench_quality.py [--steps 2500] [--kind mheads] [--embed-background]
         [--pos-weight W] [--no-dice] [--intensity linear] [--batch B] [--patch Z Y X]
         [--widths 16 32 64 128] [--lr 0.003] [--set loss.delta_d=1.0 ...] [--volumes 32]
         [--test-volumes 15]
@@ -204,8 +204,8 @@ def train(args: argparse.Namespace) -> TrainedModel:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # 2100 steps of the default training (two 16x48x48 patches) take ~515 s on 2 cores
-    parser.add_argument("--steps", type=int, default=2100, help="training steps (10-min budget)")
+    # 2500 steps of the default training (two 16x48x48 patches) take ~560 s on 2 cores
+    parser.add_argument("--steps", type=int, default=2500, help="training steps (10-min budget)")
     parser.add_argument("--kind", default="mheads")
     parser.add_argument("--embed-background", action="store_true")
     parser.add_argument(
