@@ -5,10 +5,10 @@ else on the CPU's threads), predicts two validation volumes and five (--test-vol
 test volumes, clusters the consensus (mean over samples) of foreground and embeddings with mean
 shift (an ensemble's in its first member's embedding: members do not share one space), and
 reports IoU-matched F1 at IoU 0.5 (goal >= 0.5) and FISBe's avF1 (goal >= 0.6). The foreground
-threshold, the bandwidth and whether spatially disconnected pieces of a cluster are split are
-chosen on the validation volumes only. Also reported, to locate errors:
-the foreground Dice, the F1 of clustering the TRUE foreground's embeddings, and the F1 of the
-predicted foreground perfectly clustered (each voxel given its nearest true neuron).
+threshold and the mean-shift kernel (flat or Gaussian) and bandwidth are chosen on four
+validation volumes only. Also reported, to locate errors: the foreground Dice, the F1 of
+clustering the TRUE foreground's embeddings, and the F1 of the predicted foreground perfectly
+clustered (each voxel given its nearest true neuron).
 
     .venv/bin/python benchmarks/bench_quality.py [--steps 2500] [--kind mheads] [--embed-background]
         [--pos-weight W] [--no-dice] [--intensity linear] [--batch B] [--patch Z Y X]
@@ -31,7 +31,7 @@ import numpy.typing as npt
 import yaml
 from scipy import ndimage
 
-from activeseg.cluster import segment
+from activeseg.cluster import Kernel, segment
 from activeseg.config import Config, load_config
 from activeseg.data.instances import Instances
 from activeseg.data.synthetic import generate_mcfo
@@ -42,8 +42,9 @@ from activeseg.train import TrainingCrop, train_model
 
 # Synthetic volumes cost ~0.3 s each; with 4 of them the network memorizes its 32 neurons.
 TRAIN_VOLUMES = 32
-# Settings chosen on one validation volume swung F1 by +-0.07; two steady the choice.
-VAL_SEEDS = (100, 101)
+# Settings chosen on one validation volume swung F1 by +-0.07; with two, the choice between
+# close settings still followed noise (session 7), so four.
+VAL_SEEDS = (100, 101, 102, 103)
 # Test volumes come from seeds 200-299; the default five hold 40 neurons, so F1 scatters by
 # +-0.07-0.1 between runs: judge small differences with --test-volumes 15.
 FIRST_TEST_SEED = 200
@@ -51,7 +52,8 @@ TEST_SEEDS = tuple(range(FIRST_TEST_SEED, FIRST_TEST_SEED + 5))
 HELD_OUT = frozenset(VAL_SEEDS) | frozenset(range(FIRST_TEST_SEED, FIRST_TEST_SEED + 100))
 # Neurons fill ~5% of a synthetic volume; a threshold that keeps more than this is not tried.
 MAX_FOREGROUND = 0.25
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+# Lower thresholds never won: the foreground loss over-predicts neuron boundaries.
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Setting:
 
     threshold: float
     bandwidth: float
-    split: bool  # split spatially disconnected pieces of a cluster
+    kernel: Kernel
 
 
 def instances(case: Consensus, setting: Setting, min_size: int) -> Instances:
@@ -135,8 +137,8 @@ def instances(case: Consensus, setting: Setting, min_size: int) -> Instances:
         case.embedding,
         threshold=setting.threshold,
         bandwidth=setting.bandwidth,
+        kernel=setting.kernel,
         min_size=min_size,
-        split_disconnected=setting.split,
     )
     return Instances.from_labels(labels)
 
@@ -173,10 +175,15 @@ def dice(case: Consensus, threshold: float) -> float:
 def choose_setting(val: list[Consensus], config: Config) -> tuple[Setting, float]:
     """Return the setting with the best validation F1@0.5 (volumes pooled), and that F1."""
     loss = config.loss
-    bandwidths = (loss.delta_v, (loss.delta_v + loss.delta_d) / 2, loss.delta_d)
+    flat: list[tuple[float, Kernel]] = [
+        (b, "flat") for b in (loss.delta_v, (loss.delta_v + loss.delta_d) / 2, loss.delta_d)
+    ]
+    # a Gaussian kernel's sigma is about the pull margin: within it a neuron's voxels lie
+    gaussian: list[tuple[float, Kernel]] = [
+        (b, "gaussian") for b in (0.8 * loss.delta_v, loss.delta_v)
+    ]
     grid = [
-        Setting(t, b, split)
-        for t, b, split in itertools.product(THRESHOLDS, bandwidths, (False, True))
+        Setting(t, b, kernel) for t, (b, kernel) in itertools.product(THRESHOLDS, flat + gaussian)
     ]
     min_size = config.cluster.min_size
     f1 = {

@@ -63,13 +63,19 @@ def test_bin_seeds_take_the_fullest_cells_first() -> None:
     assert torch.equal(all_seeds, points[[0, 1, 3]])
 
 
-def test_more_clusters_than_first_round_seeds_are_all_found() -> None:
+@pytest.mark.parametrize(("kernel", "bandwidth"), [("flat", 0.75), ("gaussian", 0.4)])
+def test_more_clusters_than_first_round_seeds_are_all_found(kernel: str, bandwidth: float) -> None:
     rng = np.random.default_rng(1)
     grid = np.stack(np.meshgrid(*[np.arange(5) * 3.0] * 3), axis=-1).reshape(-1, 3)[:100]
     centres = np.concatenate([grid, np.zeros((100, 5))], axis=1)  # 100 clusters in 8-D
     truth = np.repeat(np.arange(100), 40)
     points = centres[truth] + rng.normal(0, 0.1, (len(truth), 8))
-    labels = mean_shift(torch.from_numpy(points.astype(np.float32)), bandwidth=0.75)
+    # a Gaussian mode explains points within two sigmas (0.8): the clusters, 3 apart, are not
+    labels = mean_shift(
+        torch.from_numpy(points.astype(np.float32)),
+        bandwidth=bandwidth,
+        kernel=kernel,  # type: ignore[arg-type]
+    )
     assert len(np.unique(labels.numpy())) == 100
     assert adjusted_rand_score(truth, labels.numpy()) == 1.0
 
