@@ -136,6 +136,15 @@ class ClusterConfig(Section):
     min_size: int = Field(20, ge=0)
     max_seeds: int = Field(2000, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bandwidth_without_kernel_is_flat(cls, data: Any) -> Any:
+        """A config that sets a bandwidth but no kernel predates the Gaussian default: keep the
+        flat window it was written for (a radius of 1.0 is far too wide as a sigma)."""
+        if isinstance(data, dict) and "bandwidth" in data and "kernel" not in data:
+            return {**data, "kernel": "flat"}
+        return data
+
     def options(self) -> dict[str, Any]:
         """Return the keywords of :func:`activeseg.cluster.segment` this section sets."""
         return {

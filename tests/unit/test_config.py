@@ -46,3 +46,17 @@ def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     broken.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml.*not valid YAML"):
         load_config(broken)
+
+
+def test_a_stored_bandwidth_without_kernel_keeps_the_flat_window(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("cluster:\n  bandwidth: 1.0\n")  # written before the Gaussian default
+    assert load_config(old).cluster.kernel == "flat"
+    assert load_config(old).cluster.bandwidth == 1.0
+    new = tmp_path / "new.yaml"
+    new.write_text("cluster:\n  min_size: 5\n")
+    assert load_config(new).cluster.kernel == "gaussian"
+    assert load_config(new).cluster.bandwidth == 0.5
+    round_trip = tmp_path / "round.yaml"
+    round_trip.write_text(load_config(new).to_yaml())
+    assert load_config(round_trip).cluster == load_config(new).cluster
