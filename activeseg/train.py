@@ -63,7 +63,7 @@ class TrainResult:
     """What a training run produced.
 
     losses: the loss of every step (the mean over ensemble members); final_loss: the mean of
-    the last tenth of them.
+    the last tenth of them. precision: what the forward passes ran in (float32, bfloat16).
     """
 
     checkpoint: Path
@@ -71,6 +71,7 @@ class TrainResult:
     final_loss: float
     seconds: float
     losses: tuple[float, ...]
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ def train_model(
         )
         prepared = [prepare_crop(crop, normalization) for crop in crops]
         model = _initial_model(config, init_from).to(device)
-        losses = _optimize(model, prepared, config, progress)
+        bfloat16 = uses_bfloat16(config, device)
+        precision = "bfloat16" if bfloat16 else "float32"
+        losses = _optimize(model, prepared, config, bfloat16, progress)
         model.to("cpu")
     finally:
         torch.set_num_threads(previous_threads)
@@ -121,11 +124,14 @@ def train_model(
         "seconds": seconds,
         "final_loss": final,
         "init_from": str(init_from) if init_from else None,
+        "precision": precision,
         "losses": losses,
     }
     save_checkpoint(Path(out_dir), model, config, normalization, training)
-    logger.info("trained %d steps in %.0f s, final loss %.4f", len(losses), seconds, final)
-    return TrainResult(Path(out_dir), len(losses), final, seconds, tuple(losses))
+    logger.info(
+        "trained %d steps (%s) in %.0f s, final loss %.4f", len(losses), precision, seconds, final
+    )
+    return TrainResult(Path(out_dir), len(losses), final, seconds, tuple(losses), precision)
 
 
 def training_device(config: Config) -> torch.device:
@@ -135,6 +141,16 @@ def training_device(config: Config) -> torch.device:
     if config.train.device == "cuda" and not torch.cuda.is_available():
         raise InputError("train.device is cuda, but torch sees no GPU on this machine")
     return torch.device(config.train.device)
+
+
+def uses_bfloat16(config: Config, device: torch.device) -> bool:
+    """Return whether training runs the forward pass in bfloat16 on device (losses and
+    weights stay float32)."""
+    if config.train.precision != "auto":
+        return config.train.precision == "bfloat16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def _check_crops(crops: Sequence[TrainingCrop], config: Config) -> None:
@@ -179,6 +195,7 @@ def _optimize(
     model: ProbabilisticModel,
     prepared: Sequence[PreparedCrop],
     config: Config,
+    bfloat16: bool,
     progress: Progress | None,
 ) -> list[float]:
     """Return the per-step losses of training every member of model for config.train.steps."""
@@ -195,7 +212,7 @@ def _optimize(
     losses = []
     for step in range(steps):
         step_losses = [
-            _train_step(net, opt, prepared, config, rng)
+            _train_step(net, opt, prepared, config, bfloat16, rng)
             for net, opt, rng in zip(nets, optimizers, rngs, strict=True)
         ]
         for schedule in schedules:
@@ -214,13 +231,16 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
     prepared: Sequence[PreparedCrop],
     config: Config,
+    bfloat16: bool,
     rng: np.random.Generator,
 ) -> float:
     """Return the loss of one optimizer step of net on a random augmented batch."""
     x, target = sample_batch(prepared, config.train.patch, config.train.batch_size, rng)
     device = next(net.parameters()).device
     target = Target(target.labels.to(device), target.mask.to(device), target.overlap.to(device))
-    terms = segmentation_loss(net(x.to(device)), target, config.loss)
+    with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
+        output = net(x.to(device))
+    terms = segmentation_loss(output.float(), target, config.loss)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
     optimizer.step()

@@ -28,6 +28,11 @@ class HeadOutput:
     logit: torch.Tensor
     log_var: torch.Tensor | None
 
+    def float(self) -> HeadOutput:
+        """Return the outputs as float32 (losses are computed in full precision)."""
+        log_var = None if self.log_var is None else self.log_var.float()
+        return HeadOutput(self.embedding.float(), self.logit.float(), log_var)
+
 
 class OutputHeads(nn.Module):
     """M parallel heads, each a 1x1x1 conv: the U-Net's last layer copied M times.

@@ -32,10 +32,11 @@ class LossTerms:
     push: torch.Tensor
     reg: torch.Tensor
     foreground: torch.Tensor
+    mask: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
         """Return every term as a plain float, keyed by name."""
-        names = ("total", "pull", "push", "reg", "foreground")
+        names = ("total", "pull", "push", "reg", "foreground", "mask")
         return {name: float(getattr(self, name).detach()) for name in names}
 
 
@@ -71,7 +72,9 @@ def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) ->
     total = (
         config.w_pull * pull + config.w_push * push + config.w_reg * reg + config.w_foreground * fg
     )
-    return LossTerms(total, pull, push, reg, fg)
+    mask = instance_mask_loss(output.embedding, target, config.delta_v) if config.w_mask else fg * 0
+    total = total + config.w_mask * mask
+    return LossTerms(total, pull, push, reg, fg, mask)
 
 
 def discriminative_loss(
@@ -102,6 +105,28 @@ def discriminative_loss(
     return pull, push, reg
 
 
+def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) -> torch.Tensor:
+    """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons.
+
+    A neuron's soft mask gives every annotated neuron voxel exp(-d^2 / 2 sigma^2), d its
+    distance to the neuron's mean embedding: what Gaussian mean shift with bandwidth sigma
+    gathers around that mode. Unlike the push between means, voxels of a touching neuron that
+    reach into the mask are penalized one by one (after the instance loss of Wolny et al. 2022).
+    """
+    losses = []
+    for b in range(embedding.shape[0]):
+        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background=False)
+        if not ids.numel():
+            continue
+        inverse, counts, means = _instance_means(emb, ids)
+        n = counts.numel()
+        soft = torch.exp(-(torch.cdist(emb, means) ** 2) / (2 * sigma**2))  # (N, n)
+        truth = F.one_hot(inverse, n).to(soft.dtype)
+        dice = (2 * (soft * truth).sum(0) + 1) / (soft.sum(0) + counts + 1)
+        losses.append((1 - dice).mean())
+    return torch.stack(losses).mean() if losses else embedding.sum() * 0.0
+
+
 def _annotated_voxels(
     embedding: torch.Tensor, target: Target, b: int, embed_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +145,8 @@ def _instance_terms(
     emb: torch.Tensor, labels: torch.Tensor, delta_v: float, delta_d: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,)."""
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    inverse, counts, means = _instance_means(emb, labels)
     n = counts.numel()
-    means = emb.new_zeros(n, emb.shape[1]).index_add_(0, inverse, emb) / counts[:, None]
     spread = _norm(emb - means[inverse])
     per_voxel = F.relu(spread - delta_v) ** 2
     pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / counts).mean()
@@ -134,6 +158,16 @@ def _instance_terms(
         push = emb.sum() * 0.0
     reg = _norm(means).mean()
     return pull, push, reg
+
+
+def _instance_means(
+    emb: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (inverse (N,), counts (n,), means (n, E)) of embeddings (N, E) grouped by labels:
+    inverse[i] is voxel i's instance among the n in labels."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    means = emb.new_zeros(counts.numel(), emb.shape[1]).index_add_(0, inverse, emb)
+    return inverse, counts, means / counts[:, None]
 
 
 def _norm(vectors: torch.Tensor) -> torch.Tensor:

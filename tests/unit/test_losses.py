@@ -15,6 +15,7 @@ from activeseg.models.losses import (
     attenuated_bce,
     discriminative_loss,
     foreground_loss,
+    instance_mask_loss,
     segmentation_loss,
 )
 
@@ -108,6 +109,46 @@ def test_an_empty_batch_gives_zero_loss_that_can_be_backpropagated() -> None:
     assert embedding.grad is not None and torch.all(embedding.grad == 0)
 
 
+def test_instance_masks_of_separated_tight_neurons_cost_nothing() -> None:
+    embedding, target = line_case([(0, 0), (0, 0), (10, 0), (10, 0)], [1, 1, 2, 2])
+    assert float(instance_mask_loss(embedding, target, DELTA_V)) == 0.0
+
+
+def test_a_voxel_inside_another_neurons_mask_costs_the_hand_computed_dice() -> None:
+    # Neuron 2's third voxel sits on neuron 1: both means move and both masks are impure.
+    embedding, target = line_case([(0, 0), (0, 0), (10, 0), (10, 0), (0, 0)], [1, 1, 2, 2, 2])
+    mean2 = 20 / 3
+
+    def kernel(d: float) -> float:
+        return math.exp(-(d**2) / (2 * DELTA_V**2))
+
+    def dice_loss(own: list[float], other: list[float]) -> float:
+        return 1 - (2 * sum(own) + 1) / (sum(own) + sum(other) + len(own) + 1)
+
+    first = dice_loss([1.0, 1.0], [kernel(10), kernel(10), 1.0])
+    second = dice_loss(
+        [kernel(10 - mean2), kernel(10 - mean2), kernel(mean2)], [kernel(mean2), kernel(mean2)]
+    )
+    loss = instance_mask_loss(embedding, target, DELTA_V)
+    assert float(loss) == pytest.approx((first + second) / 2, rel=1e-5)
+    assert float(loss) > 0.1
+
+
+def test_instance_masks_ignore_unannotated_and_overlap_voxels() -> None:
+    embedding, target = line_case([(0, 0), (0, 0), (0, 0), (10, 0), (10, 0)], [1, 1, 2, 2, 2])
+    unannotated = torch.tensor([True, True, False, True, True]).reshape(1, 1, 1, 5)
+    for dropped in (
+        Target(target.labels, unannotated, target.mask & False),
+        Target(target.labels, target.mask, ~unannotated),
+    ):
+        embedding.grad = None
+        embedding.requires_grad_(True)
+        loss = instance_mask_loss(embedding, dropped, DELTA_V)
+        loss.backward()
+        assert float(loss.detach()) == 0.0
+        assert embedding.grad is not None and torch.all(embedding.grad[..., 2] == 0)
+
+
 @pytest.mark.parametrize("n_foreground", [1, 3, 7])
 def test_balanced_bce_of_an_undecided_logit_is_log2_whatever_the_class_ratio(
     n_foreground: int,
@@ -158,4 +199,9 @@ def test_segmentation_loss_weighs_and_sums_the_terms() -> None:
     terms = segmentation_loss(output, target, config)
     expected = 2.0 * (2 * config.delta_d - 1.0) ** 2 + math.log(2)
     assert float(terms.total) == pytest.approx(expected, rel=1e-4)
-    assert set(terms.as_floats()) == {"total", "pull", "push", "reg", "foreground"}
+    assert set(terms.as_floats()) == {"total", "pull", "push", "reg", "foreground", "mask"}
+    assert float(terms.mask) == 0.0  # w_mask 0: not computed
+    with_mask = segmentation_loss(output, target, config.model_copy(update={"w_mask": 0.5}))
+    mask = float(instance_mask_loss(embedding, target, config.delta_v))
+    assert mask > 0 and float(with_mask.mask) == pytest.approx(mask)
+    assert float(with_mask.total) == pytest.approx(expected + 0.5 * mask, rel=1e-4)

@@ -19,6 +19,7 @@ from activeseg.train import (
     sample_batch,
     train_model,
     training_device,
+    uses_bfloat16,
 )
 
 
@@ -38,11 +39,15 @@ def bright_tubes(shape: tuple[int, int, int] = (16, 32, 32), seed: int = 0) -> T
     return TrainingCrop(raw.astype(np.uint16), labels, mask, np.zeros(shape, bool), "tubes")
 
 
-def smoke(steps: int, seed: int = 0, lr: float | None = None) -> Config:
+def smoke(
+    steps: int, seed: int = 0, lr: float | None = None, precision: str | None = None
+) -> Config:
     config = load_config("smoke")
     update: dict[str, object] = {"steps": steps, "seed": seed}
     if lr is not None:
         update["lr"] = lr
+    if precision is not None:
+        update["precision"] = precision
     return config.model_copy(update={"train": config.train.model_copy(update=update)})
 
 
@@ -79,6 +84,47 @@ def test_training_device_follows_the_config_and_what_torch_sees(
     with pytest.raises(InputError, match=r"train\.device is cuda, but torch sees no GPU"):
         train_model([bright_tubes()], with_device(smoke(1), "cuda"), tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_bfloat16_follows_the_config_and_what_the_processor_computes_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not uses_bfloat16(smoke(1, precision="float32"), cpu)
+    assert uses_bfloat16(smoke(1, precision="bfloat16"), cpu)
+    for avx512_bf16, amx in ((True, False), (False, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert uses_bfloat16(smoke(1), cpu) == (avx512_bf16 or amx)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, v=supported: v)
+        assert uses_bfloat16(smoke(1), cuda) == supported
+        assert not uses_bfloat16(smoke(1, precision="float32"), cuda)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_learns_in_either_precision_and_keeps_float32_weights(
+    tmp_path: Path, precision: str
+) -> None:
+    crops = [bright_tubes(seed=0), bright_tubes(seed=1)]
+    conv_dtypes: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, _: object, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv3d):
+            conv_dtypes.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = train_model(crops, smoke(40, lr=3e-3, precision=precision), tmp_path / "a")
+    finally:
+        hook.remove()
+    assert conv_dtypes == {getattr(torch, precision)}
+    assert result.precision == precision
+    assert np.mean(result.losses[-8:]) < 0.8 * np.mean(result.losses[:8])
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["precision"] == precision
+    weights = load_model(tmp_path / "a").model.state_dict().values()
+    assert all(w.dtype in (torch.float32, torch.int64) for w in weights)
 
 
 def test_sample_batch_keeps_raw_and_labels_aligned_under_augmentation() -> None:
