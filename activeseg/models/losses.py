@@ -108,20 +108,24 @@ def discriminative_loss(
 def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) -> torch.Tensor:
     """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons.
 
-    A neuron's soft mask gives every annotated neuron voxel exp(-d^2 / 2 sigma^2), d its
-    distance to the neuron's mean embedding: what Gaussian mean shift with bandwidth sigma
-    gathers around that mode. Unlike the push between means, voxels of a touching neuron that
-    reach into the mask are penalized one by one (after the instance loss of Wolny et al. 2022).
+    A neuron's soft mask gives every annotated voxel exp(-d^2 / 2 sigma^2), d its distance to
+    the neuron's mean embedding: what Gaussian mean shift with bandwidth sigma gathers around
+    that mode. Unlike the push between means, voxels of a touching neuron that reach into the
+    mask are penalized one by one (after the instance loss of Wolny et al. 2022). Background
+    voxels count against every mask: without them the foreground head, which shares the
+    features, predicted 3x too much foreground (BENCHMARKS.md, session 9).
     """
     losses = []
     for b in range(embedding.shape[0]):
-        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background=False)
-        if not ids.numel():
+        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background=True)
+        neurons = ids > 0
+        if not bool(neurons.any()):
             continue
-        inverse, counts, means = _instance_means(emb, ids)
+        inverse, counts, means = _instance_means(emb[neurons], ids[neurons])
         n = counts.numel()
         soft = torch.exp(-(torch.cdist(emb, means) ** 2) / (2 * sigma**2))  # (N, n)
-        truth = F.one_hot(inverse, n).to(soft.dtype)
+        truth = torch.zeros_like(soft)
+        truth[neurons] = F.one_hot(inverse, n).to(soft.dtype)
         dice = (2 * (soft * truth).sum(0) + 1) / (soft.sum(0) + counts + 1)
         losses.append((1 - dice).mean())
     return torch.stack(losses).mean() if losses else embedding.sum() * 0.0

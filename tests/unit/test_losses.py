@@ -134,6 +134,17 @@ def test_a_voxel_inside_another_neurons_mask_costs_the_hand_computed_dice() -> N
     assert float(loss) > 0.1
 
 
+def test_background_inside_a_neurons_mask_costs_its_kernel_weight() -> None:
+    # Background voxels count against every mask they reach (the foreground head shares the
+    # features, and masks without them left it predicting 3x too much foreground).
+    far, _ = line_case([(0, 0), (0, 0), (10, 0)], [1, 1, 0])
+    near, target = line_case([(0, 0), (0, 0), (0.5, 0)], [1, 1, 0])
+    assert float(instance_mask_loss(far, target, DELTA_V)) == 0.0
+    weight = math.exp(-(0.5**2) / (2 * DELTA_V**2))
+    expected = 1 - (2 * 2 + 1) / (2 + weight + 2 + 1)
+    assert float(instance_mask_loss(near, target, DELTA_V)) == pytest.approx(expected, rel=1e-5)
+
+
 def test_instance_masks_ignore_unannotated_and_overlap_voxels() -> None:
     embedding, target = line_case([(0, 0), (0, 0), (0, 0), (10, 0), (10, 0)], [1, 1, 2, 2, 2])
     unannotated = torch.tensor([True, True, False, True, True]).reshape(1, 1, 1, 5)
