@@ -49,7 +49,11 @@ class SegmentationNet(nn.Module):
             config.in_channels, config.widths, config.pool, config.groups, dropout
         )
         self.heads = OutputHeads(
-            self.backbone.out_channels, config.embed_dim, heads, config.aleatoric
+            self.backbone.out_channels,
+            config.embed_dim,
+            heads,
+            config.aleatoric,
+            config.foreground_hidden,
         )
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
