@@ -61,12 +61,6 @@ class ModelConfig(Section):
     groups: int = Field(4, ge=1, description="GroupNorm groups")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="channel dropout; kind dropout only")
     aleatoric: bool = False
-    foreground_hidden: int = Field(
-        0,
-        ge=0,
-        description="channels of a 1x1x1 ReLU layer that reads the foreground out of the "
-        "backbone's features (0: the logit is linear in them, like the embedding)",
-    )
 
     @property
     def shared_embedding(self) -> bool:
@@ -100,9 +94,6 @@ class LossConfig(Section):
     w_reg: float = 0.001
     w_foreground: float = 1.0
     w_mask: float = Field(0.0, ge=0, description="weight of the soft instance-mask Dice term")
-    mask_background: float = Field(
-        1.0, ge=0, description="weight of annotated background voxels in the instance masks"
-    )
     foreground_dice: bool = True
     foreground_pos_weight: float | None = Field(
         None, description="BCE weight of foreground voxels; None = balance from the batch"

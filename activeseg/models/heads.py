@@ -37,44 +37,20 @@ class HeadOutput:
 class OutputHeads(nn.Module):
     """M parallel heads, each a 1x1x1 conv: the U-Net's last layer copied M times.
 
-    (A hidden layer per head made 8 heads cost 1.6x a single pass instead of ~1.1x.) With
-    foreground_hidden > 0 the foreground logits come from one shared hidden 1x1x1 ReLU layer
-    instead, so the foreground need not be linear in features the embedding loss shapes.
+    (A hidden layer per head made 8 heads cost 1.6x a single pass instead of ~1.1x.)
     """
 
-    def __init__(
-        self,
-        features: int,
-        embed_dim: int,
-        heads: int,
-        aleatoric: bool,
-        foreground_hidden: int = 0,
-    ) -> None:
+    def __init__(self, features: int, embed_dim: int, heads: int, aleatoric: bool) -> None:
         super().__init__()
         self.heads = heads
         self.embed_dim = embed_dim
         self.aleatoric = aleatoric
         self.channels = embed_dim + 1 + int(aleatoric)
-        self.linear = self.channels - int(foreground_hidden > 0)
-        self.out = nn.Conv3d(features, heads * self.linear, 1)
-        self.foreground = (
-            nn.Sequential(
-                nn.Conv3d(features, foreground_hidden, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv3d(foreground_hidden, heads, 1),
-            )
-            if foreground_hidden
-            else None
-        )
+        self.out = nn.Conv3d(features, heads * self.channels, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return raw outputs (B, M, K, Z, Y, X) of features (B, F, Z, Y, X); K = E + 1 [+ 1]."""
-        raw = self.out(features).unflatten(1, (self.heads, self.linear))
-        if self.foreground is None:
-            return raw
-        logit = self.foreground(features).unsqueeze(2)
-        e = self.embed_dim
-        return torch.cat((raw[:, :, :e], logit, raw[:, :, e:]), dim=2)
+        return self.out(features).unflatten(1, (self.heads, self.channels))
 
     def split(self, raw: torch.Tensor) -> HeadOutput:
         """Return the named parts of raw outputs (..., K, Z, Y, X) along the channel axis -4."""

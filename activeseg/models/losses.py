@@ -72,11 +72,7 @@ def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) ->
     total = (
         config.w_pull * pull + config.w_push * push + config.w_reg * reg + config.w_foreground * fg
     )
-    mask = (
-        instance_mask_loss(output.embedding, target, config.delta_v, config.mask_background)
-        if config.w_mask
-        else fg * 0
-    )
+    mask = instance_mask_loss(output.embedding, target, config.delta_v) if config.w_mask else fg * 0
     total = total + config.w_mask * mask
     return LossTerms(total, pull, push, reg, fg, mask)
 
@@ -109,9 +105,7 @@ def discriminative_loss(
     return pull, push, reg
 
 
-def instance_mask_loss(
-    embedding: torch.Tensor, target: Target, sigma: float, background: float = 1.0
-) -> torch.Tensor:
+def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) -> torch.Tensor:
     """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons.
 
     A neuron's soft mask gives every annotated voxel exp(-d^2 / 2 sigma^2), d its distance to
@@ -123,15 +117,13 @@ def instance_mask_loss(
     """
     losses = []
     for b in range(embedding.shape[0]):
-        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background=background > 0)
+        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background=True)
         neurons = ids > 0
         if not bool(neurons.any()):
             continue
         inverse, counts, means = _instance_means(emb[neurons], ids[neurons])
         n = counts.numel()
         soft = torch.exp(-(torch.cdist(emb, means) ** 2) / (2 * sigma**2))  # (N, n)
-        if background != 1.0:
-            soft = soft * torch.where(neurons, 1.0, background)[:, None]
         truth = torch.zeros_like(soft)
         truth[neurons] = F.one_hot(inverse, n).to(soft.dtype)
         dice = (2 * (soft * truth).sum(0) + 1) / (soft.sum(0) + counts + 1)

@@ -49,11 +49,7 @@ class SegmentationNet(nn.Module):
             config.in_channels, config.widths, config.pool, config.groups, dropout
         )
         self.heads = OutputHeads(
-            self.backbone.out_channels,
-            config.embed_dim,
-            heads,
-            config.aleatoric,
-            config.foreground_hidden,
+            self.backbone.out_channels, config.embed_dim, heads, config.aleatoric
         )
 
     def forward(self, x: torch.Tensor) -> HeadOutput:

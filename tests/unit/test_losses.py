@@ -145,15 +145,6 @@ def test_background_inside_a_neurons_mask_costs_its_kernel_weight() -> None:
     assert float(instance_mask_loss(near, target, DELTA_V)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_background_counts_in_the_masks_with_its_weight() -> None:
-    near, target = line_case([(0, 0), (0, 0), (0.5, 0)], [1, 1, 0])
-    assert float(instance_mask_loss(near, target, DELTA_V, background=0.0)) == 0.0
-    weight = 0.25 * math.exp(-(0.5**2) / (2 * DELTA_V**2))
-    expected = 1 - (2 * 2 + 1) / (2 + weight + 2 + 1)
-    loss = instance_mask_loss(near, target, DELTA_V, background=0.25)
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
-
-
 def test_instance_masks_ignore_unannotated_and_overlap_voxels() -> None:
     embedding, target = line_case([(0, 0), (0, 0), (0, 0), (10, 0), (10, 0)], [1, 1, 2, 2, 2])
     unannotated = torch.tensor([True, True, False, True, True]).reshape(1, 1, 1, 5)

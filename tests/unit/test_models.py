@@ -124,23 +124,6 @@ def test_mheads_training_output_is_random_and_eval_output_is_the_mean() -> None:
     assert torch.allclose(mean, heads.mean(dim=0), atol=1e-6)
 
 
-@pytest.mark.parametrize("aleatoric", [False, True])
-def test_a_foreground_hidden_layer_alone_computes_the_foreground(aleatoric: bool) -> None:
-    torch.manual_seed(0)
-    config = tiny_config(kind="mheads", samples=3, aleatoric=aleatoric, foreground_hidden=5)
-    net = SegmentationNet(config, heads=3, dropout=0.0).eval()
-    x = torch.randn(1, 2, 2, 8, 8)
-    out = net.all_heads(x)
-    assert out.logit.shape == (3, 1, 1, 2, 8, 8) and out.embedding.shape == (3, 1, 3, 2, 8, 8)
-    assert (out.log_var is not None) == aleatoric
-    hidden = F.relu(net.heads.foreground[0](net.backbone(x)))
-    expected = net.heads.foreground[2](hidden).transpose(0, 1).unsqueeze(2)
-    assert torch.allclose(out.logit, expected, atol=1e-6)
-    out.logit.sum().backward()
-    assert net.heads.out.weight.grad is None or torch.all(net.heads.out.weight.grad == 0)
-    assert net.heads.foreground[0].weight.grad is not None
-
-
 @pytest.mark.parametrize(
     ("kind", "samples", "expected"),
     [("single", 5, 1), ("mheads", 4, 4), ("ensemble", 3, 3), ("dropout", 3, 3)],
