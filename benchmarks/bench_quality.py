@@ -219,6 +219,59 @@ def train(args: argparse.Namespace) -> TrainedModel:
     return trained
 
 
+@dataclass(frozen=True)
+class Quality:
+    """The scores of one model on the test volumes, with the setting validation chose."""
+
+    setting: Setting
+    dice: float
+    true_foreground_f1: float
+    perfectly_clustered_f1: float
+    f1: float
+    av_f1: float
+
+
+def evaluate(trained: TrainedModel, test_volumes: int, verbose: bool = False) -> Quality:
+    """Return the model's quality on test_volumes held-out volumes, with the setting chosen on
+    the validation volumes; verbose prints each number as it comes."""
+    config = trained.config
+    val = [consensus(trained, seed) for seed in VAL_SEEDS]
+    tests = [
+        consensus(trained, seed) for seed in range(FIRST_TEST_SEED, FIRST_TEST_SEED + test_volumes)
+    ]
+    setting, val_f1 = choose_setting(val, config)
+
+    def say(line: str) -> None:
+        if verbose:
+            print(line)
+
+    say(f"validation: best F1@0.5 {val_f1:.3f} with {setting}")
+    min_size = config.cluster.min_size
+    predicted = [instances(case, setting, min_size) for case in tests]
+    scores = [score_volume(p, c.truth) for p, c in zip(predicted, tests, strict=True)]
+    fisbe = [score_volume(p, c.truth, fisbe=True) for p, c in zip(predicted, tests, strict=True)]
+    true_fg = [
+        score_volume(instances(with_true_foreground(c), setting, min_size), c.truth) for c in tests
+    ]
+    threshold = setting.threshold
+    perfect = [score_volume(with_true_instances(c, threshold), c.truth) for c in tests]
+    quality = Quality(
+        setting,
+        float(np.mean([dice(c, threshold) for c in tests])),
+        f1_at_05(true_fg),
+        f1_at_05(perfect),
+        f1_at_05(scores),
+        summarize(fisbe)["avF1"],
+    )
+    say(f"test foreground Dice @{threshold}: {quality.dice:.3f}")
+    say(f"test F1@0.5 clustering the TRUE foreground: {quality.true_foreground_f1:.3f}")
+    say(f"test F1@0.5 of the foreground, perfectly clustered: {quality.perfectly_clustered_f1:.3f}")
+    per_volume = ", ".join(f"{f1_at_05([s]):.2f}" for s in scores)
+    say(f"test F1@0.5 end to end: {quality.f1:.3f} (per volume {per_volume}; goal >= 0.5)")
+    say(f"test FISBe avF1 end to end: {quality.av_f1:.3f} (goal >= 0.6)")
+    return quality
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -257,27 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     trained = load_model(args.model) if args.model else train(args)
-    config = trained.config
-    val = [consensus(trained, seed) for seed in VAL_SEEDS]
-    test_seeds = range(FIRST_TEST_SEED, FIRST_TEST_SEED + args.test_volumes)
-    tests = [consensus(trained, seed) for seed in test_seeds]
-    setting, val_f1 = choose_setting(val, config)
-    print(f"validation: best F1@0.5 {val_f1:.3f} with {setting}")
-    min_size = config.cluster.min_size
-    predicted = [instances(case, setting, min_size) for case in tests]
-    scores = [score_volume(p, c.truth) for p, c in zip(predicted, tests, strict=True)]
-    fisbe = [score_volume(p, c.truth, fisbe=True) for p, c in zip(predicted, tests, strict=True)]
-    true_fg = [
-        score_volume(instances(with_true_foreground(c), setting, min_size), c.truth) for c in tests
-    ]
-    threshold = setting.threshold
-    print(f"test foreground Dice @{threshold}: {np.mean([dice(c, threshold) for c in tests]):.3f}")
-    print(f"test F1@0.5 clustering the TRUE foreground: {f1_at_05(true_fg):.3f}")
-    perfect = [score_volume(with_true_instances(c, threshold), c.truth) for c in tests]
-    print(f"test F1@0.5 of the foreground, perfectly clustered: {f1_at_05(perfect):.3f}")
-    per_volume = ", ".join(f"{f1_at_05([s]):.2f}" for s in scores)
-    print(f"test F1@0.5 end to end: {f1_at_05(scores):.3f} (per volume {per_volume}; goal >= 0.5)")
-    print(f"test FISBe avF1 end to end: {summarize(fisbe)['avF1']:.3f} (goal >= 0.6)")
+    evaluate(trained, args.test_volumes, verbose=True)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

@@ -206,7 +206,7 @@ def test_aleatoric_loss_matches_bce_without_noise_and_attenuates_wrong_voxels() 
 def test_segmentation_loss_weighs_and_sums_the_terms() -> None:
     embedding, target = line_case([(0, 0), (1, 0)], [1, 2])
     output = HeadOutput(embedding, torch.zeros(1, 1, 1, 1, 2), None)
-    config = LossConfig(w_push=2.0, w_reg=0.0, foreground_dice=False)
+    config = LossConfig(w_push=2.0, w_reg=0.0, w_mask=0.0, foreground_dice=False)
     terms = segmentation_loss(output, target, config)
     expected = 2.0 * (2 * config.delta_d - 1.0) ** 2 + math.log(2)
     assert float(terms.total) == pytest.approx(expected, rel=1e-4)
