@@ -272,7 +272,8 @@ def evaluate(trained: TrainedModel, test_volumes: int, verbose: bool = False) ->
     return quality
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """Return the command line's parser (bench_sweep.py parses its runs' settings with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--steps", type=int, help="training steps (default: what fits 10 minutes on 2 cores)"
@@ -307,7 +308,11 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="write the checkpoint here")
     parser.add_argument("--model", type=Path, help="score this checkpoint instead of training")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     started = time.perf_counter()
     trained = load_model(args.model) if args.model else train(args)
     evaluate(trained, args.test_volumes, verbose=True)

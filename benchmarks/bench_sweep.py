@@ -36,7 +36,14 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import torch
-from bench_quality import Quality, bench_config, budget_steps, evaluate, training_crops
+from bench_quality import (
+    Quality,
+    arguments,
+    bench_config,
+    budget_steps,
+    evaluate,
+    training_crops,
+)
 
 from activeseg.models.checkpoint import load_model
 from activeseg.train import train_model
@@ -48,20 +55,9 @@ BARRIER_SECONDS = 600
 
 
 def bench_args(settings: list[str], steps: int | None) -> argparse.Namespace:
-    """Return bench_quality's command-line defaults with settings (SECTION.FIELD=VALUE)."""
-    return argparse.Namespace(
-        steps=steps,
-        kind="mheads",
-        embed_background=False,
-        pos_weight=None,
-        intensity=None,
-        no_dice=False,
-        batch=None,
-        patch=None,
-        widths=None,
-        lr=None,
-        set=[*settings, "train.threads=1"],
-    )
+    """Return bench_quality's command line with settings (SECTION.FIELD=VALUE) and steps."""
+    length = ["--steps", str(steps)] if steps else []
+    return arguments().parse_args([*length, "--set", *settings, "train.threads=1"])
 
 
 def train_one(
