@@ -12,8 +12,9 @@ train: every (run, seed) trains in its own process (one CPU thread each) with be
 defaults plus the run's SECTION.FIELD=VALUE settings (comma-separated after NAME=) and
 train.seed=SEED. All first train a 150-step probe at once; then all train the same number of
 steps: --steps (default: the CPU budget's) or fewer, if the slowest probe says they would not
-end within --budget seconds of the start. Checkpoints go to OUT/NAME-sSEED, and each run's
-seeds into OUT/NAME.tar (small enough to copy back from a lent machine).
+end within --budget seconds of the start. Checkpoints go to OUT/NAME-sSEED, and all of them
+into as few OUT/pack-K.tar of <= 15 MiB as they fit (a lent machine copies back only a few
+files, none over 16 MiB: keep only these in $OUT).
 
 score: scores every checkpoint folder in OUT with bench_quality (settings chosen on its
 validation volumes, --test-volumes test volumes), --workers at a time on one thread each, and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import re
 import statistics
 import tarfile
 import time
@@ -52,6 +54,8 @@ PROBE_STEPS = 150
 # Steps whose time the probe measures start after this one (the first ones warm the GPU up).
 PROBE_FROM = 50
 BARRIER_SECONDS = 600
+# A lent machine copies back only a few files from $OUT, none over 16 MiB.
+PACK_BYTES = 15 * 2**20
 
 
 def bench_args(settings: list[str], steps: int | None) -> argparse.Namespace:
@@ -135,20 +139,33 @@ def train(args: argparse.Namespace) -> None:
         process.start()
     for process in processes:
         process.join()
-    for name in runs:
-        with tarfile.open(out / f"{name}.tar", "w") as tar:
-            for seed in args.seeds:
-                folder = out / f"{name}-s{seed}"
-                if (folder / "weights.pt").exists():
-                    tar.add(folder, arcname=folder.name)
+    pack(out, [job for job, _ in jobs if (out / job / "weights.pt").exists()])
     for job, _ in jobs:
         print(job, (out / f"{job}.json").read_text() if (out / f"{job}.json").exists() else "-")
 
 
+def pack(out: Path, folders: list[str]) -> None:
+    """Tar the checkpoint folders into as few OUT/pack-K.tar files of <= PACK_BYTES as fit."""
+    packs: list[list[str]] = []
+    size = PACK_BYTES
+    for folder in folders:
+        folder_bytes = sum(f.stat().st_size for f in (out / folder).iterdir())
+        if size + folder_bytes > PACK_BYTES:
+            packs.append([])
+            size = 0
+        packs[-1].append(folder)
+        size += folder_bytes
+    for k, names in enumerate(packs):
+        with tarfile.open(out / f"pack-{k}.tar", "w") as tar:
+            for name in names:
+                tar.add(out / name, arcname=name)
+
+
 def parse_run(text: str) -> tuple[str, list[str]]:
-    """Return (name, settings) of NAME[=SECTION.FIELD=VALUE,...]."""
+    """Return (name, settings) of NAME[=SECTION.FIELD=VALUE,...]; a comma starts a new setting
+    only before SECTION.FIELD=, so values may be YAML lists: model.widths=[16,32,64,128]."""
     name, _, settings = text.partition("=")
-    return name, [s for s in settings.split(",") if s]
+    return name, [s for s in re.split(r",(?=\w+\.\w+=)", settings) if s]
 
 
 def score_one(folder: Path, test_volumes: int) -> tuple[str, Quality]:
