@@ -116,6 +116,10 @@ class TrainConfig(Section):
     batch_size: int = Field(2, ge=1)
     patch: Triple = (16, 48, 48)
     lr: float = Field(1e-3, gt=0)
+    # Touching neurons are where the embedding merges instances: this share of patches is
+    # placed to hold a voxel where two annotated neurons touch, the rest anywhere. 0.5 learned
+    # faster over 1300 steps but cost foreground at 3600 (BENCHMARKS.md, session 11).
+    contact_fraction: float = Field(0.0, ge=0.0, le=1.0)
     seed: int = 0
     warm_start: bool = True
     threads: int = Field(2, ge=1)

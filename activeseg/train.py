@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy import ndimage
 
 from activeseg.config import Config, Triple
 from activeseg.errors import InputError, StateError
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]
 # Tries to find a random patch that holds annotated voxels before taking any patch.
 PATCH_TRIES = 10
+# Two neurons touch where their annotated voxels lie within this many voxels (per axis).
+CONTACT_REACH = 2
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,14 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class PreparedCrop:
-    """A crop with normalized float32 raw (C, Z, Y, X) and int64 labels (Z, Y, X)."""
+    """A crop with normalized float32 raw (C, Z, Y, X) and int64 labels (Z, Y, X); contacts:
+    (K, 3) int64 coordinates of the annotated neuron voxels that touch another neuron."""
 
     raw: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
     mask: npt.NDArray[np.bool_]
     overlap: npt.NDArray[np.bool_]
+    contacts: npt.NDArray[np.int64]
 
 
 def train_model(
@@ -168,12 +173,25 @@ def _check_crops(crops: Sequence[TrainingCrop], config: Config) -> None:
 
 def prepare_crop(crop: TrainingCrop, normalization: Normalization) -> PreparedCrop:
     """Return the crop with normalized raw, ready for patch sampling."""
+    labels = crop.labels.astype(np.int64)
+    mask = crop.mask.astype(bool)
     return PreparedCrop(
         normalization.apply(crop.raw),
-        crop.labels.astype(np.int64),
-        crop.mask.astype(bool),
+        labels,
+        mask,
         crop.overlap.astype(bool),
+        contacts(labels, mask),
     )
+
+
+def contacts(labels: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """Return the (K, 3) coordinates of annotated neuron voxels that have an annotated voxel of
+    another neuron within CONTACT_REACH voxels: where touching neurons merge if anywhere."""
+    known = np.where(mask, labels, 0)
+    size = 2 * CONTACT_REACH + 1
+    highest = ndimage.maximum_filter(known, size=size)
+    lowest = ndimage.minimum_filter(np.where(known > 0, known, known.max() + 1), size=size)
+    return np.argwhere((known > 0) & (highest != lowest)).astype(np.int64)
 
 
 def _initial_model(config: Config, init_from: Path | None) -> ProbabilisticModel:
@@ -235,7 +253,8 @@ def _train_step(
     rng: np.random.Generator,
 ) -> float:
     """Return the loss of one optimizer step of net on a random augmented batch."""
-    x, target = sample_batch(prepared, config.train.patch, config.train.batch_size, rng)
+    train = config.train
+    x, target = sample_batch(prepared, train.patch, train.batch_size, rng, train.contact_fraction)
     device = next(net.parameters()).device
     target = Target(target.labels.to(device), target.mask.to(device), target.overlap.to(device))
     with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
@@ -248,10 +267,19 @@ def _train_step(
 
 
 def sample_batch(
-    prepared: Sequence[PreparedCrop], patch: Triple, batch_size: int, rng: np.random.Generator
+    prepared: Sequence[PreparedCrop],
+    patch: Triple,
+    batch_size: int,
+    rng: np.random.Generator,
+    contact_fraction: float = 0.0,
 ) -> tuple[torch.Tensor, Target]:
-    """Return a batch: raw (B, C, *patch) float32 and its Target, from random augmented patches."""
-    parts = [_augment(_random_patch(prepared, patch, rng), rng) for _ in range(batch_size)]
+    """Return a batch: raw (B, C, *patch) float32 and its Target, from random augmented patches;
+    each patch holds a contact between two neurons with probability contact_fraction (where
+    any crop has one), and lies anywhere else."""
+    parts = [
+        _augment(_random_patch(prepared, patch, rng, contact_fraction), rng)
+        for _ in range(batch_size)
+    ]
     raw, labels, mask, overlap = (np.stack(arrays) for arrays in zip(*parts, strict=True))
     target = Target(torch.from_numpy(labels), torch.from_numpy(mask), torch.from_numpy(overlap))
     return torch.from_numpy(raw), target
@@ -264,9 +292,37 @@ _Patch = tuple[
 
 
 def _random_patch(
-    prepared: Sequence[PreparedCrop], patch: Triple, rng: np.random.Generator
+    prepared: Sequence[PreparedCrop],
+    patch: Triple,
+    rng: np.random.Generator,
+    contact_fraction: float,
 ) -> _Patch:
     """Return (raw, labels, mask, overlap) of a random patch, preferring annotated ones."""
+    touching = [p for p in prepared if len(p.contacts)]
+    if contact_fraction and touching and rng.random() < contact_fraction:
+        crop = touching[rng.integers(len(touching))]
+        voxel = crop.contacts[rng.integers(len(crop.contacts))]
+        # anywhere in the patch but CONTACT_REACH from its faces: the other neuron is in it too
+        margins = [min(CONTACT_REACH, (p - 1) // 2) for p in patch]
+        starts = [
+            int(np.clip(v - rng.integers(m, p - m), 0, max(n - p, 0)))
+            for v, n, p, m in zip(voxel, crop.labels.shape, patch, margins, strict=True)
+        ]
+        box = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
+    else:
+        crop, box = _annotated_box(prepared, patch, rng)
+    return (
+        _pad_to(crop.raw[(slice(None), *box)], patch),
+        _pad_to(crop.labels[box], patch),
+        _pad_to(crop.mask[box], patch),
+        _pad_to(crop.overlap[box], patch),
+    )
+
+
+def _annotated_box(
+    prepared: Sequence[PreparedCrop], patch: Triple, rng: np.random.Generator
+) -> tuple[PreparedCrop, tuple[slice, ...]]:
+    """Return a random crop and patch box in it, preferring boxes with annotated voxels."""
     candidates = [p for p in prepared if p.mask.any()]
     for attempt in range(PATCH_TRIES):
         crop = candidates[rng.integers(len(candidates))]
@@ -276,12 +332,7 @@ def _random_patch(
         box = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
         if crop.mask[box].any() or attempt == PATCH_TRIES - 1:
             break
-    return (
-        _pad_to(crop.raw[(slice(None), *box)], patch),
-        _pad_to(crop.labels[box], patch),
-        _pad_to(crop.mask[box], patch),
-        _pad_to(crop.overlap[box], patch),
-    )
+    return crop, box
 
 
 def _pad_to(array: npt.NDArray[_T], patch: Triple) -> npt.NDArray[_T]:

@@ -15,6 +15,7 @@ from activeseg.models.checkpoint import CHECKPOINT_FILES, load_model
 from activeseg.models.normalization import Normalization
 from activeseg.train import (
     TrainingCrop,
+    contacts,
     prepare_crop,
     sample_batch,
     train_model,
@@ -154,6 +155,40 @@ def test_augmentation_moves_a_neuron_between_channels_but_keeps_it_in_one() -> N
         assert int((bright > 0).sum()) == 1  # the neurons stay one colour
         channels.add(int(bright.argmax()))
     assert channels == {0, 1, 2}
+
+
+def test_contacts_are_annotated_voxels_of_neurons_within_two_voxels() -> None:
+    labels = np.zeros((1, 1, 12), np.int64)
+    labels[0, 0, 0:3], labels[0, 0, 5:7], labels[0, 0, 10:12] = 1, 2, 3
+    mask = np.ones(labels.shape, bool)
+    # 1 ends at x=2 and 2 starts at x=5: three apart, no contact; 2 and 3 are 4 apart
+    assert len(contacts(labels, mask)) == 0
+    labels[0, 0, 3] = 1  # now 1 reaches x=3, two from neuron 2's first voxel
+    assert contacts(labels, mask)[:, 2].tolist() == [3, 5]
+    mask[0, 0, 5] = False  # an unannotated voxel touches nothing
+    assert len(contacts(labels, mask)) == 0
+
+
+def test_contact_fraction_places_patches_where_neurons_touch() -> None:
+    shape = (8, 64, 64)
+    labels = np.zeros(shape, np.uint32)
+    labels[:, 50, 40:60], labels[:, 52, 40:60] = 1, 2  # they touch in one corner only
+    crop = TrainingCrop(
+        np.zeros((3, *shape), np.uint16), labels, np.ones(shape, bool), np.zeros(shape, bool)
+    )
+    prepared = [prepare_crop(crop, Normalization((0.0,) * 3, (1.0,) * 3))]
+
+    def touching(fraction: float) -> list[bool]:
+        rng = np.random.default_rng(0)
+        batches = [sample_batch(prepared, (8, 16, 16), 2, rng, fraction)[1] for _ in range(20)]
+        return [
+            len(contacts(patch.numpy(), np.ones(patch.shape, bool))) > 0
+            for target in batches
+            for patch in target.labels
+        ]
+
+    assert all(touching(1.0))
+    assert np.mean(touching(0.0)) < 0.3
 
 
 def test_patches_larger_than_the_crop_are_padded_unannotated() -> None:
