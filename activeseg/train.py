@@ -298,8 +298,8 @@ def _random_patch(
     contact_fraction: float,
 ) -> _Patch:
     """Return (raw, labels, mask, overlap) of a random patch, preferring annotated ones."""
-    touching = [p for p in prepared if len(p.contacts)]
-    if contact_fraction and touching and rng.random() < contact_fraction:
+    touching = [p for p in prepared if len(p.contacts)] if contact_fraction else []
+    if touching and rng.random() < contact_fraction:
         crop = touching[rng.integers(len(touching))]
         voxel = crop.contacts[rng.integers(len(crop.contacts))]
         # anywhere in the patch but CONTACT_REACH from its faces: the other neuron is in it too
