@@ -96,6 +96,11 @@ class LossConfig(Section):
     # 0.3: over 4 paired seeds +0.03 F1@0.5 and a better embedding than 0 (BENCHMARKS.md,
     # session 10); within the seed spread, for ~4 % more time per CPU step.
     w_mask: float = Field(0.3, ge=0, description="weight of the soft instance-mask Dice term")
+    # Where two neurons touch, mean shift hands one's voxels to the other: the misassigned
+    # voxels lie a median 1 voxel from another neuron (BENCHMARKS.md, session 12).
+    contact_weight: float = Field(
+        0.0, ge=0, description="extra weight of contact voxels in the pull and mask terms"
+    )
     foreground_dice: bool = True
     foreground_pos_weight: float | None = Field(
         None, description="BCE weight of foreground voxels; None = balance from the batch"

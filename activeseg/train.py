@@ -16,12 +16,11 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from scipy import ndimage
 
 from activeseg.config import Config, Triple
 from activeseg.errors import InputError, StateError
 from activeseg.models.checkpoint import load_model, save_checkpoint
-from activeseg.models.losses import Target, segmentation_loss
+from activeseg.models.losses import CONTACT_REACH, Target, contact_voxels, segmentation_loss
 from activeseg.models.normalization import Normalization
 from activeseg.models.probabilistic import ProbabilisticModel, SegmentationNet
 
@@ -30,8 +29,6 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]
 # Tries to find a random patch that holds annotated voxels before taking any patch.
 PATCH_TRIES = 10
-# Two neurons touch where their annotated voxels lie within this many voxels (per axis).
-CONTACT_REACH = 2
 
 
 @dataclass(frozen=True)
@@ -187,11 +184,8 @@ def prepare_crop(crop: TrainingCrop, normalization: Normalization) -> PreparedCr
 def contacts(labels: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
     """Return the (K, 3) coordinates of annotated neuron voxels that have an annotated voxel of
     another neuron within CONTACT_REACH voxels: where touching neurons merge if anywhere."""
-    known = np.where(mask, labels, 0)
-    size = 2 * CONTACT_REACH + 1
-    highest = ndimage.maximum_filter(known, size=size)
-    lowest = ndimage.minimum_filter(np.where(known > 0, known, known.max() + 1), size=size)
-    return np.argwhere((known > 0) & (highest != lowest)).astype(np.int64)
+    touching = contact_voxels(torch.from_numpy(labels)[None], torch.from_numpy(mask)[None])
+    return np.argwhere(touching[0].numpy()).astype(np.int64)
 
 
 def _initial_model(config: Config, init_from: Path | None) -> ProbabilisticModel:

@@ -3,6 +3,8 @@
 Labels are sparse: only voxels where ``mask`` is True were annotated, and every term here is
 computed on those voxels alone. Voxels shared by two neurons (``overlap``) have no single
 instance, so they are left out of the embedding terms (they still count as foreground).
+Contact voxels (a neuron's voxels with another neuron within CONTACT_REACH) may weigh more in
+the embedding terms: that is where mean shift hands one neuron's voxels to the other.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from activeseg.models.heads import HeadOutput
 ALEATORIC_SAMPLES = 8
 # Class balancing never weighs a foreground voxel more than this many background voxels.
 MAX_POS_WEIGHT = 100.0
+# Two neurons touch where their annotated voxels lie within this many voxels (per axis).
+CONTACT_REACH = 2
 _EPS = 1e-8
 
 
@@ -55,12 +59,17 @@ class Target:
 
 def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) -> LossTerms:
     """Return the weighted sum of discriminative and foreground losses for one batch."""
+    weight = None
+    if config.contact_weight:
+        touching = contact_voxels(target.labels, target.mask & ~target.overlap)
+        weight = 1.0 + config.contact_weight * touching.to(output.embedding.dtype)
     pull, push, reg = discriminative_loss(
         output.embedding,
         target,
         config.delta_v,
         config.delta_d,
         embed_background=config.embed_background,
+        weight=weight,
     )
     fg = foreground_loss(
         output.logit[:, 0],
@@ -72,7 +81,11 @@ def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) ->
     total = (
         config.w_pull * pull + config.w_push * push + config.w_reg * reg + config.w_foreground * fg
     )
-    mask = instance_mask_loss(output.embedding, target, config.delta_v) if config.w_mask else fg * 0
+    mask = (
+        instance_mask_loss(output.embedding, target, config.delta_v, weight)
+        if config.w_mask
+        else fg * 0
+    )
     total = total + config.w_mask * mask
     return LossTerms(total, pull, push, reg, fg, mask)
 
@@ -84,20 +97,22 @@ def discriminative_loss(
     delta_d: float,
     *,
     embed_background: bool = False,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (pull, push, reg) of De Brabandere et al. 2017, averaged over the batch.
 
     embedding: (B, E, Z, Y, X) float. Pull: squared hinge (distance to the instance mean beyond
-    delta_v), averaged per instance, then over instances. Push: squared hinge (2 delta_d minus
+    delta_v), averaged per instance (weighted by weight (B, Z, Y, X), if given), then over
+    instances. Push: squared hinge (2 delta_d minus
     the distance between two instance means), averaged over pairs. Reg: mean norm of the means.
     With embed_background, annotated background voxels form one more cluster, so voxels the
     foreground head gets wrong are still embedded away from every neuron.
     """
     terms = []
     for b in range(embedding.shape[0]):
-        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background)
+        emb, ids, w = _annotated_voxels(embedding[b], target, b, embed_background, weight)
         if ids.numel():
-            terms.append(_instance_terms(emb, ids, delta_v, delta_d))
+            terms.append(_instance_terms(emb, ids, w, delta_v, delta_d))
     if not terms:
         zero = embedding.sum() * 0.0  # keeps the graph, so backward() works on empty batches
         return zero, zero, zero
@@ -105,8 +120,11 @@ def discriminative_loss(
     return pull, push, reg
 
 
-def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) -> torch.Tensor:
-    """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons.
+def instance_mask_loss(
+    embedding: torch.Tensor, target: Target, sigma: float, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons; each
+    voxel counts in the Dice sums with its weight (B, Z, Y, X), if given.
 
     A neuron's soft mask gives every annotated voxel exp(-d^2 / 2 sigma^2), d its distance to
     the neuron's mean embedding: what Gaussian mean shift with bandwidth sigma gathers around
@@ -117,7 +135,7 @@ def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) ->
     """
     losses = []
     for b in range(embedding.shape[0]):
-        emb, ids = _annotated_voxels(embedding[b], target, b, embed_background=True)
+        emb, ids, w = _annotated_voxels(embedding[b], target, b, True, weight)
         neurons = ids > 0
         if not bool(neurons.any()):
             continue
@@ -126,15 +144,21 @@ def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) ->
         soft = torch.exp(-(torch.cdist(emb, means) ** 2) / (2 * sigma**2))  # (N, n)
         truth = torch.zeros_like(soft)
         truth[neurons] = F.one_hot(inverse, n).to(soft.dtype)
-        dice = (2 * (soft * truth).sum(0) + 1) / (soft.sum(0) + counts + 1)
+        overlap, predicted, true = ((w[:, None] * m).sum(0) for m in (soft * truth, soft, truth))
+        dice = (2 * overlap + 1) / (predicted + true + 1)
         losses.append((1 - dice).mean())
     return torch.stack(losses).mean() if losses else embedding.sum() * 0.0
 
 
 def _annotated_voxels(
-    embedding: torch.Tensor, target: Target, b: int, embed_background: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ((N, E) embeddings, (N,) labels) of the voxels the embedding loss sees."""
+    embedding: torch.Tensor,
+    target: Target,
+    b: int,
+    embed_background: bool,
+    weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ((N, E) embeddings, (N,) labels, (N,) weights, 1 without weight) of the voxels the
+    embedding loss sees."""
     labels = target.labels[b]
     annotated = target.mask[b] & ~target.overlap[b]
     neurons = annotated & (labels > 0)
@@ -142,18 +166,21 @@ def _annotated_voxels(
     keep = annotated if embed_background and bool(neurons.any()) else neurons
     index = keep.flatten().nonzero()[:, 0]
     flat = embedding.flatten(1)
-    return flat[:, index].T, labels.flatten()[index]
+    w = weight[b].flatten()[index] if weight is not None else flat.new_ones(len(index))
+    return flat[:, index].T, labels.flatten()[index], w
 
 
 def _instance_terms(
-    emb: torch.Tensor, labels: torch.Tensor, delta_v: float, delta_d: float
+    emb: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, delta_v: float, delta_d: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,)."""
+    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,); the pull averages
+    each instance's voxels by weight (N,)."""
     inverse, counts, means = _instance_means(emb, labels)
     n = counts.numel()
     spread = _norm(emb - means[inverse])
-    per_voxel = F.relu(spread - delta_v) ** 2
-    pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / counts).mean()
+    per_voxel = weight * F.relu(spread - delta_v) ** 2
+    totals = emb.new_zeros(n).index_add_(0, inverse, weight)
+    pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / totals).mean()
     if n > 1:
         first, second = torch.triu_indices(n, n, offset=1, device=emb.device)
         gaps = _norm(means[first] - means[second])
@@ -172,6 +199,19 @@ def _instance_means(
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     means = emb.new_zeros(counts.numel(), emb.shape[1]).index_add_(0, inverse, emb)
     return inverse, counts, means / counts[:, None]
+
+
+def contact_voxels(
+    labels: torch.Tensor, annotated: torch.Tensor, reach: int = CONTACT_REACH
+) -> torch.Tensor:
+    """Return where (bool, like labels (B, Z, Y, X)) an annotated neuron voxel has an annotated
+    voxel of another neuron within reach voxels along every axis."""
+    known = torch.where(annotated, labels, 0).to(torch.float64)[:, None]  # ids exact in float64
+    size = 2 * reach + 1
+    highest = F.max_pool3d(known, size, stride=1, padding=reach)
+    others = torch.where(known > 0, known, known.max() + 1)  # background above every neuron
+    lowest = -F.max_pool3d(-others, size, stride=1, padding=reach)
+    return ((known > 0) & (highest != lowest))[:, 0]
 
 
 def _norm(vectors: torch.Tensor) -> torch.Tensor:
