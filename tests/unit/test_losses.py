@@ -172,6 +172,19 @@ def test_contact_voxels_are_annotated_neuron_voxels_with_another_neuron_within_r
     assert not bool(contact_voxels(labels, hidden).any())
 
 
+def test_contact_voxels_match_a_brute_force_search_on_random_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, 5, 7, 6), generator=generator)
+    annotated = torch.rand(labels.shape, generator=generator) > 0.3
+    known = torch.where(annotated, labels, 0)
+    expected = torch.zeros_like(annotated)
+    for b, z, y, x in (known > 0).nonzero().tolist():
+        box = known[b, max(z - 2, 0) : z + 3, max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3]
+        expected[b, z, y, x] = bool(((box > 0) & (box != known[b, z, y, x])).any())
+    assert expected.any() and not expected.all()
+    assert torch.equal(contact_voxels(labels, annotated), expected)
+
+
 # Neurons 1 (voxels 0-3) and 2 (voxels 4-6) touch: voxels 2-5 are contact voxels.
 TOUCHING = [1, 1, 1, 1, 2, 2, 2]
 
