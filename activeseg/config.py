@@ -97,7 +97,8 @@ class LossConfig(Section):
     # session 10); within the seed spread, for ~4 % more time per CPU step.
     w_mask: float = Field(0.3, ge=0, description="weight of the soft instance-mask Dice term")
     # Where two neurons touch, mean shift hands one's voxels to the other: the misassigned
-    # voxels lie a median 1 voxel from another neuron (BENCHMARKS.md, session 12).
+    # voxels lie a median 1 voxel from another neuron. 3 (with w_foreground 2) embedded better
+    # in 3 of 3 seeds, but scored the same F1@0.5 and a lower avF1 (BENCHMARKS.md, session 12).
     contact_weight: float = Field(
         0.0, ge=0, description="extra weight of contact voxels in the pull and mask terms"
     )
