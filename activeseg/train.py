@@ -77,7 +77,8 @@ class TrainResult:
 @dataclass(frozen=True)
 class PreparedCrop:
     """A crop with normalized float32 raw (C, Z, Y, X) and int64 labels (Z, Y, X); contacts:
-    (K, 3) int64 coordinates of the annotated neuron voxels that touch another neuron."""
+    (K, 3) int64 coordinates of the annotated neuron voxels that touch another neuron (none
+    unless they were asked for)."""
 
     raw: npt.NDArray[np.float32]
     labels: npt.NDArray[np.int64]
@@ -109,7 +110,8 @@ def train_model(
         normalization = Normalization.from_volumes(
             [c.raw for c in crops], config.train.seed, config.model.intensity
         )
-        prepared = [prepare_crop(crop, normalization) for crop in crops]
+        find_contacts = config.train.contact_fraction > 0
+        prepared = [prepare_crop(crop, normalization, find_contacts) for crop in crops]
         model = _initial_model(config, init_from).to(device)
         bfloat16 = uses_bfloat16(config, device)
         precision = "bfloat16" if bfloat16 else "float32"
@@ -168,8 +170,12 @@ def _check_crops(crops: Sequence[TrainingCrop], config: Config) -> None:
             )
 
 
-def prepare_crop(crop: TrainingCrop, normalization: Normalization) -> PreparedCrop:
-    """Return the crop with normalized raw, ready for patch sampling."""
+def prepare_crop(
+    crop: TrainingCrop, normalization: Normalization, find_contacts: bool = False
+) -> PreparedCrop:
+    """Return the crop with normalized raw, ready for patch sampling; its contacts are listed
+    only with find_contacts (patches placed on contacts need them, and a big crop's search
+    costs time and memory)."""
     labels = crop.labels.astype(np.int64)
     mask = crop.mask.astype(bool)
     return PreparedCrop(
@@ -177,7 +183,7 @@ def prepare_crop(crop: TrainingCrop, normalization: Normalization) -> PreparedCr
         labels,
         mask,
         crop.overlap.astype(bool),
-        contacts(labels, mask),
+        contacts(labels, mask) if find_contacts else np.zeros((0, 3), np.int64),
     )
 
 

@@ -176,7 +176,7 @@ def test_contact_fraction_places_patches_where_neurons_touch() -> None:
     crop = TrainingCrop(
         np.zeros((3, *shape), np.uint16), labels, np.ones(shape, bool), np.zeros(shape, bool)
     )
-    prepared = [prepare_crop(crop, Normalization((0.0,) * 3, (1.0,) * 3))]
+    prepared = [prepare_crop(crop, Normalization((0.0,) * 3, (1.0,) * 3), find_contacts=True)]
 
     def touching(fraction: float) -> list[bool]:
         rng = np.random.default_rng(0)
