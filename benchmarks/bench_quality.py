@@ -93,7 +93,8 @@ def bench_config(args: argparse.Namespace) -> Config:
             raise SystemExit(f"--set {override}: no config field {key!r}")
         data[section][field] = yaml.safe_load(value)
     config = Config.model_validate(data)
-    steps = args.steps or budget_steps(config)
+    asked = any(override.startswith("train.steps=") for override in args.set)
+    steps = args.steps or (config.train.steps if asked else budget_steps(config))
     return config.model_copy(update={"train": config.train.model_copy(update={"steps": steps})})
 
 
@@ -276,7 +277,9 @@ def arguments() -> argparse.ArgumentParser:
     """Return the command line's parser (bench_sweep.py parses its runs' settings with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--steps", type=int, help="training steps (default: what fits 10 minutes on 2 cores)"
+        "--steps",
+        type=int,
+        help="training steps (default: --set train.steps=N, else what fits 10 minutes on 2 cores)",
     )
     parser.add_argument("--kind", default="mheads")
     parser.add_argument("--embed-background", action="store_true")

@@ -10,11 +10,11 @@ session 6). A GPU runs a dozen 10-minute CPU trainings at once in ~7 minutes:
 
 train: every (run, seed) trains in its own process (one CPU thread each) with bench_quality's
 defaults plus the run's SECTION.FIELD=VALUE settings (comma-separated after NAME=) and
-train.seed=SEED. All first train a 150-step probe at once; then all train the same number of
-steps: --steps (default: the CPU budget's) or fewer, if the slowest probe says they would not
-end within --budget seconds of the start. Checkpoints go to OUT/NAME-sSEED, and all of them
-into as few OUT/pack-K.tar of <= 15 MiB as they fit (a lent machine copies back only a few
-files, none over 16 MiB: keep only these in $OUT).
+train.seed=SEED. All first train a 150-step probe at once; then each trains --steps steps
+(default: its own train.steps=N setting, else the CPU budget's), or fewer if the slowest probe
+says they would not end within --budget seconds of the start. Checkpoints go to
+OUT/NAME-sSEED, and all of them into as few OUT/pack-K.tar of <= 15 MiB as they fit (a lent
+machine copies back only a few files, none over 16 MiB: keep only these in $OUT).
 
 score: scores every checkpoint folder in OUT with bench_quality (settings chosen on its
 validation volumes, --test-volumes test volumes), --workers at a time on one thread each, and
@@ -42,7 +42,6 @@ from bench_quality import (
     Quality,
     arguments,
     bench_config,
-    budget_steps,
     evaluate,
     training_crops,
 )
@@ -94,7 +93,7 @@ def train_one(
         barrier.wait(BARRIER_SECONDS)
         met += 1
         slowest = min(rates[:])
-        wanted = steps or budget_steps(bench_config(bench_args(settings, None)))
+        wanted = steps or bench_config(bench_args(settings, None)).train.steps
         fitting = int(slowest * (deadline - time.time()) * 0.95) // 100 * 100
         if fitting < PROBE_STEPS:
             raise RuntimeError(f"at {slowest:.1f} steps/s only {fitting} steps fit --budget")
