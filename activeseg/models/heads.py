@@ -10,6 +10,7 @@ sample of the prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,7 +38,9 @@ class HeadOutput:
 class OutputHeads(nn.Module):
     """M parallel heads, each a 1x1x1 conv: the U-Net's last layer copied M times.
 
-    (A hidden layer per head made 8 heads cost 1.6x a single pass instead of ~1.1x.)
+    (A hidden layer per head made 8 heads cost 1.6x a single pass instead of ~1.1x.) The heads
+    are linear, so a mix of their outputs is the output of one head with mixed parameters:
+    training mixes parameters, which costs one head instead of M (measured in BENCHMARKS.md).
     """
 
     def __init__(self, features: int, embed_dim: int, heads: int, aleatoric: bool) -> None:
@@ -52,6 +55,25 @@ class OutputHeads(nn.Module):
         """Return raw outputs (B, M, K, Z, Y, X) of features (B, F, Z, Y, X); K = E + 1 [+ 1]."""
         return self.out(features).unflatten(1, (self.heads, self.channels))
 
+    def mix(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Return sum_m w_m h_m (B, K, Z, Y, X): the heads' raw outputs of features
+        (B, F, Z, Y, X) mixed per batch item with weights (B, M)."""
+        per_head = self.out.weight.view(self.heads, self.channels, -1)  # (M, K, F)
+        weight = torch.einsum("bm,mkf->bkf", weights, per_head)
+        bias = weights @ cast(torch.Tensor, self.out.bias).view(self.heads, self.channels)
+        out = torch.baddbmm(bias.unsqueeze(-1), weight, features.flatten(2))
+        return out.view(out.shape[:2] + features.shape[2:])
+
+    def shake_shake(
+        self, features: torch.Tensor, forward_weights: torch.Tensor, backward_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the heads mixed with forward_weights, whose gradient flows as if they were
+        mixed with backward_weights (B, M): head m's parameters get b_m times the gradient of
+        the mix (the shake-shake "detach trick"; the mix is linear in the weights)."""
+        with torch.no_grad():
+            shift = self.mix(features, forward_weights - backward_weights)
+        return self.mix(features, backward_weights) + shift
+
     def split(self, raw: torch.Tensor) -> HeadOutput:
         """Return the named parts of raw outputs (..., K, Z, Y, X) along the channel axis -4."""
         e = self.embed_dim
@@ -63,25 +85,3 @@ def random_convex_weights(batch: int, heads: int, device: torch.device) -> torch
     """Return (batch, heads) float32 weights drawn uniformly from the simplex (Dirichlet(1))."""
     draws = -torch.log1p(-torch.rand(batch, heads, device=device))
     return draws / draws.sum(dim=1, keepdim=True)
-
-
-def mix_heads(
-    stacked: torch.Tensor, forward_weights: torch.Tensor, backward_weights: torch.Tensor
-) -> torch.Tensor:
-    """Return the heads mixed with forward_weights, whose gradient flows with backward_weights.
-
-    stacked: (B, M, ...) head outputs; weights: (B, M). The value is sum_m a_m h_m, the gradient
-    reaching h_m is b_m times the upstream gradient (the shake-shake "detach trick").
-    """
-    view = stacked.shape[:2] + (1,) * (stacked.ndim - 2)
-    forward_mix = (stacked * forward_weights.view(view)).sum(dim=1)
-    backward_mix = (stacked * backward_weights.view(view)).sum(dim=1)
-    return backward_mix + (forward_mix - backward_mix).detach()
-
-
-def shake_shake(stacked: torch.Tensor) -> torch.Tensor:
-    """Return (B, ...) mixed from stacked (B, M, ...) with fresh random forward/backward weights."""
-    batch, heads = stacked.shape[:2]
-    forward_weights = random_convex_weights(batch, heads, stacked.device)
-    backward_weights = random_convex_weights(batch, heads, stacked.device)
-    return mix_heads(stacked, forward_weights, backward_weights)

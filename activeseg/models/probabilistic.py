@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from activeseg.config import ModelConfig
-from activeseg.models.heads import HeadOutput, OutputHeads, shake_shake
+from activeseg.models.heads import HeadOutput, OutputHeads, random_convex_weights
 from activeseg.models.unet import Triple, UNet3d
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,17 @@ class SegmentationNet(nn.Module):
 
         With M > 1 heads: a shake-shake mix while training, the mean of the heads in eval mode.
         """
-        stacked = self.heads(self.backbone(x))
-        if stacked.shape[1] == 1:
-            mixed = stacked[:, 0]
+        features = self.backbone(x)
+        batch, heads = features.shape[0], self.heads.heads
+        if heads == 1:
+            mixed = self.heads(features)[:, 0]
         elif self.training:
-            mixed = shake_shake(stacked)
+            forward_weights = random_convex_weights(batch, heads, features.device)
+            backward_weights = random_convex_weights(batch, heads, features.device)
+            mixed = self.heads.shake_shake(features, forward_weights, backward_weights)
         else:
-            mixed = stacked.mean(dim=1)
+            mean = torch.full((batch, heads), 1 / heads, device=features.device)
+            mixed = self.heads.mix(features, mean)
         return self.heads.split(mixed)
 
     def all_heads(self, x: torch.Tensor, keep: Box | None = None) -> HeadOutput:

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from activeseg.config import ModelConfig
-from activeseg.models.heads import mix_heads, shake_shake
+from activeseg.models.heads import OutputHeads, random_convex_weights
 from activeseg.models.probabilistic import ProbabilisticModel, SegmentationNet
 from activeseg.models.unet import CalibratedGroupNorm, UNet3d, calibrating
 
@@ -72,30 +72,55 @@ def test_an_input_voxel_influences_outputs_only_within_the_stated_context() -> N
     assert torch.all(extent >= context // 2)  # the bound is not wildly loose
 
 
-def test_mix_heads_forwards_one_mix_and_backpropagates_another() -> None:
-    heads = torch.tensor([[[1.0], [2.0], [4.0]]], requires_grad=True)  # (B=1, M=3, 1)
-    forward_w = torch.tensor([[0.5, 0.5, 0.0]])
-    backward_w = torch.tensor([[0.1, 0.2, 0.7]])
-    mixed = mix_heads(heads, forward_w, backward_w)
-    assert float(mixed.detach()) == pytest.approx(1.5)
-    mixed.sum().backward()
-    assert heads.grad is not None
-    assert torch.allclose(heads.grad[0, :, 0], backward_w[0])
+def test_mixing_head_parameters_equals_mixing_head_outputs() -> None:
+    torch.manual_seed(0)
+    heads = OutputHeads(features=5, embed_dim=3, heads=4, aleatoric=True)
+    features = torch.randn(2, 5, 2, 3, 4)
+    weights = random_convex_weights(2, 4, features.device)
+    mixed = heads.mix(features, weights)
+    expected = (heads(features) * weights[:, :, None, None, None, None]).sum(dim=1)
+    assert mixed.shape == (2, 5, 2, 3, 4)
+    assert torch.allclose(mixed, expected, atol=1e-5)
+
+
+def test_shake_shake_forwards_one_mix_and_backpropagates_another() -> None:
+    torch.manual_seed(0)
+    heads = OutputHeads(features=5, embed_dim=3, heads=4, aleatoric=False)
+    features = torch.randn(2, 5, 2, 3, 4, requires_grad=True)
+    forward_w, backward_w = (random_convex_weights(2, 4, features.device) for _ in range(2))
+    mixed = heads.shake_shake(features, forward_w, backward_w)
+    assert torch.allclose(mixed, heads.mix(features, forward_w), atol=1e-5)
+    upstream = torch.randn_like(mixed)
+    (mixed * upstream).sum().backward()
+    got = (features.grad, heads.out.weight.grad, heads.out.bias.grad)
+    features.grad = heads.out.weight.grad = heads.out.bias.grad = None
+    # the gradient of every parameter and feature is that of the backward mix of the outputs
+    stacked = heads(features)
+    backward_mix = (stacked * backward_w[:, :, None, None, None, None]).sum(dim=1)
+    (backward_mix * upstream).sum().backward()
+    expected = (features.grad, heads.out.weight.grad, heads.out.bias.grad)
+    for g, e in zip(got, expected, strict=True):
+        assert g is not None and e is not None
+        assert torch.allclose(g, e, atol=1e-5)
 
 
 def test_shake_shake_weights_differ_between_forward_and_backward() -> None:
     torch.manual_seed(1)
-    heads = torch.eye(4).reshape(1, 4, 4).requires_grad_(True)  # head m outputs e_m
-    mixed = shake_shake(heads)
-    forward_w = mixed.detach()[0]
-    mixed.sum().backward()
-    assert heads.grad is not None
-    backward_w = heads.grad[0, :, 0]
-    for weights in (forward_w, backward_w):
-        assert float(weights.sum()) == pytest.approx(1.0, rel=1e-5)
-        assert torch.all(weights >= 0)
-    assert not torch.allclose(forward_w, backward_w)
+    net = SegmentationNet(tiny_config(kind="mheads", samples=4), heads=4, dropout=0.0).train()
+    with torch.no_grad():  # head m outputs m + 1 everywhere
+        net.heads.out.weight.zero_()
+        net.heads.out.bias.copy_(torch.arange(1.0, 5.0).repeat_interleave(net.heads.channels))
+    out = net(torch.randn(1, 2, 2, 8, 8))
+    out.logit.sum().backward()
+    grad = net.heads.out.bias.grad
+    assert grad is not None
+    backward_w = grad.view(4, -1)[:, net.heads.embed_dim] / out.logit.numel()
+    assert float(backward_w.sum()) == pytest.approx(1.0, rel=1e-5)
+    assert torch.all(backward_w >= 0)
     assert len(set(backward_w.tolist())) == 4  # every head gets its own gradient scale
+    forward_value = float(out.logit.detach().flatten()[0])  # sum_m a_m (m + 1)
+    assert torch.allclose(out.logit, torch.full_like(out.logit, forward_value))
+    assert forward_value != pytest.approx(float(backward_w @ torch.arange(1.0, 5.0)), abs=1e-3)
 
 
 def test_mheads_receive_different_gradients_in_training() -> None:
