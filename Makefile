@@ -30,8 +30,8 @@ demo: install
 	$(BIN)/activeseg demo demo
 
 lint: install
-	$(BIN)/ruff check activeseg tests benchmarks
-	$(BIN)/ruff format --check activeseg tests benchmarks
+	$(BIN)/ruff check activeseg tests benchmarks cli.py migrations
+	$(BIN)/ruff format --check activeseg tests benchmarks cli.py migrations
 	$(BIN)/mypy
 
 unit: install

@@ -6,7 +6,6 @@ checkpoint keeps a copy of the config it ran with.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from activeseg.errors import ConfigError
+from activeseg.resources import shipped_dir
 
 Triple = tuple[int, int, int]
 # How raw intensities are transformed before percentile normalization.
@@ -163,7 +163,7 @@ class ClusterConfig(Section):
         return data
 
     def options(self) -> dict[str, Any]:
-        """Return the keywords of :func:`activeseg.cluster.segment` this section sets."""
+        """Return the keywords of :func:`activeseg.core.cluster.segment` this section sets."""
         return {
             "threshold": self.foreground_threshold,
             "bandwidth": self.bandwidth,
@@ -252,7 +252,7 @@ BUILTIN_CONFIGS = ("default", "demo", "flylight", "smoke")
 
 def builtin_config_path(name: str) -> Path:
     """Return the path of a config shipped with activeseg (``default``, ``demo``, ...)."""
-    return Path(str(resources.files("activeseg") / "configs" / f"{name}.yaml"))
+    return shipped_dir("configs") / f"{name}.yaml"
 
 
 def load_config(source: str | Path) -> Config:

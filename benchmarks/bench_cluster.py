@@ -23,7 +23,7 @@ import torch
 from sklearn.cluster import MeanShift
 from sklearn.metrics import adjusted_rand_score
 
-from activeseg.cluster import mean_shift
+from activeseg.core.cluster import mean_shift
 
 BANDWIDTH = 0.75
 CASES = [(20_000, 8, 10), (20_000, 16, 20), (100_000, 8, 30), (100_000, 16, 30)]

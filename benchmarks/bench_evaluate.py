@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from activeseg.data.instances import Instances
-from activeseg.metrics import evaluate_instances
+from activeseg.core.instances import Instances
+from activeseg.core.metrics import evaluate_instances
 
 SHAPE = (400, 700, 700)
 N_NEURONS = 10

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from activeseg.config import load_config
-from activeseg.history import plot_history
-from activeseg.simulation import create_demo_project, simulate
+from activeseg.workflows.history import plot_history
+from activeseg.workflows.simulate import create_demo_project, simulate
 
 GOAL = 0.6
 METRICS = ("avF1", "AP50")

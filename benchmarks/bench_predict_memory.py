@@ -40,10 +40,10 @@ def child(raw_path: Path, out_path: Path) -> None:
     import torch
 
     from activeseg.config import load_config
-    from activeseg.models.checkpoint import TrainedModel
-    from activeseg.models.normalization import Normalization
-    from activeseg.models.probabilistic import ProbabilisticModel
-    from activeseg.predict import plan_tiling, predict_to_zarr
+    from activeseg.core.models.checkpoint import TrainedModel
+    from activeseg.core.models.normalization import Normalization
+    from activeseg.core.models.probabilistic import ProbabilisticModel
+    from activeseg.core.tiling import plan_tiling, predict_to_zarr
 
     config = load_config("demo")
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Benchmark: push 100 crops to Label Studio, then ingest 100 annotated tasks.
 
-Each task is built the way ``activeseg push`` builds it (``activeseg.labelstudio.push``): 4
+Each task is built the way ``activeseg push`` builds it (``activeseg.workflows.push``): 4
 z-slices of a 3-channel 64x64 crop as RGB PNGs, 4 uncertainty overlays, a caption and brush
 pre-annotations of ~5 instances per slice, imported with the predictions inline. The push
 (image upload + task import) is compared with a 5 s target; rendering is reported apart. The
@@ -27,10 +27,10 @@ import numpy as np
 
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient, latest_update
-from activeseg.labelstudio.ingest import labels_from_results
 from activeseg.labelstudio.labeling import labeling_config, status_result
-from activeseg.labelstudio.push import CropTask, relabel_shown, render_crop, upload_and_import
 from activeseg.labelstudio.server import LabelStudioServer
+from activeseg.workflows.ingest import labels_from_results
+from activeseg.workflows.push import CropTask, relabel_shown, render_crop, upload_and_import
 
 PUSH_TARGET_S = 5.0
 INSTANCES = 5

@@ -32,14 +32,14 @@ import numpy.typing as npt
 import yaml
 from scipy import ndimage
 
-from activeseg.cluster import Kernel, segment
 from activeseg.config import Config, load_config
-from activeseg.data.instances import Instances
+from activeseg.core.cluster import Kernel, segment
+from activeseg.core.instances import Instances
+from activeseg.core.metrics import VolumeScores, score_volume, summarize, threshold_table
+from activeseg.core.models.checkpoint import TrainedModel, load_model
+from activeseg.core.tiling import predict_array
+from activeseg.core.training import TrainingCrop, train_model, training_device, uses_bfloat16
 from activeseg.data.synthetic import generate_mcfo
-from activeseg.metrics import VolumeScores, score_volume, summarize, threshold_table
-from activeseg.models.checkpoint import TrainedModel, load_model
-from activeseg.predict import predict_array
-from activeseg.train import TrainingCrop, train_model, training_device, uses_bfloat16
 
 # Synthetic volumes cost ~0.3 s each; with 4 of them the network memorizes its 32 neurons.
 TRAIN_VOLUMES = 32

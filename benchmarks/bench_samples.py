@@ -14,7 +14,7 @@ import time
 import torch
 
 from activeseg.config import load_config
-from activeseg.models.probabilistic import ProbabilisticModel
+from activeseg.core.models.probabilistic import ProbabilisticModel
 
 CROP = (32, 128, 128)
 VARIANTS = (("single", 1), ("mheads", 8), ("ensemble", 4), ("dropout", 8))

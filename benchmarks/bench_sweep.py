@@ -46,8 +46,8 @@ from bench_quality import (
     training_crops,
 )
 
-from activeseg.models.checkpoint import load_model
-from activeseg.train import train_model
+from activeseg.core.models.checkpoint import load_model
+from activeseg.core.training import train_model
 
 PROBE_STEPS = 150
 # Steps whose time the probe measures start after this one (the first ones warm the GPU up).

@@ -3,7 +3,7 @@
 For M-heads, a deep ensemble and MC dropout: train the demo config on bench_quality's synthetic
 training volumes for a short fixed budget, predict held-out synthetic volumes, segment every
 sample and the consensus with the demo cluster settings, and score the held-out volumes
-pooled (stacked along z, ids kept apart) with ``activeseg.validation.uncertainty_report``:
+pooled (stacked along z, ids kept apart) with ``activeseg.workflows.evaluate.uncertainty_report``:
 
 - voxel error AUROC of the mutual information (goal > 0.75); a voxel is wrong when its
   foreground call or its instance (mapped to the best-overlapping true neuron) is wrong;
@@ -36,16 +36,16 @@ import numpy as np
 import numpy.typing as npt
 from bench_quality import TEST_SEEDS, training_crops
 
-from activeseg.cluster import segment_consensus, segment_samples
 from activeseg.config import Config, load_config
-from activeseg.data.instances import Instances
+from activeseg.core.cluster import segment_consensus, segment_samples
+from activeseg.core.instances import Instances
+from activeseg.core.metrics import score_volume, threshold_table
+from activeseg.core.models.checkpoint import TRAINING_FILE, TrainedModel, load_model
+from activeseg.core.tiling import predict_array
+from activeseg.core.training import train_model
+from activeseg.core.uncertainty import InstanceRisk, instance_uncertainty
 from activeseg.data.synthetic import generate_mcfo
-from activeseg.metrics import score_volume, threshold_table
-from activeseg.models.checkpoint import TRAINING_FILE, TrainedModel, load_model
-from activeseg.predict import predict_array
-from activeseg.train import train_model
-from activeseg.uncertainty import InstanceRisk, instance_uncertainty
-from activeseg.validation import uncertainty_report
+from activeseg.workflows.evaluate import uncertainty_report
 
 GOALS = {"voxel_error_auroc": 0.75, "instance_error_auroc": 0.7}
 KINDS = ("mheads", "ensemble", "dropout")

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from activeseg.project import Project, init_project
+from activeseg.workflows.project import Project, init_project
 
-FLYLIGHT = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/flylight/JRC_SS05008-20160318_24_B2_crop.zarr"
-)
+FLYLIGHT = Path(__file__).resolve().parent / "data/flylight/JRC_SS05008-20160318_24_B2_crop.zarr"
 
 
 @pytest.fixture

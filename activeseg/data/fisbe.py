@@ -18,7 +18,7 @@ import numpy.typing as npt
 import zarr
 import zarr.errors
 
-from activeseg.data.instances import Instances
+from activeseg.core.instances import Instances
 from activeseg.errors import VolumeFormatError
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.core.instances import Instances
 from activeseg.data.fisbe import read_fisbe
-from activeseg.data.instances import Instances
 from activeseg.errors import VolumeFormatError
 
 Format = Literal["fisbe", "zarr", "tiff", "hdf5"]

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from activeseg.data.instances import Instances
+from activeseg.core.instances import Instances
 from activeseg.errors import InputError
 
 logger = logging.getLogger(__name__)

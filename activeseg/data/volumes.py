@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from activeseg.data.instances import Instances
+from activeseg.core.instances import Instances
 from activeseg.errors import VolumeFormatError
 
 NGFF_VERSION = "0.5"

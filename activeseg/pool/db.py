@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from activeseg.errors import DatabaseRevisionError
+from activeseg.resources import shipped_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def alembic_config(url: str) -> AlembicConfig:
-    """Return an Alembic config for the migrations shipped in ``activeseg.migrations``."""
+    """Return an Alembic config for the migrations shipped with activeseg."""
     config = AlembicConfig()
-    config.set_main_option("script_location", "activeseg:migrations")
+    config.set_main_option("script_location", str(shipped_dir("migrations")))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

@@ -22,24 +22,24 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from activeseg.annotator import answer_in_labelstudio
 from activeseg.cli import app
 from activeseg.data.volumes import read_crop_labels, read_ground_truth
-from activeseg.labelstudio import push as push_module
 from activeseg.labelstudio.brush import instances_to_results, results_to_labels
 from activeseg.labelstudio.client import API_KEY_ENV, URL_ENV, LabelStudioClient
-from activeseg.labelstudio.ingest import SINCE_SETTING, ingest_annotations
 from activeseg.labelstudio.labeling import status_result
-from activeseg.labelstudio.push import latest_round, push_selected, relabel_shown
-from activeseg.loop import run_round
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import TaskInfo
-from activeseg.project import CONFIG_FILE, Project, open_project
-from activeseg.scoring import analysis_path, read_analysis
-from activeseg.simulation import create_demo_project
+from activeseg.workflows import push as push_module
+from activeseg.workflows.annotators import answer_in_labelstudio
+from activeseg.workflows.ingest import SINCE_SETTING, ingest_annotations
+from activeseg.workflows.loop import run_round
+from activeseg.workflows.project import CONFIG_FILE, Project, open_project
+from activeseg.workflows.push import latest_round, push_selected, relabel_shown
+from activeseg.workflows.score import analysis_path, read_analysis
+from activeseg.workflows.simulate import create_demo_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activeseg.acquisition import (
+from activeseg.core.acquisition import (
     CropScores,
     Selection,
     effective_scores,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from activeseg.annotator import AnnotatorNoise, correction_effort, sparse_labels
-from activeseg.data.instances import Instances
+from activeseg.core.instances import Instances
+from activeseg.workflows.annotators import AnnotatorNoise, correction_effort, sparse_labels
 
 
 def truth() -> Instances:

@@ -1,4 +1,4 @@
-"""Tests of activeseg.cluster: mean shift recovers known clusters; volumes become instances."""
+"""Tests of activeseg.core.cluster: mean shift recovers known clusters; volumes become instances."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from activeseg import cluster
-from activeseg.cluster import mean_shift, segment, segment_consensus, segment_samples
+from activeseg.core import cluster
+from activeseg.core.cluster import mean_shift, segment, segment_consensus, segment_samples
 from activeseg.errors import InputError
 
 

@@ -10,8 +10,8 @@ import zarr
 from typer.testing import CliRunner
 
 from activeseg.cli import app
+from activeseg.core.instances import Instances
 from activeseg.data.fisbe import read_fisbe, write_fisbe
-from activeseg.data.instances import Instances
 
 runner = CliRunner()
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import zarr
 
+from activeseg.core.instances import Instances
 from activeseg.data.fisbe import FISBE_VOXEL_SIZE, GT_INSTANCES, RAW, read_fisbe, write_fisbe
-from activeseg.data.instances import Instances
 from activeseg.errors import VolumeFormatError
 
-CROP_OVERLAP_VOXELS = 2315  # voxels in two or more neurons (shared/data/README.md)
+CROP_OVERLAP_VOXELS = 2315  # voxels in two or more neurons (tests/data/README.md)
 CROP_TRIPLE_VOXELS = 70  # of those, voxels in all three neurons: one overlap row per extra id
 
 

@@ -10,7 +10,6 @@ import pytest
 import tifffile
 import zarr
 
-from activeseg import importing
 from activeseg.data.volumes import (
     has_ground_truth,
     read_crop_labels,
@@ -19,7 +18,8 @@ from activeseg.data.volumes import (
 )
 from activeseg.errors import InputError, VolumeFormatError
 from activeseg.pool import volumes
-from activeseg.project import Project
+from activeseg.workflows import importing
+from activeseg.workflows.project import Project
 
 
 def _raw_and_labels(channels: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activeseg.data.instances import Instances
+from activeseg.core.instances import Instances
 from activeseg.errors import InputError
 
 

@@ -13,18 +13,18 @@ from activeseg.cli import app
 from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
 from activeseg.errors import AnnotationError, InputError
 from activeseg.labelstudio.brush import instances_to_results
-from activeseg.labelstudio.ingest import (
+from activeseg.labelstudio.labeling import status_result
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.workflows.ingest import (
     annotator_name,
     ingest_file,
     labels_from_results,
     newest,
 )
-from activeseg.labelstudio.labeling import status_result
-from activeseg.labelstudio.push import flagged_instances, relabel_shown, render_crop
-from activeseg.pool import tasks as pool_tasks
-from activeseg.pool import volumes as pool_volumes
-from activeseg.project import Project, open_project
-from activeseg.simulation import create_demo_project
+from activeseg.workflows.project import Project, open_project
+from activeseg.workflows.push import flagged_instances, relabel_shown, render_crop
+from activeseg.workflows.simulate import create_demo_project
 
 
 def test_relabel_shown_numbers_instances_by_size_and_drops_the_smallest() -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from activeseg.errors import LockError
-from activeseg.loop import STAGES, run_round
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.project import Project, open_project
-from activeseg.simulation import create_demo_project
+from activeseg.workflows.loop import STAGES, run_round
+from activeseg.workflows.project import Project, open_project
+from activeseg.workflows.simulate import create_demo_project
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from activeseg import loop
-    from activeseg.project import open_project
+    from activeseg.workflows import loop
+    from activeseg.workflows.project import open_project
 
     stage, when = sys.argv[2], sys.argv[3]
     original = loop.STAGE_FUNCTIONS[stage]

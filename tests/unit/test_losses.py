@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from activeseg.config import LossConfig
-from activeseg.models.heads import HeadOutput
-from activeseg.models.losses import (
+from activeseg.core.models.heads import HeadOutput
+from activeseg.core.models.losses import (
     Target,
     attenuated_bce,
     contact_voxels,

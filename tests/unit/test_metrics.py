@@ -1,4 +1,4 @@
-"""Tests of activeseg.metrics on tiny hand-built volumes with known answers."""
+"""Tests of activeseg.core.metrics on tiny hand-built volumes with known answers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from skimage.metrics import adapted_rand_error as skimage_arand
 from skimage.metrics import variation_of_information as skimage_voi
 from sklearn.metrics import roc_auc_score
 
-from activeseg.data.instances import Instances
-from activeseg.errors import InputError
-from activeseg.metrics import (
+from activeseg.core.instances import Instances
+from activeseg.core.metrics import (
     adapted_rand_error,
     auroc,
     contingency_table,
@@ -23,6 +22,7 @@ from activeseg.metrics import (
     threshold_table,
     variation_of_information,
 )
+from activeseg.errors import InputError
 
 SHAPE = (12, 40, 110)
 

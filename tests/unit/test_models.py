@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 
 from activeseg.config import ModelConfig
-from activeseg.models.heads import OutputHeads, random_convex_weights
-from activeseg.models.probabilistic import ProbabilisticModel, SegmentationNet
-from activeseg.models.unet import CalibratedGroupNorm, UNet3d, calibrating
+from activeseg.core.models.heads import OutputHeads, random_convex_weights
+from activeseg.core.models.probabilistic import ProbabilisticModel, SegmentationNet
+from activeseg.core.models.unet import CalibratedGroupNorm, UNet3d, calibrating
 
 TINY = {"widths": (4, 8), "pool": ((1, 2, 2),), "embed_dim": 3, "groups": 2, "in_channels": 2}
 

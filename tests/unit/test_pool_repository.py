@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from activeseg.errors import InputError, LockError, StateError
 from activeseg.pool import rounds, settings, tasks, volumes
 from activeseg.pool.models import Lock
-from activeseg.project import Project
+from activeseg.workflows.project import Project
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -10,20 +10,20 @@ import pytest
 import torch
 import zarr
 
-from activeseg import predict
 from activeseg.config import Config, load_config
-from activeseg.errors import InputError
-from activeseg.models.checkpoint import TrainedModel
-from activeseg.models.normalization import Normalization
-from activeseg.models.probabilistic import ProbabilisticModel
-from activeseg.models.unet import CalibratedGroupNorm
-from activeseg.predict import (
+from activeseg.core import tiling as predict
+from activeseg.core.models.checkpoint import TrainedModel
+from activeseg.core.models.normalization import Normalization
+from activeseg.core.models.probabilistic import ProbabilisticModel
+from activeseg.core.models.unet import CalibratedGroupNorm
+from activeseg.core.tiling import (
     Tiling,
     calibration_starts,
     plan_tiling,
     predict_array,
     predict_to_zarr,
 )
+from activeseg.errors import InputError
 
 SHAPE = (12, 40, 36)  # not a multiple of the tiles, nor of the pooling divisor in y, x
 

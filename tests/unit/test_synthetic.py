@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from activeseg.data.instances import Instances
+from activeseg.core.instances import Instances
 from activeseg.data.synthetic import SyntheticVolume, generate_mcfo
 from activeseg.errors import InputError
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from activeseg.config import Config, load_config
-from activeseg.errors import InputError, StateError
-from activeseg.models.checkpoint import CHECKPOINT_FILES, load_model
-from activeseg.models.normalization import Normalization
-from activeseg.train import (
+from activeseg.core.models.checkpoint import CHECKPOINT_FILES, load_model
+from activeseg.core.models.normalization import Normalization
+from activeseg.core.training import (
     TrainingCrop,
     contacts,
     prepare_crop,
@@ -22,6 +21,7 @@ from activeseg.train import (
     training_device,
     uses_bfloat16,
 )
+from activeseg.errors import InputError, StateError
 
 
 def bright_tubes(shape: tuple[int, int, int] = (16, 32, 32), seed: int = 0) -> TrainingCrop:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activeseg import uncertainty
-from activeseg.errors import InputError
-from activeseg.uncertainty import (
+from activeseg.core import uncertainty
+from activeseg.core.uncertainty import (
     InstanceRisk,
     Reduction,
     aleatoric_variance,
@@ -25,7 +24,8 @@ from activeseg.uncertainty import (
     reduce_crop,
     voxel_uncertainty,
 )
-from activeseg.validation import uncertainty_quality, uncertainty_report
+from activeseg.errors import InputError
+from activeseg.workflows.evaluate import uncertainty_quality, uncertainty_report
 
 SHAPE = (6, 10, 10)
 VOXEL_REDUCTIONS: tuple[Reduction, ...] = ("mean", "quantile", "region")

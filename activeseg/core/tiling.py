@@ -1,0 +1,354 @@
+"""Tiled sampling inference: S predictions per voxel, in memory or streamed to zarr.
+
+A volume is cut into a grid of *core* boxes. Each tile is its core plus a margin of context on
+every side (zero-filled beyond the volume, i.e. at the normalized background level); only the
+core of a tile's prediction is kept. With the margin at least the U-Net's receptive-field
+radius, tile origins aligned to its pooling grid, and normalization statistics fixed for the
+whole volume (``CalibratedGroupNorm``), every kept voxel sees exactly what it would see in one
+pass over the whole volume: the stitched result has no seams. The statistics are the volume's own
+(``calibrate``): of the whole volume when it fits one calibration box, else of a few boxes
+spread over it, independent of the tiling.
+
+Zarr output (a v3 group) has one of two layouts, recorded in its ``layout`` attribute:
+
+``samples`` (when the per-sample arrays stay under ``sample_budget_bytes``)::
+
+    foreground      (S, Z, Y, X) float16 foreground probability of each sample
+    embedding       (S, E, Z, Y, X) float16
+    aleatoric_var   (S, Z, Y, X) float16, only for aleatoric models
+
+``moments`` (otherwise: per-voxel statistics over the S samples)::
+
+    foreground_mean (Z, Y, X) float32       foreground_var (Z, Y, X) float32
+    embedding_mean  (E, Z, Y, X) float16    embedding_var  (Z, Y, X) float32, summed over E
+    aleatoric_var   (Z, Y, X) float32, the mean over samples, only for aleatoric models
+
+Chunks are the core boxes, so every tile writes whole chunks and memory does not grow with the
+volume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import zarr
+
+from activeseg.config import Triple
+from activeseg.core.models.checkpoint import TrainedModel
+from activeseg.core.models.unet import calibrating
+from activeseg.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# Default core of a tile (rounded up to the pooling divisor). With the demo U-Net's margin
+# (14, 28, 28) a tile is (60, 184, 184) voxels and one forward pass peaks near 1.3 GB.
+DEFAULT_CORE: Triple = (32, 128, 128)
+# Above this many bytes of per-sample output, predict_to_zarr stores moments instead.
+SAMPLE_BUDGET_BYTES = 8 * 2**30
+# Normalization statistics come from at most this many boxes of at most this size, spread over
+# the volume; together about one default tile, so calibrating costs memory like one tile.
+CALIBRATION_BOX: Triple = (32, 128, 128)
+CALIBRATION_BOXES = 4
+
+Box = tuple[slice, slice, slice]
+Layout = Literal["auto", "samples", "moments"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Sampled predictions of a volume (or of one tile's core).
+
+    foreground: (S, Z, Y, X) float32 probability. embedding: (S, E, Z, Y, X) float32.
+    aleatoric_var: (S, Z, Y, X) float32 variance of the foreground logit, or None.
+    """
+
+    foreground: npt.NDArray[np.float32]
+    embedding: npt.NDArray[np.float32]
+    aleatoric_var: npt.NDArray[np.float32] | None
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a volume is cut: cores on a grid from the origin, each read with a margin."""
+
+    core: Triple
+    margin: Triple
+
+    def boxes(self, shape: Triple) -> list[Box]:
+        """Return the core boxes covering a (Z, Y, X) volume; edge boxes are clipped."""
+        starts = [range(0, n, c) for n, c in zip(shape, self.core, strict=True)]
+        return [_box(start, self.core, shape) for start in product(*starts)]
+
+
+def _box(start: tuple[int, ...], size: Triple, shape: Triple) -> Box:
+    """Return the box of size at start, clipped to shape."""
+    z, y, x = (slice(s, min(s + n, m)) for s, n, m in zip(start, size, shape, strict=True))
+    return z, y, x
+
+
+def plan_tiling(
+    trained: TrainedModel, shape: Triple, core: Triple | None = None, margin: Triple | None = None
+) -> Tiling:
+    """Return the tiling of a (Z, Y, X) volume: core and margin rounded up to the pool divisor.
+
+    core defaults to DEFAULT_CORE (never larger than the volume needs); margin defaults to the
+    model's receptive-field radius, which makes tiled and single-pass predictions equal.
+    """
+    divisor = trained.model.divisor()
+    wanted = core or tuple(min(c, n) for c, n in zip(DEFAULT_CORE, shape, strict=True))
+    context = margin or trained.model.context()
+    return Tiling(_round_up(wanted, divisor), _round_up(context, divisor))
+
+
+def predict_array(
+    trained: TrainedModel,
+    raw: npt.ArrayLike,
+    *,
+    core: Triple | None = None,
+    margin: Triple | None = None,
+    seed: int = 0,
+) -> Prediction:
+    """Return the sampled prediction of raw (C, Z, Y, X), any numeric dtype, held in memory."""
+    array = np.asarray(raw)
+    shape = _spatial_shape(array, trained)
+    tiling = plan_tiling(trained, shape, core, margin)
+    parts: dict[str, npt.NDArray[np.float32]] = {}
+    for box, tile in iterate_tiles(trained, array, tiling, seed):
+        for name, value in _named(tile).items():
+            if name not in parts:
+                parts[name] = np.zeros((*value.shape[:-3], *shape), np.float32)
+            parts[name][(..., *box)] = value
+    return Prediction(parts["foreground"], parts["embedding"], parts.get("aleatoric_var"))
+
+
+def predict_to_zarr(
+    trained: TrainedModel,
+    raw: Any,
+    out: Path,
+    *,
+    layout: Layout = "auto",
+    core: Triple | None = None,
+    margin: Triple | None = None,
+    seed: int = 0,
+    sample_budget_bytes: int = SAMPLE_BUDGET_BYTES,
+) -> str:
+    """Write the prediction of raw (C, Z, Y, X) to a zarr group at out; return its layout.
+
+    raw is anything with ``shape`` and numpy slicing (numpy, zarr, h5py). Tiles are read,
+    predicted and written one at a time. layout "auto" picks "samples" when S x (E + 1) x
+    voxels in float16 fit sample_budget_bytes, else "moments" (see the module docstring).
+    """
+    shape = _spatial_shape(raw, trained)
+    tiling = plan_tiling(trained, shape, core, margin)
+    chosen = _choose_layout(trained, shape, layout, sample_budget_bytes)
+    group = zarr.open_group(str(out), mode="w")
+    group.attrs.update(_attributes(trained, chosen, tiling, seed))
+    arrays = _create_arrays(group, trained, shape, tiling.core, chosen)
+    for box, tile in iterate_tiles(trained, raw, tiling, seed):
+        values = _named(tile) if chosen == "samples" else _moments(tile)
+        for name, value in values.items():
+            arrays[name][(..., *box)] = value.astype(arrays[name].dtype)
+    logger.info("predicted %s (%s) to %s", shape, chosen, out)
+    return chosen
+
+
+def iterate_tiles(
+    trained: TrainedModel, raw: Any, tiling: Tiling, seed: int = 0
+) -> Iterator[tuple[Box, Prediction]]:
+    """Yield (core box, prediction of that core) for every tile of raw (C, Z, Y, X)."""
+    shape = _spatial_shape(raw, trained)
+    with _threads(trained.config.train.threads):
+        calibrate(trained, raw)
+        for box in tiling.boxes(shape):
+            yield box, predict_tile(trained, raw, box, tiling.margin, seed)
+
+
+def calibrate(trained: TrainedModel, raw: Any) -> None:
+    """Set the model's normalization statistics to those of raw (C, Z, Y, X), as GroupNorm
+    computes them over one input: the whole volume's when it fits CALIBRATION_BOX, else those
+    of CALIBRATION_BOXES such boxes spread over it. Every later pass uses them."""
+    shape = _spatial_shape(raw, trained)
+    size = tuple(min(c, n) for c, n in zip(CALIBRATION_BOX, shape, strict=True))
+    padded = _round_up(size, trained.model.divisor())
+    batch = np.stack(
+        [
+            _read_normalized(
+                trained, raw, start, [s + p for s, p in zip(start, padded, strict=True)]
+            )
+            for start in calibration_starts(shape, size)
+        ]
+    )
+    model = trained.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for net in model.nets():
+                with calibrating(net):
+                    net.backbone(torch.from_numpy(batch))
+    finally:
+        model.train(was_training)
+
+
+def calibration_starts(shape: Triple, size: tuple[int, ...]) -> list[list[int]]:
+    """Return the starts of at most CALIBRATION_BOXES boxes of size inside shape, spread evenly
+    over a grid that covers it (one box, at the origin, when size is the whole shape)."""
+    axes = [
+        np.linspace(0, n - s, -(-n // s)).round().astype(int)
+        for n, s in zip(shape, size, strict=True)
+    ]
+    grid = [list(map(int, start)) for start in product(*axes)]
+    picked = np.linspace(0, len(grid) - 1, min(len(grid), CALIBRATION_BOXES)).round()
+    return [grid[i] for i in sorted(set(picked.astype(int)))]
+
+
+def predict_tile(
+    trained: TrainedModel, raw: Any, box: Box, margin: Triple, seed: int = 0
+) -> Prediction:
+    """Return the prediction of one core box of raw (C, Z, Y, X), read with margin context."""
+    divisor = trained.model.divisor()
+    size = [b.stop - b.start for b in box]
+    padded = _round_up(tuple(size), divisor)
+    start = [b.start - m for b, m in zip(box, margin, strict=True)]
+    stop = [s + p + 2 * m for s, p, m in zip(start, padded, margin, strict=True)]
+    batch = torch.from_numpy(_read_normalized(trained, raw, start, stop))[None]
+    keep = _box(margin, (size[0], size[1], size[2]), (1 << 62,) * 3)
+    samples = trained.model.sample(batch, seed=seed, keep=keep)
+    var = samples.aleatoric_var
+    return Prediction(
+        samples.foreground[:, 0].numpy(),
+        samples.embedding[:, 0].numpy(),
+        None if var is None else var[:, 0].numpy(),
+    )
+
+
+def _read_normalized(
+    trained: TrainedModel, raw: Any, start: list[int], stop: list[int]
+) -> npt.NDArray[np.float32]:
+    """Return raw[:, start:stop] normalized, zero (background) where it lies outside raw."""
+    shape = raw.shape[1:]
+    inner = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(start, stop, shape, strict=True))
+    region = np.zeros(
+        (raw.shape[0], *(b - a for a, b in zip(start, stop, strict=True))), np.float32
+    )
+    if all(s.stop > s.start for s in inner):
+        placed = tuple(slice(s.start - a, s.stop - a) for s, a in zip(inner, start, strict=True))
+        region[(slice(None), *placed)] = trained.normalization.apply(
+            np.asarray(raw[(slice(None), *inner)])
+        )
+    return region
+
+
+def _spatial_shape(raw: Any, trained: TrainedModel) -> Triple:
+    """Return the (Z, Y, X) shape of raw after checking it is (C, Z, Y, X) with C channels."""
+    shape = tuple(raw.shape)
+    if len(shape) != 4:
+        raise InputError(f"raw must be 4-D (C, Z, Y, X), got shape {shape}")
+    if shape[0] != trained.normalization.channels:
+        raise InputError(
+            f"raw has {shape[0]} channels, the model {trained.path} expects "
+            f"{trained.normalization.channels}"
+        )
+    return shape[1], shape[2], shape[3]
+
+
+def _named(tile: Prediction) -> dict[str, npt.NDArray[np.float32]]:
+    """Return the per-sample arrays of a tile by output name."""
+    named = {"foreground": tile.foreground, "embedding": tile.embedding}
+    if tile.aleatoric_var is not None:
+        named["aleatoric_var"] = tile.aleatoric_var
+    return named
+
+
+def _moments(tile: Prediction) -> dict[str, npt.NDArray[np.float32]]:
+    """Return per-voxel mean and variance over the S samples of a tile, by output name."""
+    moments = {
+        "foreground_mean": tile.foreground.mean(axis=0),
+        "foreground_var": tile.foreground.var(axis=0),
+        "embedding_mean": tile.embedding.mean(axis=0),
+        "embedding_var": tile.embedding.var(axis=0).sum(axis=0),
+    }
+    if tile.aleatoric_var is not None:
+        moments["aleatoric_var"] = tile.aleatoric_var.mean(axis=0)
+    return moments
+
+
+def _choose_layout(trained: TrainedModel, shape: Triple, layout: Layout, budget: int) -> str:
+    if layout != "auto":
+        return layout
+    model = trained.config.model
+    voxels = int(np.prod(shape))
+    needed = trained.model.n_samples * (model.embed_dim + 1 + int(model.aleatoric)) * voxels * 2
+    return "samples" if needed <= budget else "moments"
+
+
+def _create_arrays(
+    group: zarr.Group, trained: TrainedModel, shape: Triple, core: Triple, layout: str
+) -> dict[str, Any]:
+    """Create and return the output arrays of a layout, chunked by the tiling's cores."""
+    s, e = trained.model.n_samples, trained.config.model.embed_dim
+    chunk = tuple(min(c, n) for c, n in zip(core, shape, strict=True))
+    if layout == "samples":
+        specs: dict[str, tuple[tuple[int, ...], type[np.floating[Any]]]] = {
+            "foreground": ((s,), np.float16),
+            "embedding": ((s, e), np.float16),
+            "aleatoric_var": ((s,), np.float16),
+        }
+    else:
+        specs = {
+            "foreground_mean": ((), np.float32),
+            "foreground_var": ((), np.float32),
+            "embedding_mean": ((e,), np.float16),
+            "embedding_var": ((), np.float32),
+            "aleatoric_var": ((), np.float32),
+        }
+    if not trained.config.model.aleatoric:
+        specs.pop("aleatoric_var")
+    return {
+        name: group.create_array(
+            name,
+            shape=(*lead, *shape),
+            chunks=(*(1 for _ in lead), *chunk),
+            dtype=dtype,
+            fill_value=0,
+        )
+        for name, (lead, dtype) in specs.items()
+    }
+
+
+def _attributes(trained: TrainedModel, layout: str, tiling: Tiling, seed: int) -> dict[str, Any]:
+    return {
+        "layout": layout,
+        "samples": trained.model.n_samples,
+        "kind": trained.config.model.kind,
+        "checkpoint": str(trained.path) if trained.path else None,
+        "tile_core": list(tiling.core),
+        "tile_margin": list(tiling.margin),
+        "seed": seed,
+    }
+
+
+def _round_up(size: tuple[int, ...], divisor: Triple) -> Triple:
+    """Return size rounded up, per axis, to a multiple of divisor."""
+    z, y, x = (-(-n // d) * d for n, d in zip(size, divisor, strict=True))
+    return z, y, x
+
+
+@contextmanager
+def _threads(threads: int) -> Iterator[None]:
+    """Run the block with torch limited to threads intra-op threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,296 @@
+"""Evaluating a model on the project's validation volumes (never on training crops)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from activeseg.config import ClusterConfig
+from activeseg.core import metrics
+from activeseg.core.cluster import segment_consensus, segment_samples
+from activeseg.core.instances import Instances
+from activeseg.core.models.checkpoint import TrainedModel, load_model
+from activeseg.core.tiling import predict_array
+from activeseg.core.uncertainty import InstanceRisk, instance_uncertainty, mutual_information
+from activeseg.data.fisbe import read_fisbe
+from activeseg.data.volumes import GT_PATH, read_ground_truth, read_raw
+from activeseg.errors import InputError, VolumeFormatError
+from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import VolumeInfo
+from activeseg.workflows.project import Project
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_project(project: Project, model_path: Path) -> dict[str, Any]:
+    """Return validation metrics of a model over the project's val volumes with ground truth.
+
+    Instance counts are summed over volumes before F1 is computed; uncertainty quality
+    (error-detection AUROC of voxel MI and of instance risk) is reported beside them.
+    """
+    with project.session() as session:
+        volumes = [v for v in pool_volumes.list_volumes(session, split="val") if v.has_ground_truth]
+    if not volumes:
+        return {"skipped": "no validation volume with ground truth"}
+    trained = load_model(model_path)
+    pairs, quality = [], []
+    for volume in volumes:
+        prediction, truth, uncertainty = _predict_volume(project, trained, volume)
+        pairs.append((prediction, truth))
+        quality.append(uncertainty)
+    result: dict[str, Any] = metrics.evaluate_volumes(pairs)
+    for key in ("voxel_error_auroc", "instance_error_auroc"):
+        values = [q[key] for q in quality if np.isfinite(q[key])]
+        result[key] = float(np.mean(values)) if values else float("nan")
+    result["volumes"] = [v.name for v in volumes]
+    return result
+
+
+def _predict_volume(
+    project: Project, trained: TrainedModel, volume: VolumeInfo
+) -> tuple[Instances, Instances, dict[str, float]]:
+    path = project.resolve(volume.path)
+    prediction = predict_array(trained, read_raw(path))
+    options = project.config.cluster.options()
+    shared = trained.config.model.shared_embedding
+    consensus = segment_consensus(
+        prediction.foreground, prediction.embedding, shared_space=shared, **options
+    )
+    samples = segment_samples(prediction.foreground, prediction.embedding, **options)
+    truth = read_ground_truth(path)
+    predicted = Instances.from_labels(consensus)
+    mi = mutual_information(prediction.foreground)
+    risks = instance_uncertainty(consensus, samples)
+    quality = uncertainty_quality(consensus, truth.labels, mi, risks)
+    log.info("evaluated %s", volume.name)
+    return predicted, truth, quality
+
+
+def _matched_truth(
+    consensus: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]
+) -> npt.NDArray[np.int64]:
+    """Return, indexed by predicted id, the true id it overlaps most; 0 maps to 0.
+
+    consensus, truth: (Z, Y, X) label images; ids need not be contiguous. The result has
+    ``consensus.max() + 1`` entries. A predicted instance that overlaps no true neuron maps to
+    -1, not to background: its voxels are foreground where there is none, so they are wrong.
+    """
+    table = metrics.contingency_table(consensus, truth)
+    pred_ids, true_ids = _present_ids(consensus), _present_ids(truth)
+    lookup = np.full(int(consensus.max(initial=0)) + 1, -1, np.int64)
+    lookup[0] = 0
+    if len(pred_ids) and len(true_ids):
+        overlaps = table[1:, 1:]
+        hit = overlaps.max(axis=1) > 0
+        lookup[pred_ids[hit]] = true_ids[overlaps.argmax(axis=1)[hit]]
+    return lookup
+
+
+def _present_ids(labels: npt.NDArray[np.uint32]) -> npt.NDArray[np.int64]:
+    """Return the sorted non-zero ids of a label image: the order of a contingency table."""
+    ids = np.unique(labels)
+    return ids[ids != 0].astype(np.int64)
+
+
+def _erroneous_instances(
+    consensus: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32], iou_threshold: float = 0.5
+) -> dict[int, bool]:
+    """Return, per predicted id, whether it is unmatched (IoU < threshold), a split or a merge."""
+    table = metrics.contingency_table(consensus, truth).astype(np.float64)
+    pred_size, true_size = table.sum(axis=1), table.sum(axis=0)
+    iou = table / np.maximum(pred_size[:, None] + true_size[None, :] - table, 1)
+    covers = table / np.maximum(true_size[None, :], 1) >= 0.2  # pred covers 20% of a truth
+    inside = table / np.maximum(pred_size[:, None], 1) >= 0.2  # 20% of pred lies in a truth
+    split_truths = covers[1:, 1:].sum(axis=0) >= 2
+    errors = {}
+    # Table rows 1.. follow the sorted predicted ids, which need not be 1, 2, ...
+    for row, pred_id in enumerate(_present_ids(consensus), start=1):
+        merge = inside[row, 1:].sum() >= 2
+        split = bool((covers[row, 1:] & split_truths).any())
+        errors[int(pred_id)] = bool(iou[row, 1:].max(initial=0) < iou_threshold or merge or split)
+    return errors
+
+
+def uncertainty_quality(
+    consensus: npt.NDArray[np.uint32],
+    truth: npt.NDArray[np.uint32],
+    mutual_info: npt.NDArray[np.float32],
+    risks: Sequence[InstanceRisk],
+) -> dict[str, float]:
+    """Return how well uncertainty points at errors: voxel-MI and instance-risk AUROC.
+
+    consensus, truth: (Z, Y, X) label images; mutual_info: (Z, Y, X). A voxel is wrong when
+    its foreground call or its instance (mapped to the best-overlapping true neuron) is wrong.
+    The counts of scored instances and of erroneous ones say why an AUROC is NaN.
+    """
+    mapped = _matched_truth(consensus, truth)[consensus]
+    voxel_error = mapped != truth
+    errors = _erroneous_instances(consensus, truth)
+    scored = [
+        (r.uncertainty + r.split_risk + r.merge_risk, errors[int(r.id)])
+        for r in risks
+        if int(r.id) in errors
+    ]
+    instance = (
+        metrics.auroc([s for s, _ in scored], [e for _, e in scored]) if scored else float("nan")
+    )
+    return {
+        "voxel_error_auroc": metrics.auroc(mutual_info.ravel(), voxel_error.ravel()),
+        "instance_error_auroc": instance,
+        "scored_instances": float(len(scored)),
+        "erroneous_instances": float(sum(e for _, e in scored)),
+    }
+
+
+def uncertainty_report(
+    consensus: npt.NDArray[np.uint32],
+    truth: npt.NDArray[np.uint32],
+    foreground: npt.NDArray[np.float32],
+    risks: Sequence[InstanceRisk],
+) -> dict[str, Any]:
+    """Return the uncertainty quality of one prediction: error AUROCs, PAvPU and ECE.
+
+    consensus, truth: (Z, Y, X) label images; foreground: (S, Z, Y, X) float per-sample
+    foreground probability; risks: ``instance_uncertainty`` of consensus. PAvPU uses voxel
+    mutual information, best over a sweep of its quantiles, on patches that hold predicted or
+    true foreground, judged by the accuracy of those voxels (neurons fill a few percent of a
+    volume: judged on all voxels, every patch is accurate); ECE is that of the sample mean
+    foreground probability against the true foreground.
+    """
+    mi = mutual_information(foreground)
+    quality = uncertainty_quality(consensus, truth, mi, risks)
+    accurate = _matched_truth(consensus, truth)[consensus] == truth
+    thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
+    curve = metrics.pavpu(accurate, mi, thresholds, relevant=(consensus > 0) | (truth > 0))
+    best = int(np.nanargmax(curve.pavpu))
+    return quality | {
+        "PAvPU": float(curve.pavpu[best]),
+        "PAvPU_threshold": float(curve.thresholds[best]),
+        "p_accurate_given_certain": float(curve.p_accurate_given_certain[best]),
+        "p_uncertain_given_inaccurate": float(curve.p_uncertain_given_inaccurate[best]),
+        "PAvPU_sweep": {
+            f"{t:.4g}": float(v) for t, v in zip(curve.thresholds, curve.pavpu, strict=True)
+        },
+        "ECE": metrics.ece(foreground.mean(axis=0), truth > 0),
+    }
+
+
+def load_instances(spec: str, project: Project | None) -> tuple[Instances, Path | None]:
+    """Return the instances named by ``spec`` and the zarr they came from.
+
+    spec: a registered volume's name (its ground truth), a FISBe-layout zarr, an activeseg
+    volume, the output of ``activeseg predict`` (its consensus), or a zarr label image.
+    """
+    path = Path(spec)
+    if not path.exists():
+        if project is None:
+            raise InputError(f"{spec} is neither a file nor, outside a project, a volume name")
+        with project.session() as session:
+            path = project.resolve(pool_volumes.get_volume(session, spec).path)
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for "not zarr"
+        raise VolumeFormatError(f"{path} is not a readable zarr array or group: {exc}") from exc
+    if isinstance(node, zarr.Array):
+        return Instances.from_labels(np.asarray(node[...])), path
+    if "volumes" in node or ".zgroup" in {p.name for p in path.iterdir()}:
+        return read_fisbe(path).instances, path
+    if f"{GT_PATH}/0" in node:
+        return read_ground_truth(path), path
+    for name in ("consensus", "labels", "segmentation", "label"):
+        if name in node:
+            return Instances.from_labels(np.asarray(zarr.open_array(path, path=name)[...])), path
+    raise VolumeFormatError(
+        f"{path} holds no instances: expected volumes/gt_instances (FISBe), {GT_PATH} "
+        f"(activeseg volume), consensus (activeseg predict) or a label array"
+    )
+
+
+def evaluate_files(
+    pred_spec: str,
+    gt_spec: str,
+    project: Project | None,
+    *,
+    fisbe: bool = False,
+    partly: bool = False,
+    uncertainty: bool = False,
+    cluster: ClusterConfig | None = None,
+    reliability_plot: Path | None = None,
+) -> dict[str, Any]:
+    """Return the instance metrics of a prediction against ground truth, both named by spec.
+
+    With ``uncertainty``, the prediction must be an ``activeseg predict`` output holding
+    per-sample foreground and embeddings; uncertainty-quality metrics are added, and the
+    reliability diagram of the mean foreground probability is drawn to ``reliability_plot``.
+    """
+    if reliability_plot is not None and not uncertainty:
+        raise InputError("a reliability diagram needs --uncertainty (per-sample foreground)")
+    pred, pred_path = load_instances(pred_spec, project)
+    gt, _ = load_instances(gt_spec, project)
+    if pred.shape != gt.shape:
+        raise InputError(
+            f"prediction {pred_spec} has shape {pred.shape}, ground truth {gt_spec} has {gt.shape}"
+        )
+    result: dict[str, Any] = metrics.evaluate_instances(pred, gt, fisbe=fisbe, partly=partly)
+    if uncertainty:
+        if pred_path is None:
+            raise InputError("--uncertainty needs a prediction zarr from `activeseg predict`")
+        result |= _uncertainty_report(
+            pred_path, pred, gt, cluster or ClusterConfig(), reliability_plot
+        )
+    return result
+
+
+def _uncertainty_report(
+    path: Path, pred: Instances, gt: Instances, cluster: ClusterConfig, plot: Path | None
+) -> dict[str, Any]:
+    group = zarr.open_group(path, mode="r")
+    if "foreground" not in group or "embedding" not in group:
+        raise InputError(
+            f"{path} holds no per-sample foreground/embedding: predict it with "
+            f"`activeseg predict --samples samples`"
+        )
+    fg = np.asarray(zarr.open_array(path, path="foreground")[...], dtype=np.float32)
+    emb = np.asarray(zarr.open_array(path, path="embedding")[...], dtype=np.float32)
+    samples = segment_samples(
+        fg,
+        emb,
+        **cluster.options(),
+    )
+    risks = instance_uncertainty(pred.labels, samples)
+    report = uncertainty_report(pred.labels, gt.labels, fg, risks)
+    if plot is not None:
+        diagram = metrics.reliability(fg.mean(axis=0), gt.labels > 0)
+        report["reliability_plot"] = str(plot_reliability(diagram, report["ECE"], plot))
+    return report
+
+
+def plot_reliability(diagram: metrics.Reliability, ece: float, path: Path) -> Path:
+    """Draw a reliability diagram: accuracy and voxel count per confidence bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    filled = diagram.counts > 0
+    width = float(np.diff(diagram.centers).mean()) if len(diagram.centers) > 1 else 0.5
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.bar(diagram.centers[filled], diagram.accuracy[filled], width=width, edgecolor="black")
+    low = float(diagram.centers[0] - width / 2)
+    top.plot([low, 1.0], [low, 1.0], "--", color="gray", label="calibrated")
+    top.set(ylabel="accuracy", ylim=(0, 1), title=f"foreground reliability (ECE {ece:.3f})")
+    top.legend(loc="upper left")
+    bottom.bar(diagram.centers, diagram.counts, width=width, color="gray")
+    bottom.set(xlabel="confidence", ylabel="voxels", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,84 @@
+"""Training a project's model on the labeled crops of its pool, recorded as a checkpoint row."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from activeseg.core.training import Progress, TrainingCrop, train_model
+from activeseg.data.volumes import read_crop_labels, read_raw
+from activeseg.errors import StateError
+from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import CheckpointInfo
+from activeseg.workflows.project import Project
+
+log = logging.getLogger(__name__)
+
+
+def training_crops(project: Project) -> list[TrainingCrop]:
+    """Return the labeled crops of the pool split (never val or test) with their raw data."""
+    with project.session() as session:
+        crops = pool_volumes.list_crops(session, status="labeled", split="pool")
+        volumes = {v.id: v for v in pool_volumes.list_volumes(session)}
+    loaded = []
+    for crop in crops:
+        if crop.label_path is None:
+            raise StateError(f"crop {crop.id} is labeled but has no label path")
+        labels = read_crop_labels(project.resolve(crop.label_path))
+        raw = read_raw(project.resolve(volumes[crop.volume_id].path), crop.box)
+        loaded.append(
+            TrainingCrop(
+                raw=raw,
+                labels=labels.labels,
+                mask=labels.mask,
+                overlap=labels.instances().overlap_mask(),
+                name=f"crop {crop.id}",
+            )
+        )
+    return loaded
+
+
+def checkpoint_dir(project: Project, round_number: int | None) -> Path:
+    """Return a new folder for a checkpoint (per round, or numbered for ad-hoc training)."""
+    if round_number is not None:
+        return project.models_dir / f"round-{round_number:03d}"
+    taken = {p.name for p in project.models_dir.glob("manual-*")}
+    n = next(i for i in range(len(taken) + 1) if f"manual-{i:03d}" not in taken)
+    return project.models_dir / f"manual-{n:03d}"
+
+
+def train_project(
+    project: Project,
+    *,
+    round_id: int | None = None,
+    round_number: int | None = None,
+    progress: Progress | None = None,
+) -> CheckpointInfo:
+    """Train on the pool's labeled crops (warm start from the newest checkpoint) and record it."""
+    crops = training_crops(project)
+    with project.session() as session:
+        previous = pool_rounds.latest_checkpoint(session)
+    init_from = None
+    if previous is not None and project.config.train.warm_start:
+        init_from = project.resolve(previous.path)
+    out = checkpoint_dir(project, round_number)
+    result = train_model(crops, project.config, out, init_from=init_from, progress=progress)
+    with project.session() as session:
+        return pool_rounds.add_checkpoint(
+            session,
+            round_id=round_id,
+            path=project.relative(result.checkpoint),
+            kind=project.config.model.kind,
+            steps=result.steps,
+            labeled_crops=len(crops),
+        )
+
+
+def latest_model_path(project: Project) -> Path:
+    """Return the newest checkpoint folder, or raise StateError if none was trained."""
+    with project.session() as session:
+        latest = pool_rounds.latest_checkpoint(session)
+    if latest is None:
+        raise StateError("no trained model in this project yet: run `activeseg train` first")
+    return project.resolve(latest.path)

@@ -1,0 +1,312 @@
+"""Ingest annotations from Label Studio (or a label file) into the pool, incrementally.
+
+Only tasks updated since the last ingest are read (Label Studio's ``updated_at`` filter, with
+the server's own timestamps). For each task the newest annotation is the one in force:
+
+- brush regions → the crop's sparse labels: every shown slice is annotated (an empty slice is
+  background), the other slices are masked out; written to a new zarr per version, so an
+  updated annotation supersedes the older one without erasing it;
+- a skip (``was_cancelled``, or the status choice "skip") marks the crop ``skipped``;
+- no annotation left (deleted) returns the crop to ``queued``.
+
+Ingesting the same state twice changes nothing. A bad annotation (unknown label, region on a
+slice that was not pushed, undecodable RLE, empty result) is reported with its task and
+leaves that task as it was; the other tasks still ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
+from activeseg.errors import AnnotationError, InputError, StateError
+from activeseg.labelstudio.brush import results_to_labels
+from activeseg.labelstudio.client import LabelStudioClient, latest_update, parse_time
+from activeseg.labelstudio.labeling import task_status
+from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import settings as pool_settings
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import TaskInfo
+from activeseg.workflows.project import Project
+from activeseg.workflows.push import PROJECT_SETTING
+
+log = logging.getLogger(__name__)
+
+SINCE_SETTING = "labelstudio.ingested_until"
+# Strokes drawn in the browser are anti-aliased: a pixel counts when its alpha is at least this.
+ALPHA_THRESHOLD = 128
+Json = dict[str, Any]
+
+
+@dataclass
+class IngestResult:
+    """Counts of what an ingest did, and one message per task that could not be ingested."""
+
+    ingested: int = 0
+    updated: int = 0
+    skipped: int = 0
+    withdrawn: int = 0
+    unchanged: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-able data."""
+        return asdict(self)
+
+
+def labels_from_results(
+    results: Sequence[Mapping[str, Any]],
+    slices: Sequence[int],
+    shape: Sequence[int],
+    *,
+    task: int | str,
+    allow_empty: bool,
+) -> CropLabels:
+    """Return a crop's sparse labels from one annotation's results.
+
+    ``slices``: the crop's z-indices the task showed (``item_index`` i is ``slices[i]``);
+    ``shape``: the crop's (Z, Y, X). Every shown slice becomes annotated. An annotation
+    without a single region is an AnnotationError unless ``allow_empty`` (the annotator said
+    "done": the shown slices hold no neuron).
+    """
+    depth, height, width = (int(n) for n in shape)
+    shown, has_regions = results_to_labels(
+        results, len(slices), height, width, ALPHA_THRESHOLD, task=task
+    )
+    if not has_regions.any() and not allow_empty:
+        raise AnnotationError(
+            f"task {task}: the annotation has no brush region (and no 'done' choice): "
+            f"nothing to ingest"
+        )
+    labels = np.zeros((depth, height, width), np.uint32)
+    mask = np.zeros((depth, height, width), bool)
+    labels[list(slices)] = shown
+    mask[list(slices)] = True
+    return CropLabels(labels, mask, np.zeros((0, 4), np.int64))
+
+
+def newest(annotations: Sequence[Json]) -> Json | None:
+    """Return the most recently updated annotation, or None."""
+    return max(annotations, key=lambda a: (parse_time(str(a["updated_at"])), a["id"]), default=None)
+
+
+def annotator_name(annotation: Mapping[str, Any]) -> str | None:
+    """Return who made an annotation: an email when the server says, else the user id."""
+    who = annotation.get("completed_by")
+    if isinstance(who, Mapping):
+        return str(who.get("email") or who.get("id"))
+    return None if who is None else f"user {who}"
+
+
+def ingest_annotations(
+    project: Project,
+    *,
+    round_number: int | None = None,
+    client: LabelStudioClient | None = None,
+) -> IngestResult:
+    """Ingest what changed in Label Studio since the last ingest; see the module docstring.
+
+    ``round_number``: the round the new labels count for (default: the newest round).
+    """
+    owned = client is None
+    client = client or LabelStudioClient.from_env()
+    try:
+        return _ingest(project, round_number, client)
+    finally:
+        if owned:
+            client.close()
+
+
+def _ingest(project: Project, round_number: int | None, client: LabelStudioClient) -> IngestResult:
+    with project.session() as session:
+        stored = pool_settings.get_setting(session, PROJECT_SETTING)
+        since = pool_settings.get_setting(session, SINCE_SETTING)
+        if round_number is None:
+            rounds = pool_rounds.list_rounds(session)
+            round_number = rounds[-1].number if rounds else None
+    result = IngestResult()
+    if stored is None:
+        return result  # nothing was ever pushed
+    tasks = client.changed_tasks(int(stored), parse_time(since) if since else None)
+    for task in tasks:
+        try:
+            outcome = ingest_task(project, task, round_number)
+        except AnnotationError as exc:
+            log.warning("%s", exc)
+            result.errors.append(str(exc))
+            continue
+        setattr(result, outcome, getattr(result, outcome) + 1)
+    newest_update = latest_update(tasks)
+    if newest_update is not None:
+        with project.session() as session:
+            pool_settings.set_setting(session, SINCE_SETTING, newest_update.isoformat())
+    log.info("ingest: %s", result.as_dict())
+    return result
+
+
+def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | None) -> str:
+    """Bring one Label Studio task's annotation state into the pool; return the outcome.
+
+    The outcome names an :class:`IngestResult` count (``ingested``, ``updated``, ...).
+    """
+    ls_id = int(task["id"])
+    with project.session() as session:
+        pooled = pool_tasks.task_by_ls_id(session, ls_id)
+        current = None if pooled is None else pool_tasks.current_annotation(session, pooled.id)
+    if pooled is None:
+        raise AnnotationError(
+            f"task {ls_id}: not pushed by this project (no such task in the pool)"
+        )
+    annotation = newest(list(task.get("annotations") or []))
+    if annotation is None:
+        with project.session() as session:
+            return (
+                "withdrawn" if pool_tasks.withdraw_annotations(session, pooled.id) else "unchanged"
+            )
+    updated_at = parse_time(str(annotation["updated_at"]))
+    if current is not None and (current.ls_annotation_id, current.updated_at) == (
+        annotation["id"],
+        updated_at,
+    ):
+        return "unchanged"
+    status = task_status(list(annotation.get("result") or []))
+    skipped = bool(annotation.get("was_cancelled")) or status == "skip"
+    label_path = None if skipped else _write_labels(project, pooled, annotation, ls_id)
+    lead_time = annotation.get("lead_time")
+    with project.session() as session:
+        pool_tasks.record_annotation(
+            session,
+            pooled.id,
+            ls_annotation_id=int(annotation["id"]),
+            annotator=annotator_name(annotation),
+            lead_time=None if lead_time is None else float(lead_time),
+            updated_at=updated_at,
+            label_path=label_path,
+            was_cancelled=skipped,
+            round_number=round_number,
+            skip_reason=_skip_reason(annotation, status) if skipped else None,
+        )
+    if skipped:
+        return "skipped"
+    return "ingested" if current is None or current.was_cancelled else "updated"
+
+
+def _write_labels(
+    project: Project, pooled: TaskInfo, annotation: Mapping[str, Any], ls_id: int
+) -> str:
+    """Return the pool path of an annotation's labels, written as a new version for its crop."""
+    results = list(annotation.get("result") or [])
+    labels = labels_from_results(
+        results,
+        pooled.slices,
+        pooled.pushed.get("shape") or _crop_shape(project, pooled),
+        task=f"{ls_id} (crop {pooled.crop_id}, annotation {annotation['id']})",
+        allow_empty=task_status(results) == "done",
+    )
+    stamp = parse_time(str(annotation["updated_at"])).strftime("%Y%m%dT%H%M%S%f")
+    path = project.crop_label_path(pooled.crop_id, f"ls-{annotation['id']}-{stamp}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_crop_labels(path, labels)
+    return project.relative(path)
+
+
+def _skip_reason(annotation: Mapping[str, Any], status: str | None) -> str:
+    who = annotator_name(annotation) or "the annotator"
+    how = "chose 'skip'" if status == "skip" else "skipped the task"
+    return f"{who} {how} in Label Studio (annotation {annotation['id']})"
+
+
+def _crop_shape(project: Project, task: TaskInfo) -> tuple[int, int, int]:
+    with project.session() as session:
+        return pool_volumes.get_crop(session, task.crop_id).shape
+
+
+def ingest_file(
+    project: Project, crop_id: int, path: Path, *, round_number: int | None = None
+) -> str:
+    """Ingest labels made in another tool (napari, VVD) for one crop; return the outcome.
+
+    ``path``: a zarr holding either a crop label group (``labels``, ``mask``, ``overlaps``, as
+    activeseg writes them) or a single integer (Z, Y, X) array, taken as fully annotated. Its
+    shape must be the crop's. The labels are copied into the project.
+    """
+    with project.session() as session:
+        crop = pool_volumes.get_crop(session, crop_id)
+        active = [t for t in pool_tasks.list_tasks(session, active=True) if t.crop_id == crop_id]
+    if not active and crop.status != "unlabeled":
+        raise StateError(f"crop {crop_id} is {crop.status} and has no open task")
+    labels = _read_label_file(path, crop.shape)
+    annotated = [int(z) for z in np.flatnonzero(labels.mask.any(axis=(1, 2)))]
+    now = datetime.now(UTC)
+    copy = project.crop_label_path(crop_id, f"file-{now:%Y%m%dT%H%M%S%f}")
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    write_crop_labels(copy, labels)
+    with project.session() as session:
+        if active:
+            task_id = active[0].id
+        else:
+            if crop.status != "unlabeled":
+                raise StateError(
+                    f"crop {crop_id} is {crop.status} with no open task: not relabeled"
+                )
+            task_id = pool_tasks.queue_crop(
+                session, crop_id, round_id=None, slices=annotated, pushed={"source": "file"}
+            ).id
+        had = pool_tasks.current_annotation(session, task_id)
+        pool_tasks.record_annotation(
+            session,
+            task_id,
+            ls_annotation_id=None,
+            annotator=f"file {path.name}",
+            lead_time=None,
+            updated_at=now,
+            label_path=project.relative(copy),
+            was_cancelled=False,
+            round_number=round_number,
+        )
+    return "ingested" if had is None else "updated"
+
+
+def _read_label_file(path: Path, shape: tuple[int, int, int]) -> CropLabels:
+    where = str(path)
+    try:
+        node = zarr.open(path, mode="r")
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{where}: not a readable zarr ({exc})") from exc
+    if isinstance(node, zarr.Group):
+        if "labels" not in node:
+            raise InputError(f"{where}: the group holds no 'labels' array")
+        labels = read_crop_labels(path)
+    else:
+        data: npt.NDArray[Any] = np.asarray(node[...])
+        _check_labels(data, where)
+        labels = CropLabels(
+            data.astype(np.uint32), np.ones(data.shape, bool), np.zeros((0, 4), np.int64)
+        )
+    _check_labels(labels.labels, where)
+    if labels.labels.shape != shape or labels.mask.shape != shape:
+        raise InputError(
+            f"{where}: labels of shape {labels.labels.shape}, but the crop is {shape} (Z, Y, X)"
+        )
+    if not labels.mask.any():
+        raise InputError(f"{where}: the mask marks no voxel as annotated")
+    return labels
+
+
+def _check_labels(data: npt.NDArray[Any], where: str) -> None:
+    if not np.issubdtype(data.dtype, np.integer) or data.ndim != 3:
+        raise InputError(
+            f"{where}: labels must be a (Z, Y, X) integer array, got {data.dtype} {data.shape}"
+        )
+    if data.size and data.min() < 0:
+        raise InputError(f"{where}: labels must not be negative")

@@ -1,0 +1,210 @@
+"""A round of the loop as recorded, resumable stages.
+
+ingest → train → evaluate → score → select → push. Each stage is recorded in the pool when it
+starts and when it ends; a round that was interrupted resumes at its first unfinished stage.
+Every stage is safe to run again after a crash half-way: it either finds its work done (a
+checkpoint of this round, a task of this crop) or replaces what it half-wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from activeseg.errors import InputError
+from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import settings as pool_settings
+from activeseg.pool import tasks as pool_tasks
+from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import RoundInfo
+from activeseg.workflows import annotators, fit, score
+from activeseg.workflows.project import Project
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "train", "evaluate", "score", "select", "push")
+LOCK = "round"
+
+StageEvents = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What every stage of one round gets."""
+
+    project: Project
+    round: RoundInfo
+
+
+@contextmanager
+def project_lock(project: Project) -> Iterator[None]:
+    """Hold the project's round lock (refuses if another live process holds it)."""
+    with project.session() as session:
+        pool_settings.acquire_lock(session, LOCK)
+    try:
+        yield
+    finally:
+        with project.session() as session:
+            pool_settings.release_lock(session, LOCK)
+
+
+def run_round(
+    project: Project,
+    *,
+    until: str | None = None,
+    strategy: str | None = None,
+    batch_size: int | None = None,
+    events: StageEvents | None = None,
+) -> RoundInfo:
+    """Run (or resume) a round up to and including ``until``; return it as recorded."""
+    if until is not None and until not in STAGES:
+        raise InputError(f"--until must be one of {', '.join(STAGES)}; got {until!r}")
+    with project_lock(project):
+        current = _open_or_start(project, strategy, batch_size)
+        for stage in STAGES:
+            recorded = current.stage(stage)
+            if recorded is None or recorded.status != "done":
+                _run_stage(RoundContext(project, current), stage, events)
+            elif events is not None:
+                events(stage, "skipped", recorded.outputs)
+            if stage == until:
+                break
+        with project.session() as session:
+            if until in (None, STAGES[-1]):
+                pool_rounds.finish_round(session, current.id)
+            return pool_rounds.get_round(session, current.number)
+
+
+def _open_or_start(project: Project, strategy: str | None, batch_size: int | None) -> RoundInfo:
+    acq = project.config.acquisition
+    with project.session() as session:
+        existing = pool_rounds.open_round(session)
+        if existing is not None:
+            return existing
+        first = pool_rounds.count_rounds(session) == 0
+        chosen = strategy or (project.config.loop.first_strategy if first else acq.strategy)
+        return pool_rounds.start_round(
+            session,
+            strategy=chosen,
+            batch_size=batch_size or acq.batch_size,
+            config=project.config.to_yaml(),
+        )
+
+
+def _run_stage(context: RoundContext, stage: str, events: StageEvents | None) -> None:
+    project, number = context.project, context.round.number
+    with project.session() as session:
+        pool_rounds.begin_stage(session, context.round.id, stage)
+    if events is not None:
+        events(stage, "running", {})
+    try:
+        outputs = STAGE_FUNCTIONS[stage](context)
+    except BaseException as exc:
+        with project.session() as session:
+            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            pool_rounds.end_stage(session, context.round.id, stage, error=error or "interrupted")
+        raise
+    with project.session() as session:
+        pool_rounds.end_stage(session, context.round.id, stage, outputs=outputs)
+    log.info("round %d: %s done %s", number, stage, outputs)
+    if events is not None:
+        events(stage, "done", outputs)
+
+
+def _ingest(context: RoundContext) -> dict[str, Any]:
+    project = context.project
+    if project.config.loop.annotator == "simulated":
+        return annotators.answer_open_tasks(project, context.round.number)
+    from activeseg.workflows.ingest import ingest_annotations
+
+    return ingest_annotations(project, round_number=context.round.number).as_dict()
+
+
+def _train(context: RoundContext) -> dict[str, Any]:
+    project, current = context.project, context.round
+    with project.session() as session:
+        done = pool_rounds.latest_checkpoint(session, round_id=current.id)
+        labeled = pool_volumes.list_crops(session, status="labeled", split="pool")
+    if done is not None:  # trained before a crash that hit before the stage was recorded
+        return {"checkpoint": done.path, "steps": done.steps, "labeled_crops": done.labeled_crops}
+    if not labeled:
+        return {"skipped": "no labeled crops yet"}
+    checkpoint = fit.train_project(project, round_id=current.id, round_number=current.number)
+    return {
+        "checkpoint": checkpoint.path,
+        "steps": checkpoint.steps,
+        "labeled_crops": checkpoint.labeled_crops,
+    }
+
+
+def _model_of(context: RoundContext) -> str | None:
+    with context.project.session() as session:
+        checkpoint = pool_rounds.latest_checkpoint(session)
+    return None if checkpoint is None else checkpoint.path
+
+
+def _evaluate(context: RoundContext) -> dict[str, Any]:
+    model = _model_of(context)
+    if model is None:
+        return {"skipped": "no model yet"}
+    from activeseg.workflows.evaluate import evaluate_project
+
+    metrics = evaluate_project(context.project, context.project.resolve(model))
+    with context.project.session() as session:
+        pool_rounds.update_round_metrics(session, context.round.id, metrics)
+    return metrics
+
+
+def _score(context: RoundContext) -> dict[str, Any]:
+    model = _model_of(context)
+    path = context.project.resolve(model) if model is not None else None
+    scored = score.score_pool(context.project, context.round.id, context.round.number, path)
+    return {"scored": scored, "model": model}
+
+
+def _select(context: RoundContext) -> dict[str, Any]:
+    current = context.round
+    score.select_crops(context.project, current.id, current.strategy, current.batch_size)
+    with context.project.session() as session:
+        chosen = [s.crop_id for s in pool_rounds.round_scores(session, current.id) if s.selected]
+    return {"selected": chosen, "strategy": current.strategy}
+
+
+def _push(context: RoundContext) -> dict[str, Any]:
+    project = context.project
+    if project.config.loop.annotator == "simulated":
+        return {"pushed": queue_selected(context)}
+    from activeseg.workflows.push import push_selected
+
+    return push_selected(project, context.round).as_dict()
+
+
+def queue_selected(context: RoundContext) -> int:
+    """Queue the round's selected crops as pool-only tasks (simulated annotation)."""
+    project, current = context.project, context.round
+    crops = score.selected_crops(project, current.id)
+    for crop in crops:
+        slices, reason = score.plan_slices(project, current.number, crop)
+        with project.session() as session:
+            pool_tasks.queue_crop(
+                session,
+                crop.id,
+                round_id=current.id,
+                slices=slices,
+                pushed={"reason": reason, "annotator": "simulated"},
+            )
+    return len(crops)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RoundContext], dict[str, Any]]] = {
+    "ingest": _ingest,
+    "train": _train,
+    "evaluate": _evaluate,
+    "score": _score,
+    "select": _select,
+    "push": _push,
+}
