@@ -45,7 +45,9 @@ class StateError(ActivesegError):
 
 
 class LockError(ActivesegError):
-    """Another process holds the project's lock."""
+    """Another process holds the project's lock (exit code 75, EX_TEMPFAIL: try again)."""
+
+    exit_code = 75
 
 
 class LabelStudioError(ActivesegError):

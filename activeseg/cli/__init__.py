@@ -199,12 +199,24 @@ def import_cmd(
                 labels_key=labels_key,
                 progress=lambda message: status.update(message),
             )
-            imported.append({"name": info.name, "shape": list(info.shape), "split": info.split})
+            volume = info.volume
+            imported.append(
+                {
+                    "name": volume.name,
+                    "shape": list(volume.shape),
+                    "split": volume.split,
+                    "crops": info.crops,
+                    "note": info.note,
+                }
+            )
     if as_json:
         emit_json({"imported": imported})
         return
     for item in imported:
-        console.print(f"imported [bold]{item['name']}[/] {item['shape']} into {item['split']}")
+        console.print(
+            f"imported [bold]{item['name']}[/] {item['shape']} into {item['split']}: "
+            f"{item['crops']} crops" + (f" ({item['note']})" if item["note"] else "")
+        )
 
 
 @command("status")

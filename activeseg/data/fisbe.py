@@ -19,6 +19,13 @@ import zarr
 import zarr.errors
 
 from activeseg.core.instances import Instances
+from activeseg.data.sources import (
+    LabelSource,
+    RawSource,
+    VoxelSize,
+    raw_source,
+    voxel_size,
+)
 from activeseg.errors import VolumeFormatError
 
 logger = logging.getLogger(__name__)
@@ -29,8 +36,6 @@ VOXEL_SIZE_ATTR = "voxel_size"
 # FISBe volumes are 0.44 um isotropic; files of the benchmark carry no voxel size attribute.
 FISBE_VOXEL_SIZE = (0.44, 0.44, 0.44)
 CHUNK_ZYX = (32, 128, 128)
-
-VoxelSize = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -112,14 +117,26 @@ def read_fisbe(path: Path) -> FisbeVolume:
     a dataset is missing or has the wrong dimensionality, the labels are floating point, or raw
     and labels disagree on the spatial shape.
     """
+    raw, labels, size = open_fisbe(path)
+    logger.debug("read %s: raw %s, %d neurons", path, raw.shape, labels.array.shape[0])
+    return FisbeVolume(raw.slab(0, raw.shape[1]), labels.slab(0, labels.shape[0]), size)
+
+
+def open_fisbe(path: Path) -> tuple[RawSource, LabelSource, VoxelSize]:
+    """Return lazy views of the raw volume and neurons in the FISBe group at ``path``, and its
+    voxel size; nothing is read yet. Raises VolumeFormatError like :func:`read_fisbe`."""
     path = Path(path)
     group = _open_group(path)
-    raw = _as_channels(np.asarray(_array(group, RAW, path)[...]), path, RAW)
+    raw = raw_source(_array(group, RAW, path), f"{path}:{RAW}")
     labels = _array(group, GT_INSTANCES, path)
     _check_labels(labels, raw.shape[1:], path)
-    instances = _read_instances(labels)
-    logger.debug("read %s: raw %s, %d neurons", path, raw.shape, labels.shape[0])
-    return FisbeVolume(raw, instances, _voxel_size(group, path))
+    stored = group[RAW].attrs.get(VOXEL_SIZE_ATTR)
+    where = f"{path}: attribute '{VOXEL_SIZE_ATTR}' of '{RAW}'"
+    return (
+        raw,
+        LabelSource(labels, stacked=True, where=f"{path}:{GT_INSTANCES}"),
+        voxel_size(stored, where, default=FISBE_VOXEL_SIZE),
+    )
 
 
 def _open_group(path: Path) -> zarr.Group:
@@ -168,35 +185,3 @@ def _check_labels(labels: zarr.Array, spatial_shape: tuple[int, ...], path: Path
             f"{path}: dataset '{GT_INSTANCES}' spatial shape {labels.shape[1:]} does not match "
             f"'{RAW}' spatial shape {spatial_shape}"
         )
-
-
-def _read_instances(labels: zarr.Array) -> Instances:
-    """Return instances from an (N, Z, Y, X) FISBe label array, one channel at a time.
-
-    Channel k is instance k+1 wherever it is nonzero. Reading channel by channel keeps memory
-    at one label image even for many neurons.
-    """
-    image = np.zeros(labels.shape[1:], np.uint32)
-    overlaps = []
-    for channel in range(labels.shape[0]):
-        mask = np.asarray(labels[channel]) != 0
-        shared = mask & (image > 0)
-        coords = np.argwhere(shared)
-        overlaps.append(np.column_stack([coords, np.full(len(coords), channel + 1)]))
-        image[mask & ~shared] = channel + 1
-    rows = np.concatenate(overlaps) if overlaps else np.zeros((0, 4))
-    return Instances(image, rows.astype(np.int64).reshape(-1, 4))
-
-
-def _voxel_size(group: zarr.Group, path: Path) -> VoxelSize:
-    """Return the (z, y, x) voxel size stored with the raw, or FISBe's 0.44 um if absent."""
-    stored = group[RAW].attrs.get(VOXEL_SIZE_ATTR)
-    if stored is None:
-        logger.info("%s: no voxel size stored, using FISBe's %s um", path, FISBE_VOXEL_SIZE)
-        return FISBE_VOXEL_SIZE
-    if not isinstance(stored, list) or len(stored) != 3:
-        raise VolumeFormatError(
-            f"{path}: attribute '{VOXEL_SIZE_ATTR}' of '{RAW}' must be 3 numbers, got {stored!r}"
-        )
-    z, y, x = (float(size) for size in stored)
-    return (z, y, x)

@@ -11,24 +11,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from activeseg.core.instances import Instances
-from activeseg.data.fisbe import read_fisbe
+from activeseg.data.fisbe import open_fisbe
+from activeseg.data.sources import (
+    LabelSource,
+    RawSource,
+    VoxelSize,
+    label_source,
+    raw_source,
+    voxel_size,
+)
 from activeseg.errors import VolumeFormatError
 
 Format = Literal["fisbe", "zarr", "tiff", "hdf5"]
 FORMATS: tuple[str, ...] = ("fisbe", "zarr", "tiff", "hdf5")
-MAX_CHANNELS = 8
 
 
 @dataclass(frozen=True)
 class SourceVolume:
-    """An image to import: raw (C, Z, Y, X) array-like, optional instances, voxel size."""
+    """An image to import, not yet read: raw (C, Z, Y, X), optional labels, voxel size."""
 
-    raw: Any
-    instances: Instances | None
-    voxel_size: tuple[float, float, float]
+    raw: RawSource
+    labels: LabelSource | None
+    voxel_size: VoxelSize
 
 
 def read_source(
@@ -38,7 +43,7 @@ def read_source(
     raw_key: str | None = None,
     labels_key: str | None = None,
 ) -> SourceVolume:
-    """Return the volume stored at ``path`` in format ``fmt``.
+    """Return the volume stored at ``path`` in format ``fmt``, opened lazily.
 
     For zarr and HDF5, ``raw_key``/``labels_key`` name datasets inside the file; for TIFF,
     ``labels_key`` is the path of a label TIFF beside the raw one.
@@ -49,8 +54,7 @@ def read_source(
         if key and fmt != "tiff" and (key.startswith("/") or ".." in Path(key).parts):
             raise VolumeFormatError(f"dataset key {key!r} points outside {path}")
     if fmt == "fisbe":
-        volume = read_fisbe(path)
-        return SourceVolume(volume.raw, volume.instances, volume.voxel_size)
+        return SourceVolume(*open_fisbe(path))
     if fmt == "zarr":
         return _read_container(path, _open_zarr(path), raw_key or "raw", labels_key)
     if fmt == "hdf5":
@@ -91,66 +95,35 @@ def _dataset(path: Path, container: Any, key: str) -> Any:
 def _read_container(
     path: Path, container: Any, raw_key: str, labels_key: str | None
 ) -> SourceVolume:
-    raw = as_czyx(np.asarray(_dataset(path, container, raw_key)[...]), f"{path}:{raw_key}")
-    instances = None
+    raw = raw_source(_dataset(path, container, raw_key), f"{path}:{raw_key}")
+    labels = None
     if labels_key:
-        data = np.asarray(_dataset(path, container, labels_key)[...])
-        instances = as_instances(data, raw.shape[1:], f"{path}:{labels_key}")
+        stored = _dataset(path, container, labels_key)
+        labels = label_source(stored, raw.shape[1:], f"{path}:{labels_key}")
     scale = container.attrs.get("voxel_size") if hasattr(container, "attrs") else None
-    return SourceVolume(raw, instances, _voxel_size(scale))
+    return SourceVolume(raw, labels, voxel_size(scale, str(path)))
 
 
 def _read_tiff(path: Path, labels_path: str | None) -> SourceVolume:
-    import tifffile
-
-    def load(p: Path) -> npt.NDArray[Any]:
-        try:
-            return np.asarray(tifffile.imread(p))
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            raise VolumeFormatError(f"{p} is not a readable TIFF file: {exc}") from exc
-
-    raw = as_czyx(load(path), str(path))
-    instances = None
+    raw = raw_source(_load_tiff(path), str(path))
+    labels = None
     if labels_path:
         label_file = Path(labels_path)
         if not label_file.exists():
             raise VolumeFormatError(f"label file {label_file} does not exist")
-        instances = as_instances(load(label_file), raw.shape[1:], str(label_file))
-    return SourceVolume(raw, instances, (1.0, 1.0, 1.0))
+        labels = label_source(_load_tiff(label_file), raw.shape[1:], str(label_file))
+    return SourceVolume(raw, labels, (1.0, 1.0, 1.0))
 
 
-def _voxel_size(value: Any) -> tuple[float, float, float]:
-    if value is None:
-        return (1.0, 1.0, 1.0)
-    z, y, x = (float(v) for v in value)
-    return (z, y, x)
+def _load_tiff(path: Path) -> Any:
+    """Return a TIFF's image: memory-mapped where it is stored uncompressed, else read."""
+    import tifffile
 
-
-def as_czyx(raw: npt.NDArray[Any], where: str) -> npt.NDArray[Any]:
-    """Return raw data as (C, Z, Y, X): 3-D is one channel; channels first or last in 4-D."""
-    if raw.dtype.kind not in "uif":
-        raise VolumeFormatError(f"{where}: raw data must be numeric, got {raw.dtype}")
-    if raw.ndim == 3:
-        return raw[None]
-    if raw.ndim == 4 and raw.shape[0] <= MAX_CHANNELS:
-        return raw
-    if raw.ndim == 4 and raw.shape[-1] <= MAX_CHANNELS:
-        return np.moveaxis(raw, -1, 0)
-    raise VolumeFormatError(
-        f"{where}: raw data must be (Z, Y, X) or (C, Z, Y, X) with at most {MAX_CHANNELS} "
-        f"channels, got shape {raw.shape}"
-    )
-
-
-def as_instances(data: npt.NDArray[Any], spatial: tuple[int, ...], where: str) -> Instances:
-    """Return labels as instances: a (Z, Y, X) label image or a (N, Z, Y, X) mask stack."""
-    if data.dtype.kind not in "uib":
-        raise VolumeFormatError(f"{where}: labels must be integers, got {data.dtype}")
-    if data.ndim not in (3, 4) or tuple(data.shape[-3:]) != tuple(spatial):
-        raise VolumeFormatError(
-            f"{where}: labels of shape {data.shape} do not match the raw data's spatial "
-            f"shape {tuple(spatial)}"
-        )
-    if data.ndim == 3:
-        return Instances.from_labels(data)
-    return Instances.from_stack(data > 0)
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError, tifffile.TiffFileError):
+        pass
+    try:
+        return np.asarray(tifffile.imread(path))
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise VolumeFormatError(f"{path} is not a readable TIFF file: {exc}") from exc

@@ -28,6 +28,7 @@ import numpy.typing as npt
 import zarr
 
 from activeseg.core.instances import Instances
+from activeseg.data.sources import LabelSource, RawSource
 from activeseg.errors import VolumeFormatError
 
 NGFF_VERSION = "0.5"
@@ -56,19 +57,19 @@ def _multiscales(name: str, axes: str, scale: list[float]) -> dict[str, Any]:
 
 def write_volume(
     path: Path,
-    raw: Any,
+    raw: RawSource,
     *,
-    ground_truth: Instances | None,
+    ground_truth: LabelSource | None,
     voxel_size: tuple[float, float, float],
     chunks: tuple[int, int, int],
 ) -> None:
-    """Write a volume group: raw (C, Z, Y, X) copied slab by slab, and optional ground truth.
+    """Write a volume group slab by slab: raw (C, Z, Y, X) and optional ground truth.
 
-    ``raw`` may be any array-like with ``shape`` and slicing (numpy, zarr, h5py dataset).
+    Memory holds one slab of ``chunks[0]`` z-planes at a time, whatever the volume's size.
     """
     channels, *spatial = raw.shape
     chunk = tuple(min(c, s) for c, s in zip(chunks, spatial, strict=True))
-    root = zarr.open_group(path, mode="w")
+    root = zarr.open_group(path, mode="w-")
     root.attrs["ome"] = {
         "version": NGFF_VERSION,
         "multiscales": [_multiscales(path.stem, "czyx", [1.0, *voxel_size])],
@@ -80,15 +81,19 @@ def write_volume(
         chunks=(channels, *chunk),
         dimension_names=["c", "z", "y", "x"],
     )
-    for z0 in range(0, spatial[0], chunk[0]):
-        out[:, z0 : z0 + chunk[0]] = np.asarray(raw[:, z0 : z0 + chunk[0]])
+    for z0, z1 in _slabs(spatial[0], chunk[0]):
+        out[:, z0:z1] = raw.slab(z0, z1)
     if ground_truth is not None:
         _write_ground_truth(root, ground_truth, voxel_size, chunk)
 
 
+def _slabs(depth: int, step: int) -> list[tuple[int, int]]:
+    return [(z0, min(z0 + step, depth)) for z0 in range(0, depth, step)]
+
+
 def _write_ground_truth(
     root: zarr.Group,
-    truth: Instances,
+    truth: LabelSource,
     voxel_size: tuple[float, float, float],
     chunk: tuple[int, ...],
 ) -> None:
@@ -100,8 +105,16 @@ def _write_ground_truth(
         "image-label": {"source": {"image": "../../"}},
         "multiscales": [_multiscales("gt", "zyx", list(voxel_size))],
     }
-    gt.create_array("0", data=truth.labels, chunks=chunk, dimension_names=["z", "y", "x"])
-    gt.create_array("overlaps", data=truth.overlaps, chunks=(max(len(truth.overlaps), 1), 4))
+    image = gt.create_array(
+        "0", shape=truth.shape, dtype=np.uint32, chunks=chunk, dimension_names=["z", "y", "x"]
+    )
+    rows = []
+    for z0, z1 in _slabs(truth.shape[0], chunk[0]):
+        slab = truth.slab(z0, z1)
+        image[z0:z1] = slab.labels
+        rows.append(slab.overlaps + np.array([z0, 0, 0, 0], np.int64))
+    overlaps = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
+    gt.create_array("overlaps", data=overlaps, chunks=(max(len(overlaps), 1), 4))
 
 
 def _open(path: Path) -> zarr.Group:
@@ -139,10 +152,15 @@ def read_ground_truth(path: Path, box: tuple[slice, slice, slice] | None = None)
     root = _open(path)
     if f"{GT_PATH}/0" not in root:
         raise VolumeFormatError(f"{path} holds no ground truth ({GT_PATH})")
-    labels = np.asarray(_array(root, f"{GT_PATH}/0")[...], dtype=np.uint32)
-    overlaps = np.asarray(_array(root, f"{GT_PATH}/overlaps")[...], dtype=np.int64)
-    truth = Instances(labels, overlaps.reshape(-1, 4))
-    return truth.crop(box) if box else truth
+    image = _array(root, f"{GT_PATH}/0")
+    whole = tuple(slice(0, n) for n in image.shape)
+    labels = np.asarray(image[box or whole], dtype=np.uint32)
+    overlaps = np.asarray(_array(root, f"{GT_PATH}/overlaps")[...], dtype=np.int64).reshape(-1, 4)
+    if box is None:
+        return Instances(labels, overlaps)
+    starts = np.array([s.start or 0 for s in box])
+    inside = np.all((overlaps[:, :3] >= starts) & (overlaps[:, :3] < starts + labels.shape), axis=1)
+    return Instances(labels, overlaps[inside] - np.array([*starts, 0]))
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,8 @@ def _gt() -> np.ndarray:
     [
         ({"volumes__gt_instances": _gt()}, "'volumes/raw' is missing"),
         ({"volumes__raw": _raw()}, "'volumes/gt_instances' is missing"),
-        ({"volumes__raw": _raw()[None], "volumes__gt_instances": _gt()}, "'volumes/raw' must be"),
-        ({"volumes__raw": _raw()[0, 0], "volumes__gt_instances": _gt()}, "'volumes/raw' must be"),
+        ({"volumes__raw": _raw()[None], "volumes__gt_instances": _gt()}, "raw: raw data must be"),
+        ({"volumes__raw": _raw()[0, 0], "volumes__gt_instances": _gt()}, "raw: raw data must be"),
         ({"volumes__raw": _raw(), "volumes__gt_instances": _gt()[0]}, "must be \\(N, Z, Y, X\\)"),
         ({"volumes__raw": _raw(), "volumes__gt_instances": _gt()[:, 1:]}, "does not match"),
         (

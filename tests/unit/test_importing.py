@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import zarr
 
+from activeseg.config import load_config
 from activeseg.data.volumes import (
     has_ground_truth,
     read_crop_labels,
@@ -19,7 +20,7 @@ from activeseg.data.volumes import (
 from activeseg.errors import InputError, VolumeFormatError
 from activeseg.pool import volumes
 from activeseg.workflows import importing
-from activeseg.workflows.project import Project
+from activeseg.workflows.project import Project, init_project
 
 
 def _raw_and_labels(channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,9 @@ def _assert_unchanged(project: Project) -> None:
 def test_the_real_flylight_crop_keeps_its_overlapping_neurons(
     smoke_project: Project, flylight_zarr: Path
 ) -> None:
-    info = importing.import_volume(smoke_project, flylight_zarr, "fisbe", split="val")
+    imported = importing.import_volume(smoke_project, flylight_zarr, "fisbe", split="val")
+    info = imported.volume
+    assert imported.crops > 0 and imported.note is None
     assert (info.shape, info.channels, info.has_ground_truth) == ((50, 50, 50), 3, True)
     stored = smoke_project.resolve(info.path)
     truth = read_ground_truth(stored)
@@ -63,10 +66,10 @@ def test_ground_truth_is_hidden_unless_as_labels(smoke_project: Project, tmp_pat
     path = tmp_path / "vol.h5"
     with h5py.File(path, "w") as f:
         f["raw"], f["seg"] = raw, labels
-    hidden = importing.import_volume(smoke_project, path, "hdf5", labels_key="seg", name="a")
+    hidden = importing.import_volume(smoke_project, path, "hdf5", labels_key="seg", name="a").volume
     shown = importing.import_volume(
         smoke_project, path, "hdf5", labels_key="seg", name="b", as_labels=True
-    )
+    ).volume
     with smoke_project.session() as session:
         assert {c.status for c in volumes.list_crops(session, volume="a")} == {"unlabeled"}
         labeled = volumes.list_crops(session, volume="b")
@@ -84,14 +87,24 @@ def test_tiff_single_channel_and_zarr_channels_last(smoke_project: Project, tmp_
     raw, labels = _raw_and_labels(channels=1)
     tifffile.imwrite(tmp_path / "raw.tif", raw[0])
     tifffile.imwrite(tmp_path / "labels.tif", labels)
+    one = _project_with_channels(tmp_path, 1)
     tiff = importing.import_volume(
-        smoke_project, tmp_path / "raw.tif", "tiff", labels_key=str(tmp_path / "labels.tif")
-    )
+        one, tmp_path / "raw.tif", "tiff", labels_key=str(tmp_path / "labels.tif")
+    ).volume
     assert (tiff.name, tiff.channels, tiff.shape) == ("raw", 1, (16, 32, 32))
     group = zarr.open_group(tmp_path / "c.zarr", mode="w")
     group.create_array("img", data=np.moveaxis(_raw_and_labels(2)[0], 0, -1))
-    info = importing.import_volume(smoke_project, tmp_path / "c.zarr", "zarr", raw_key="img")
+    two = _project_with_channels(tmp_path, 2)
+    info = importing.import_volume(two, tmp_path / "c.zarr", "zarr", raw_key="img").volume
     assert (info.channels, info.has_ground_truth) == (2, False)
+
+
+def _project_with_channels(tmp_path: Path, channels: int) -> Project:
+    config = load_config("smoke")
+    model = config.model.model_copy(update={"in_channels": channels})
+    path = tmp_path / f"c{channels}.yaml"
+    path.write_text(config.model_copy(update={"model": model}).to_yaml())
+    return init_project(tmp_path / f"project-{channels}", path)
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str, dict[str, str]]]:
@@ -150,3 +163,82 @@ def test_a_duplicate_name_is_refused(smoke_project: Project, flylight_zarr: Path
     importing.import_volume(smoke_project, flylight_zarr, "fisbe")
     with pytest.raises(InputError, match="already in this project"):
         importing.import_volume(smoke_project, flylight_zarr, "fisbe")
+
+
+def _zarr_raw(tmp_path: Path, raw: np.ndarray, name: str = "v.zarr", **attrs: object) -> Path:
+    group = zarr.open_group(tmp_path / name, mode="w")
+    group.create_array("raw", data=raw)
+    group.attrs.update(attrs)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_raw_is_refused_and_nothing_is_stored(
+    smoke_project: Project, tmp_path: Path, bad: float
+) -> None:
+    raw = _raw_and_labels()[0].astype(np.float32)
+    raw[1, 9, 3, 4] = bad
+    path = _zarr_raw(tmp_path, raw)
+    with pytest.raises(VolumeFormatError, match=r"NaN or infinite values in z 0\.\.15"):
+        importing.import_volume(smoke_project, path, "zarr")
+    _assert_unchanged(smoke_project)
+
+
+@pytest.mark.parametrize(
+    ("raw", "attrs", "message"),
+    [
+        (np.zeros((3, 16, 32, 32), bool), {}, "integer or float"),
+        (np.zeros((3, 16, 32, 32), np.complex64), {}, "integer or float"),
+        (np.zeros((3, 0, 32, 32), np.uint16), {}, "empty"),
+        (np.zeros((16, 32, 32), np.uint16), {"voxel_size": [-1, 0, 1]}, "voxel size"),
+        (np.zeros((16, 32, 32), np.uint16), {"voxel_size": ["a", "b", "c"]}, "voxel size"),
+        (np.zeros((16, 32, 32), np.uint16), {"voxel_size": [1, 1]}, "voxel size"),
+    ],
+    ids=["bool", "complex", "z=0", "negative voxel", "string voxel", "two voxel sizes"],
+)
+def test_unusable_raw_is_refused_with_a_named_error(
+    smoke_project: Project, tmp_path: Path, raw: np.ndarray, attrs: dict[str, object], message: str
+) -> None:
+    path = _zarr_raw(tmp_path, raw, **attrs)
+    with pytest.raises(VolumeFormatError, match=message):
+        importing.import_volume(smoke_project, path, "zarr")
+    _assert_unchanged(smoke_project)
+
+
+def test_a_volume_with_other_channels_than_the_project_is_refused(
+    smoke_project: Project, tmp_path: Path
+) -> None:
+    path = _zarr_raw(tmp_path, _raw_and_labels(channels=2)[0])
+    with pytest.raises(InputError, match="2 channel"):
+        importing.import_volume(smoke_project, path, "zarr")
+    _assert_unchanged(smoke_project)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", ".hidden", "a b", "x.partial", ""])
+def test_names_outside_the_safe_alphabet_are_refused(
+    smoke_project: Project, flylight_zarr: Path, name: str
+) -> None:
+    with pytest.raises(InputError, match="not allowed"):
+        importing.import_volume(smoke_project, flylight_zarr, "fisbe", name=name or "-")
+    _assert_unchanged(smoke_project)
+
+
+def test_a_volume_without_bright_crops_says_why(smoke_project: Project, tmp_path: Path) -> None:
+    path = _zarr_raw(tmp_path, np.full((3, 16, 32, 32), 7, np.uint16))
+    imported = importing.import_volume(smoke_project, path, "zarr")
+    assert imported.crops == 0
+    assert imported.note is not None and "crops.min_foreground" in imported.note
+
+
+def test_leftovers_of_a_killed_import_do_not_block_the_next(
+    smoke_project: Project, flylight_zarr: Path
+) -> None:
+    # killed between the rename and the commit: the folder exists, the ledger has no row
+    orphan = smoke_project.volumes_dir / "crop.zarr"
+    (orphan / "0").mkdir(parents=True)
+    stale = smoke_project.volumes_dir / ".crop.zarr.4242-deadbeef.partial"
+    stale.mkdir()
+    imported = importing.import_volume(smoke_project, flylight_zarr, "fisbe", name="crop")
+    assert smoke_project.resolve(imported.volume.path) == orphan
+    assert read_raw(orphan).shape == (3, 50, 50, 50)
+    assert not stale.exists()

@@ -1,0 +1,67 @@
+"""Project locks the kernel releases: an exclusive ``flock`` on a file in the project.
+
+A crashed or killed holder, in this container or another, cannot wedge a project: its lock
+goes away with its process. ``activeseg unlock`` is therefore never needed for a live file
+system; it only reports who holds what.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from activeseg.errors import LockError
+
+LOCK_DIR = ".locks"
+POLL_SECONDS = 0.1
+
+
+def lock_path(root: Path, name: str) -> Path:
+    """Return the file whose flock is the project's lock ``name``."""
+    return root / LOCK_DIR / f"{name}.lock"
+
+
+@contextmanager
+def hold_lock(root: Path, name: str, *, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold the project's lock ``name``, waiting up to ``wait_seconds`` for its holder.
+
+    Raises LockError (exit code 75, try again later) naming the holder when it stays taken.
+    """
+    path = lock_path(root, name)
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, name, path, time.monotonic() + wait_seconds)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _acquire(fd: int, name: str, path: Path, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockError(
+                    f"another `{name}` is running on this project ({holder(path) or 'unknown'}); "
+                    f"try again when it has finished"
+                ) from None
+            time.sleep(POLL_SECONDS)
+
+
+def holder(path: Path) -> str | None:
+    """Return "pid P on HOST" of the lock file's last holder, or None if it was never taken."""
+    try:
+        pid, host = path.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return f"pid {pid} on {host}"
