@@ -22,6 +22,10 @@ from activeseg.labelstudio.labeling import BRUSH_NAME, IMAGE_NAME, instance_id, 
 log = logging.getLogger(__name__)
 
 BRUSH_TYPE = "brushlabels"
+# Label Studio's RLE header: a 32-bit count of values, a 5-bit word size, four 4-bit run sizes.
+RLE_HEADER_BITS = 32 + 5 + 4 * 4
+# The most one value can cost: a 1-value run (flag, run-size index, 16-bit length, 8-bit word).
+RLE_MAX_BITS_PER_VALUE = 1 + 2 + 16 + 8
 
 
 def brush_result(
@@ -68,6 +72,43 @@ def instances_to_results(
     return results
 
 
+def max_rle_length(n_values: int) -> int:
+    """Return the most bytes a valid RLE of ``n_values`` uint8 values can take."""
+    return (RLE_HEADER_BITS + RLE_MAX_BITS_PER_VALUE * n_values + 7) // 8
+
+
+def is_byte(value: Any) -> bool:
+    """Return whether a value is an integer from 0 to 255 (not a bool)."""
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool)
+        and 0 <= int(value) <= 255
+    )
+
+
+def check_rle(rle: list[Any], height: int, width: int, where: str) -> None:
+    """Raise AnnotationError unless an RLE is bytes whose header fits an (H, W) RGBA slice.
+
+    Checked before decoding: a crafted header or list would otherwise make the decoder
+    allocate and loop over as many values as it claims.
+    """
+    expected = height * width * 4
+    if not RLE_HEADER_BITS // 8 < len(rle) <= max_rle_length(expected):
+        raise AnnotationError(
+            f"{where}: brush RLE has {len(rle)} bytes, a {height}x{width} slice needs "
+            f"{RLE_HEADER_BITS // 8 + 1} to {max_rle_length(expected)}"
+        )
+    if not all(is_byte(b) for b in rle):
+        raise AnnotationError(f"{where}: brush RLE must be a list of bytes (integers 0-255)")
+    header = int.from_bytes(bytes(int(b) for b in rle[:5]), "big")
+    count, word_size = header >> 8, ((header >> 3) & 0b11111) + 1
+    if count != expected or word_size > 8:
+        raise AnnotationError(
+            f"{where}: brush RLE holds {count // 4} pixels of {word_size}-bit words, the slice "
+            f"has {height}x{width} = {height * width} pixels of 8 bits"
+        )
+
+
 def decode_mask(
     value: Mapping[str, Any], height: int, width: int, threshold: int, where: str
 ) -> npt.NDArray[np.bool_]:
@@ -76,6 +117,7 @@ def decode_mask(
 
     if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
         raise AnnotationError(f"{where}: brush region has no RLE (format {value.get('format')!r})")
+    check_rle(value["rle"], height, width, where)
     try:
         flat = decode_rle(value["rle"])
     except (IndexError, ValueError, TypeError, OverflowError) as exc:

@@ -1,12 +1,17 @@
 """A thin client over ``label_studio_sdk.LabelStudio``: the calls the annotation loop makes.
 
-Connection details come from the environment (``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``),
-or from a ``.env`` file found upward from the working directory; variables already set win.
-The API key is never logged, shown in a repr or put into an error message.
+Connection details come either both from the environment (``LABEL_STUDIO_URL``,
+``LABEL_STUDIO_API_KEY``) or both from one ``.env`` file (the project root's, else the current
+directory's; never one found in a parent folder), never one from each. The API key is never
+logged, shown in a repr or put into an error message, and URLs in messages lose any
+``user:password@``.
 
-Every SDK or HTTP failure becomes a :class:`LabelStudioError` naming the call, the URL and the
-server's reason. Label Studio accepts some bad input silently (a prediction whose region does
-not fit the labeling config is dropped with ``created=0``), so the bulk calls check counts.
+Every SDK or HTTP failure becomes a one-line :class:`LabelStudioError` naming the call, the
+URL, the HTTP method and path and the start of the server's reason. Only idempotent requests
+(GET, HEAD, OPTIONS, PUT, DELETE) are retried, with exponential backoff for about 30 s (long
+enough to ride out a server restart); a POST, which may create tasks, is sent exactly once.
+Label Studio accepts some bad input silently (a prediction whose region does not fit the
+labeling config is dropped with ``created=0``), so the bulk calls check counts.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
-from dotenv import dotenv_values, find_dotenv
 
-from activeseg.errors import LabelStudioError
+from activeseg.errors import AnnotationError, LabelStudioError
+from activeseg.labelstudio.envfile import default_env_file, read_env_file, strip_credentials
 
 if TYPE_CHECKING:
     # The SDK takes about a second to import: it loads when a client is made, not before.
@@ -39,27 +45,86 @@ FILES_PER_REQUEST = 100
 TASKS_PAGE_SIZE = 100
 UPLOAD_NAME = re.compile(r"[A-Za-z0-9_.]+\.(png|jpg|jpeg)")
 DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Requests that may be sent again without changing the outcome, and answers worth a retry
+# (a restarting server or its proxy); retries back off from FIRST_RETRY_DELAY up to
+# MAX_RETRY_DELAY seconds, for RETRY_FOR seconds in all.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+)
+RETRY_FOR = 30.0
+FIRST_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+ERROR_TEXT_LENGTH = 200
 
 Json = dict[str, Any]
 
 
 def connection_settings(env_file: str | Path | None = None) -> tuple[str, str]:
-    """Return (url, api_key) from the environment, else from a ``.env`` file; error if unset.
+    """Return (url, api_key), both from the environment or both from a ``.env`` file.
 
-    ``env_file``: the ``.env`` to read; None searches upward from the working directory.
+    ``env_file``: the ``.env`` to read (pass the project root's); None reads ``./.env`` of
+    the current directory only. No parent folder is searched. Raises ConfigError for a
+    ``.env`` that is not the user's own or is group/other-writable, and LabelStudioError
+    when a setting is missing or the two would come from different places.
     """
-    path = str(env_file) if env_file is not None else find_dotenv(usecwd=True)
-    from_file = dotenv_values(path) if path else {}
-    url = os.environ.get(URL_ENV) or from_file.get(URL_ENV) or ""
-    key = os.environ.get(API_KEY_ENV) or from_file.get(API_KEY_ENV) or ""
-    missing = [name for name, value in ((URL_ENV, url), (API_KEY_ENV, key)) if not value]
-    if missing:
-        raise LabelStudioError(
-            f"{' and '.join(missing)} not set: export them or put them in a .env file "
-            f"(e.g. {URL_ENV}=http://127.0.0.1:8080; start a server with "
-            f"`activeseg labelstudio serve`)"
-        )
+    url, key = os.environ.get(URL_ENV, ""), os.environ.get(API_KEY_ENV, "")
+    if not (url and key):
+        path = Path(env_file) if env_file is not None else default_env_file()
+        from_file = read_env_file(path)
+        if url or key:
+            raise mixed_sources_error(bool(url), path, from_file)
+        url, key = from_file.get(URL_ENV, ""), from_file.get(API_KEY_ENV, "")
+        missing = [name for name, value in ((URL_ENV, url), (API_KEY_ENV, key)) if not value]
+        if missing:
+            raise LabelStudioError(
+                f"{' and '.join(missing)} not set: export both {URL_ENV} and {API_KEY_ENV} or "
+                f"put both in {path} (e.g. {URL_ENV}=http://127.0.0.1:8080; start a server "
+                f"with `activeseg labelstudio serve`)"
+            )
     return url.rstrip("/"), key
+
+
+def mixed_sources_error(
+    url_in_env: bool, path: Path, from_file: Mapping[str, str]
+) -> LabelStudioError:
+    """Return the error for only one of URL and key set in the environment (no key shown)."""
+    present, absent = (URL_ENV, API_KEY_ENV) if url_in_env else (API_KEY_ENV, URL_ENV)
+    where = f"is set in {path}" if from_file.get(absent) else "is not set anywhere"
+    return LabelStudioError(
+        f"{present} comes from the environment but {absent} {where}: the URL and the key must "
+        f"come from the same place; export both or unset {present} and put both in {path}"
+    )
+
+
+def short_text(body: Any, limit: int = ERROR_TEXT_LENGTH) -> str:
+    """Return an error body as one line of at most about ``limit`` characters (HTML stripped)."""
+    if isinstance(body, dict):
+        body = body.get("detail", body)
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    if re.search(r"<(html|body|head|title|!doctype)\b", text, re.IGNORECASE):
+        text = re.sub(r"<(script|style)\b.*?</\1\s*>", " ", text, flags=re.IGNORECASE | re.S)
+        text = re.sub(r"<[^>]*>", " ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def checked_id(value: Any, what: str) -> int:
+    """Return a task or annotation id from Label Studio as an int, before any use in a path.
+
+    Raises AnnotationError (a per-task error) unless it is a non-negative integer (an int,
+    or a string of decimal digits).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    raise AnnotationError(f"{what}: id {shown} from Label Studio is not a non-negative integer")
 
 
 def iso_utc(moment: datetime) -> str:
@@ -112,24 +177,103 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+class RetryTransport(httpx.BaseTransport):
+    """An HTTP transport that retries idempotent requests while the server is away.
+
+    GET, HEAD, OPTIONS, PUT and DELETE are sent again after a connection failure or a 502,
+    503 or 504 answer, with exponential backoff, for ``retry_for`` seconds in all; any other
+    method (POST may create tasks) is sent exactly once.
+    """
+
+    def __init__(self, inner: httpx.BaseTransport, retry_for: float = RETRY_FOR) -> None:
+        self.inner = inner
+        self.retry_for = retry_for
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Return the answer to ``request``, after retries when it is idempotent."""
+        if request.method not in IDEMPOTENT_METHODS:
+            return self.inner.handle_request(request)
+        deadline = time.monotonic() + self.retry_for
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                response = self.inner.handle_request(request)
+            except RETRY_ERRORS as exc:
+                if not self.pause(request, type(exc).__name__, deadline, delay):
+                    raise
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                if not self.pause(request, str(response.status_code), deadline, delay):
+                    return response
+                response.close()
+            delay = min(2 * delay, MAX_RETRY_DELAY)
+
+    @staticmethod
+    def pause(request: httpx.Request, why: str, deadline: float, delay: float) -> bool:
+        """Return whether to try again, after sleeping up to ``delay`` (False: time is up)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        wait = min(delay, left)
+        log.info("%s %s: %s; retrying in %.1f s", request.method, request.url.path, why, wait)
+        time.sleep(wait)
+        return True
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.inner.close()
+
+
 class LabelStudioClient:
     """The Label Studio calls of the annotation loop, on top of the SDK."""
 
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, api_key: str, timeout: float = 60.0, retry_for: float = RETRY_FOR
+    ) -> None:
+        """Connect to ``url``; ``timeout``: seconds per request; ``retry_for``: RetryTransport's."""
         from label_studio_sdk import LabelStudio
 
         self.url = url.rstrip("/")
-        self._sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._failed: httpx.Request | None = None
+        # One HTTP client for the SDK and the raw calls; the SDK's own retries (which would
+        # send a POST again) are off: RetryTransport retries the idempotent requests only.
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            follow_redirects=True,
+            transport=RetryTransport(httpx.HTTPTransport(), retry_for),
+            event_hooks={"response": [self.note_failure]},
+        )
+        self._sdk = LabelStudio(
+            base_url=self.url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=0,
+            httpx_client=self._http,
+        )
+
+    @property
+    def shown_url(self) -> str:
+        """Return the server URL as messages show it (without ``user:password@``)."""
+        return strip_credentials(self.url)
+
+    def note_failure(self, response: httpx.Response) -> None:
+        """Remember the request of an error answer (the SDK's errors do not name it)."""
+        if response.status_code >= 400:
+            self._failed = response.request
 
     @classmethod
     def from_env(cls, env_file: str | Path | None = None) -> LabelStudioClient:
-        """Return a client for ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` (or ``.env``)."""
+        """Return a client for ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` (or ``.env``).
+
+        ``env_file``: the project root's ``.env``; None: ``./.env`` (see connection_settings).
+        """
         url, key = connection_settings(env_file)
         return cls(url, key)
 
     def __repr__(self) -> str:
-        return f"LabelStudioClient(url={self.url!r})"
+        return f"LabelStudioClient(url={self.shown_url!r})"
 
     @property
     def sdk(self) -> LabelStudio:
@@ -145,30 +289,41 @@ class LabelStudioClient:
         """Turn SDK and HTTP failures inside the block into LabelStudioError naming ``what``."""
         from label_studio_sdk.core.api_error import ApiError
 
+        self._failed = None
         try:
             yield
         except ApiError as exc:
-            raise self.api_error(what, exc.status_code, exc.body) from None
+            raise self.api_error(what, exc.status_code, exc.body, self._failed) from None
         except httpx.HTTPStatusError as exc:
-            raise self.api_error(what, exc.response.status_code, exc.response.text) from None
+            raise self.api_error(
+                what, exc.response.status_code, exc.response.text, exc.request
+            ) from None
         except httpx.HTTPError as exc:
+            reason = strip_credentials(short_text(f"{type(exc).__name__}: {exc}"))
             raise LabelStudioError(
-                f"{what}: Label Studio at {self.url} is unreachable ({type(exc).__name__}: {exc})"
+                f"{what}: Label Studio at {self.shown_url} is unreachable ({reason})"
             ) from None
 
-    def api_error(self, what: str, status: int | None, body: Any) -> LabelStudioError:
-        """Return the LabelStudioError for an HTTP error answer (the key is never included)."""
+    def api_error(
+        self, what: str, status: int | None, body: Any, request: httpx.Request | None = None
+    ) -> LabelStudioError:
+        """Return the one-line LabelStudioError for an HTTP error answer (never the key)."""
+        call = "" if request is None else f" to {request.method} {request.url.path}"
         if status == 401:
             return LabelStudioError(
-                f"{what}: Label Studio at {self.url} refused the API key in {API_KEY_ENV} (401)"
+                f"{what}: Label Studio at {self.shown_url} refused the API key in "
+                f"{API_KEY_ENV} (401{call})"
             )
-        detail = body.get("detail", body) if isinstance(body, dict) else body
-        return LabelStudioError(f"{what}: Label Studio at {self.url} answered {status}: {detail}")
+        detail = strip_credentials(short_text(body))
+        return LabelStudioError(
+            f"{what}: Label Studio at {self.shown_url} answered {status}{call}: {detail}"
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Return the answer of a raw API call (for routes the SDK lacks), raising on errors."""
         # The SDK's own headers: "Token <key>", or "Bearer <access>" refreshed from a PAT.
         headers = self._sdk._client_wrapper.get_headers()
+        kwargs.setdefault("follow_redirects", False)
         response = self._http.request(method, path, headers=headers, **kwargs)
         response.raise_for_status()
         return response

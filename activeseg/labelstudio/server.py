@@ -8,6 +8,10 @@ a clean, explicit environment: it also reads plain variables such as ``PORT``, `
 The user, password and API token are applied only when the user is first created in a data
 directory; restarting on an existing data directory keeps the old ones. The token travels to
 the child through its environment, never on its command line (visible in ``ps``) or in a log.
+The web UI password is never the API token: ``$LABEL_STUDIO_PASSWORD``, or a random one kept
+in ``<data dir>/ui-password`` (mode 0600). The data directory is made private (mode 0700).
+Settings come from the environment, else from one ``.env`` file (the current directory's
+unless another is passed), never from a ``.env`` in a parent folder.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -30,9 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from dotenv import dotenv_values, find_dotenv
-
 from activeseg.errors import LabelStudioError
+from activeseg.labelstudio.envfile import default_env_file, read_env_file, strip_credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ PASSWORD_ENV = "LABEL_STUDIO_PASSWORD"
 DEFAULT_USERNAME = "activeseg@localhost"
 HOST = "127.0.0.1"
 LOG_NAME = "server.log"
+PASSWORD_FILE = "ui-password"
 # The server ignores tokens of 5 characters or fewer (and prints them to its log).
 MIN_TOKEN_LENGTH = 6
 # Plain variables copied from the caller: what a Python process needs to run, nothing else.
@@ -88,17 +94,19 @@ def check_port_free(port: int) -> None:
             ) from exc
 
 
-def env_setting(name: str) -> str:
-    """Return a variable from the environment, else from a ``.env`` file up from the cwd ("")."""
+def env_setting(name: str, env_file: Path | None = None) -> str:
+    """Return a variable from the environment, else from ``env_file`` (``./.env``), else "".
+
+    Raises ConfigError for a ``.env`` that is not the user's own or is group/other-writable.
+    """
     if os.environ.get(name):
         return os.environ[name]
-    path = find_dotenv(usecwd=True)
-    return (dotenv_values(path).get(name) if path else None) or ""
+    return read_env_file(env_file or default_env_file()).get(name, "")
 
 
-def api_key_from_env() -> str:
+def api_key_from_env(env_file: Path | None = None) -> str:
     """Return the API token from ``$LABEL_STUDIO_API_KEY`` or ``.env`` (never logged)."""
-    key = env_setting(API_KEY_ENV)
+    key = env_setting(API_KEY_ENV, env_file)
     if len(key) < MIN_TOKEN_LENGTH:
         state = "is not set" if not key else f"is shorter than {MIN_TOKEN_LENGTH} characters"
         raise LabelStudioError(
@@ -108,12 +116,54 @@ def api_key_from_env() -> str:
     return key
 
 
-def server_environment(venv: Path, data_dir: Path, api_key: str) -> dict[str, str]:
+def private_dir(path: Path) -> Path:
+    """Return ``path`` resolved, created with mode 0700 (an existing one is made 0700 too)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        log.info("making the Label Studio data directory %s private (mode 700)", path)
+        path.chmod(0o700)
+    return path.resolve()
+
+
+def ui_password(data_dir: Path, api_key: str, env_file: Path | None = None) -> str:
+    """Return the web UI password: ``$LABEL_STUDIO_PASSWORD``, else one kept in the data dir.
+
+    Without the variable a random password is made once and stored in
+    ``<data_dir>/ui-password`` (mode 0600); its path (never the password) is logged.
+    Raises LabelStudioError when the password equals the API token.
+    """
+    password = env_setting(PASSWORD_ENV, env_file)
+    if not password:
+        password = stored_password(data_dir / PASSWORD_FILE)
+    if password == api_key:
+        raise LabelStudioError(
+            f"{PASSWORD_ENV} equals {API_KEY_ENV}: the web UI password must differ from the "
+            f"API token; unset {PASSWORD_ENV} to get a random one in <data dir>/{PASSWORD_FILE}"
+        )
+    return password
+
+
+def stored_password(path: Path) -> str:
+    """Return the password kept in ``path``, making a random one there (mode 0600) if absent."""
+    if path.is_file():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(18)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(password + "\n")
+    log.warning(
+        "%s is not set: the web UI password of a newly created user is in %s", PASSWORD_ENV, path
+    )
+    return password
+
+
+def server_environment(
+    venv: Path, data_dir: Path, api_key: str, password: str, env_file: Path | None = None
+) -> dict[str, str]:
     """Return the complete environment of the server process (a clean, explicit mapping).
 
-    The password is ``$LABEL_STUDIO_PASSWORD`` or, when unset, the API token itself, so no
-    default password is written in code; the username is ``$LABEL_STUDIO_USERNAME`` or
-    ``activeseg@localhost`` (both also read from ``.env``).
+    ``password``: the web UI password (see :func:`ui_password`); the username is
+    ``$LABEL_STUDIO_USERNAME`` (also read from ``env_file``) or ``activeseg@localhost``.
     """
     env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
     env.update(
@@ -121,8 +171,8 @@ def server_environment(venv: Path, data_dir: Path, api_key: str) -> dict[str, st
         VIRTUAL_ENV=str(venv),
         PYTHONUNBUFFERED="1",
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        LABEL_STUDIO_USERNAME=env_setting(USERNAME_ENV) or DEFAULT_USERNAME,
-        LABEL_STUDIO_PASSWORD=env_setting(PASSWORD_ENV) or api_key,
+        LABEL_STUDIO_USERNAME=env_setting(USERNAME_ENV, env_file) or DEFAULT_USERNAME,
+        LABEL_STUDIO_PASSWORD=password,
         LABEL_STUDIO_USER_TOKEN=api_key,
         # Only read when the organization is created (first start); without it the fixed
         # token above answers 401 "legacy token authentication has been disabled".
@@ -144,12 +194,12 @@ def server_command(venv: Path, port: int) -> list[str]:
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
-    """Return the last ``lines`` lines of the server log (empty if there is none)."""
+    """Return the last ``lines`` lines of the server log (empty if none; URLs lose passwords)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return strip_credentials("\n".join(text.splitlines()[-lines:]))
 
 
 def is_healthy(url: str, timeout: float = 2.0) -> bool:
@@ -219,16 +269,20 @@ def start_server(
     *,
     api_key: str | None = None,
     timeout: float = 180.0,
+    env_file: Path | None = None,
 ) -> RunningServer:
     """Return a running Label Studio server on 127.0.0.1, started and healthy.
 
     ``port``: a free one is picked when None; a taken port is an error (the server would
     silently move to the next one). ``data_dir``: where the SQLite database, uploads and
-    ``server.log`` live (a new temporary directory when None). ``api_key``: the token of
-    the pre-created user (``$LABEL_STUDIO_API_KEY`` when None). The first start on a fresh
-    data directory runs the migrations (~30 s on 2 cores); a restart takes ~5 s.
+    ``server.log`` live (a new temporary directory when None), made private (mode 0700).
+    ``api_key``: the token of the pre-created user (``$LABEL_STUDIO_API_KEY`` when None).
+    The web UI password is ``$LABEL_STUDIO_PASSWORD`` or a random one kept in
+    ``<data_dir>/ui-password`` (see :func:`ui_password`); never the token. ``env_file``:
+    the ``.env`` read for unset variables (``./.env`` when None). The first start on a
+    fresh data directory runs the migrations (~30 s on 2 cores); a restart takes ~5 s.
     """
-    key = api_key if api_key is not None else api_key_from_env()
+    key = api_key if api_key is not None else api_key_from_env(env_file)
     if len(key) < MIN_TOKEN_LENGTH:
         raise LabelStudioError(f"the API token must have at least {MIN_TOKEN_LENGTH} characters")
     venv = find_ls_venv()
@@ -237,8 +291,9 @@ def start_server(
     else:
         check_port_free(port)
     data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="ls-data-"))
-    data.mkdir(parents=True, exist_ok=True)
-    server = launch(venv, port, data.resolve(), key)
+    data = private_dir(data)
+    password = ui_password(data, key, env_file)
+    server = launch(venv, port, data, server_environment(venv, data, key, password, env_file))
     wait_until_healthy(server, timeout)
     log.info("Label Studio is up at %s (data in %s)", server.url, server.data_dir)
     return server
@@ -254,15 +309,18 @@ def die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def launch(venv: Path, port: int, data_dir: Path, api_key: str) -> RunningServer:
-    """Return the freshly spawned (not yet healthy) server process, its output in server.log."""
+def launch(venv: Path, port: int, data_dir: Path, environment: dict[str, str]) -> RunningServer:
+    """Return the freshly spawned (not yet healthy) server process, its output in server.log.
+
+    ``environment``: the server's whole environment (see :func:`server_environment`).
+    """
     log_path = data_dir / LOG_NAME
     log.info("starting Label Studio on %s:%d (data in %s, log %s)", HOST, port, data_dir, log_path)
     with log_path.open("ab") as log_file:
         # A new session: a Ctrl-C in the terminal reaches only us; we stop the child ourselves.
         process = subprocess.Popen(
             server_command(venv, port),
-            env=server_environment(venv, data_dir, api_key),
+            env=environment,
             cwd=data_dir,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -322,14 +380,22 @@ def stop_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def serve_forever(port: int | None = None, data_dir: Path | str | None = None) -> int | None:
+def serve_forever(
+    port: int | None = None, data_dir: Path | str | None = None, env_file: Path | None = None
+) -> int | None:
     """Return the server's exit code after running it until SIGTERM or SIGINT arrives.
 
-    For ``activeseg labelstudio serve``: the token comes from ``$LABEL_STUDIO_API_KEY``.
-    Raises LabelStudioError if the server exits on its own.
+    For ``activeseg labelstudio serve``. The API token is ``$LABEL_STUDIO_API_KEY``; the
+    login is ``$LABEL_STUDIO_USERNAME`` (default ``activeseg@localhost``) with the password
+    ``$LABEL_STUDIO_PASSWORD``, which must differ from the token. Without that variable a
+    random password is generated on the first start and kept in ``<data dir>/ui-password``
+    (mode 0600; the log says where). Unset variables are read from ``env_file`` (default:
+    ``.env`` in the current directory only; it must be yours and not group/other-writable).
+    User, password and token are applied only when the data directory is new (made with
+    mode 0700). Raises LabelStudioError if the server exits on its own.
     """
     with stop_signals() as stop:
-        server = start_server(port, data_dir)
+        server = start_server(port, data_dir, env_file=env_file)
         try:
             while not stop.wait(1.0):
                 if server.process.poll() is not None:

@@ -124,35 +124,31 @@ def record_annotation(
     """Record an annotation version and move its crop to labeled or skipped.
 
     Returns the annotation and whether anything changed: the same version twice changes
-    nothing; a newer version supersedes the current one, which is kept as history.
+    nothing; a newer version supersedes the current one, which is kept as history. A version
+    recorded before that is newest again (a reviewer deleted the newer one) becomes current
+    again in place, with the given details: never a second row for the same version.
     """
     task = session.get(Task, task_id)
     if task is None:
         raise NotFoundError(f"no task with id {task_id} in this project")
-    same = session.scalar(
+    row = session.scalar(
         select(Annotation).where(
             Annotation.task_id == task_id,
             Annotation.ls_annotation_id == ls_annotation_id,
             Annotation.updated_at == updated_at,
         )
     )
-    if same is not None and same.current:
-        return _annotation_info(same), False
+    if row is not None and row.current:
+        return _annotation_info(row), False
     for old in session.scalars(
         select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
     ):
         old.current = False
-    row = Annotation(
-        task_id=task_id,
-        ls_annotation_id=ls_annotation_id,
-        annotator=annotator,
-        lead_time=lead_time,
-        updated_at=updated_at,
-        label_path=label_path,
-        was_cancelled=was_cancelled,
-        current=True,
-    )
-    session.add(row)
+    if row is None:
+        row = Annotation(task_id=task_id, ls_annotation_id=ls_annotation_id, updated_at=updated_at)
+        session.add(row)
+    row.annotator, row.lead_time, row.label_path = annotator, lead_time, label_path
+    row.was_cancelled, row.current = was_cancelled, True
     _settle_crop(session.get_one(Crop, task.crop_id), row, round_number, skip_reason)
     session.flush()
     return _annotation_info(row), True

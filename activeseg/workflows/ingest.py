@@ -30,7 +30,7 @@ import zarr
 from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
 from activeseg.errors import AnnotationError, InputError, StateError
 from activeseg.labelstudio.brush import results_to_labels
-from activeseg.labelstudio.client import LabelStudioClient, latest_update, parse_time
+from activeseg.labelstudio.client import LabelStudioClient, checked_id, latest_update, parse_time
 from activeseg.labelstudio.labeling import task_status
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
@@ -119,7 +119,7 @@ def ingest_annotations(
     ``round_number``: the round the new labels count for (default: the newest round).
     """
     owned = client is None
-    client = client or LabelStudioClient.from_env()
+    client = client or LabelStudioClient.from_env(project.root / ".env")
     try:
         return _ingest(project, round_number, client)
     finally:
@@ -159,7 +159,7 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
 
     The outcome names an :class:`IngestResult` count (``ingested``, ``updated``, ...).
     """
-    ls_id = int(task["id"])
+    ls_id = checked_id(task.get("id"), "a task from Label Studio")
     with project.session() as session:
         pooled = pool_tasks.task_by_ls_id(session, ls_id)
         current = None if pooled is None else pool_tasks.current_annotation(session, pooled.id)
@@ -167,7 +167,12 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
         raise AnnotationError(
             f"task {ls_id}: not pushed by this project (no such task in the pool)"
         )
-    annotation = newest(list(task.get("annotations") or []))
+    # Ids are checked before use (one names the labels' file): a bad one fails this task only.
+    annotations = [
+        dict(a, id=checked_id(a.get("id"), f"task {ls_id}: an annotation"))
+        for a in task.get("annotations") or []
+    ]
+    annotation = newest(annotations)
     if annotation is None:
         with project.session() as session:
             return (

@@ -250,7 +250,7 @@ def push_selected(
 ) -> PushResult:
     """Push a round's selected, still unlabeled crops (best first, at most ``limit``)."""
     owned = client is None
-    client = client or LabelStudioClient.from_env()
+    client = client or LabelStudioClient.from_env(project.root / ".env")
     try:
         return _push(project, round_info, limit, client, progress)
     finally:

@@ -184,7 +184,7 @@ def test_a_wrong_key_is_a_clear_error(ls_connection: Any) -> None:
 
 
 def test_an_unreachable_server_is_a_clear_error() -> None:
-    client = LabelStudioClient("http://127.0.0.1:9", "some-key-123456")
+    client = LabelStudioClient("http://127.0.0.1:9", "some-key-123456", retry_for=0)
     with pytest.raises(LabelStudioError, match="unreachable"):
         client.check()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
+import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -120,7 +123,11 @@ def broken(change: str) -> dict[str, Any]:
     elif change == "no slice":
         del result["item_index"]
     elif change == "rle":
+        result["value"]["rle"] = result["value"]["rle"][:8]
+    elif change == "short rle":
         result["value"]["rle"] = result["value"]["rle"][:6]
+    elif change == "rle bytes":
+        result["value"]["rle"] = [*result["value"]["rle"][:-1], 256]
     elif change == "no rle":
         del result["value"]["rle"]
     elif change == "stated size":
@@ -143,6 +150,8 @@ def broken(change: str) -> dict[str, Any]:
         ("slice", r"item_index=4, but only 2 slices"),
         ("no slice", r"item_index=None"),
         ("rle", "cannot be decoded"),
+        ("short rle", "brush RLE has 6 bytes, a 4x5 slice needs 7 to"),
+        ("rle bytes", "list of bytes"),
         ("no rle", "no RLE"),
         ("stated size", "drawn on a 4x50 image"),
         ("rle size", "holds 9 pixels"),
@@ -199,3 +208,55 @@ def test_task_status_reads_the_choice() -> None:
     ]
     assert task_status(results) == "unsure"
     assert task_status([one_result()]) is None
+
+
+def crafted_rle(count: int, length: int) -> list[int]:
+    """Return ``length`` RLE bytes whose header claims ``count`` values of 8 bits (then zeros)."""
+    header = (count << 8) | (7 << 3)  # 32-bit count, 5-bit word size - 1, then run sizes
+    return [*header.to_bytes(5, "big"), *[0] * (length - 5)]
+
+
+def crafted_result(rle: list[int]) -> dict[str, Any]:
+    """Return a 32x32 brush region on slice 0 with the given RLE."""
+    return {
+        "id": "r1",
+        "from_name": BRUSH_NAME,
+        "to_name": IMAGE_NAME,
+        "type": "brushlabels",
+        "item_index": 0,
+        "original_width": 32,
+        "original_height": 32,
+        "value": {"format": "rle", "rle": rle, "brushlabels": ["n1"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("rle", "message"),
+    [
+        # 51k bytes for a 32x32 slice: the decoder took 1.1 GB and 6.7 s before giving up.
+        (crafted_rle(2**24, 51_000), "brush RLE has 51000 bytes, a 32x32 slice needs 7 to"),
+        # A short list whose header claims 16 M values: allocated before the first byte is read.
+        (crafted_rle(2**24, 40), "brush RLE holds 4194304 pixels .* the slice has 32x32 = 1024"),
+    ],
+)
+def test_a_crafted_rle_is_refused_before_decoding(rle: list[int], message: str) -> None:
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(AnnotationError) as caught:
+            results_to_labels([crafted_result(rle)], 1, 32, 32, task=9)
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**21, f"{peak} bytes allocated"
+    assert elapsed < 0.5
+    assert re.match(rf"task 9, result 'r1': {message}", str(caught.value))
+
+
+def test_an_rle_of_the_right_size_still_decodes() -> None:
+    mask = np.zeros((32, 32), bool)
+    mask[3:9, 4:30] = True
+    result = crafted_result(instances_to_results(mask[None].astype(np.uint32))[0]["value"]["rle"])
+    labels, _ = results_to_labels([result], 1, 32, 32, task=9)
+    assert np.array_equal(labels[0] == 1, mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -13,17 +14,25 @@ from activeseg.cli import app
 from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
 from activeseg.errors import AnnotationError, InputError
 from activeseg.labelstudio.brush import instances_to_results
+from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
+from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.ingest import (
     annotator_name,
+    ingest_annotations,
     ingest_file,
     labels_from_results,
     newest,
 )
 from activeseg.workflows.project import Project, open_project
-from activeseg.workflows.push import flagged_instances, relabel_shown, render_crop
+from activeseg.workflows.push import (
+    PROJECT_SETTING,
+    flagged_instances,
+    relabel_shown,
+    render_crop,
+)
 from activeseg.workflows.simulate import create_demo_project
 
 
@@ -152,3 +161,53 @@ def test_ingest_file_rejects_bad_labels_and_stores_nothing(
         assert pool_volumes.get_crop(session, crop.id).status == "unlabeled"
     with pytest.raises(InputError):
         ingest_file(project, crop.id, tmp_path / "missing.zarr")
+
+
+class ChangedTasks:
+    """A stand-in client that lists fixed changed tasks."""
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        self.tasks = tasks
+
+    def changed_tasks(self, project_id: int, since: Any = None) -> list[dict[str, Any]]:
+        return self.tasks
+
+    def close(self) -> None:
+        pass
+
+
+def test_ids_from_the_server_are_checked_before_use_in_paths(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("ids") / "project", "smoke")
+    crop_id, shape = first_pool_crop(project)
+    with project.session() as session:
+        pool_settings.set_setting(session, PROJECT_SETTING, "1")
+        pool_tasks.queue_crop(
+            session, crop_id, round_id=None, slices=[0], pushed={"shape": shape}, ls_task_id=50
+        )
+    plane = np.zeros((1, *shape[1:]), np.uint32)
+    plane[0, :2, :2] = 1
+    escape = "../../../../escaped"
+    annotation = {
+        "id": escape,
+        "updated_at": "2026-01-02T03:04:05Z",
+        "result": instances_to_results(plane),
+        "was_cancelled": False,
+    }
+    client = ChangedTasks(
+        [
+            {"id": "7; rm -rf", "updated_at": "2026-01-02T03:04:05Z", "annotations": []},
+            {"id": 50, "updated_at": "2026-01-02T03:04:06Z", "annotations": [annotation]},
+        ]
+    )
+    result = ingest_annotations(project, client=cast(LabelStudioClient, client))
+    assert result.ingested == 0
+    assert [error.split(":")[0] for error in result.errors] == [
+        "a task from Label Studio",
+        "task 50",
+    ]
+    assert "'7; rm -rf'" in result.errors[0] and "not a non-negative integer" in result.errors[1]
+    assert not list(project.root.parent.rglob("escaped*"))
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, crop_id).status == "queued"

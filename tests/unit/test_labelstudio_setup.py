@@ -24,6 +24,7 @@ from activeseg.labelstudio.server import (
     server_command,
     server_environment,
     start_server,
+    ui_password,
 )
 
 KEY = "k" * 20
@@ -50,11 +51,12 @@ def test_server_environment_is_clean_and_explicit(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("LABEL_STUDIO_USERNAME", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_PASSWORD", raising=False)
-    env = server_environment(Path("/venv-ls"), Path("/data"), KEY)
+    env = server_environment(Path("/venv-ls"), Path("/data"), KEY, "pw-123456")
     assert not {"PORT", "DEBUG", "USERNAME"} & set(env)
     assert env["HOME"] == "/home/u"
     assert env["LABEL_STUDIO_BASE_DATA_DIR"] == "/data"
     assert env["LABEL_STUDIO_USER_TOKEN"] == KEY
+    assert env["LABEL_STUDIO_PASSWORD"] == "pw-123456"
     assert env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true"
     assert env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"
     assert env["LABEL_STUDIO_SENTRY_DSN"] == env["LABEL_STUDIO_FRONTEND_SENTRY_DSN"] == ""
@@ -66,14 +68,16 @@ def test_server_reads_a_dotenv_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / ".env").write_text("LABEL_STUDIO_USERNAME=dot@example.org\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LABEL_STUDIO_USERNAME", raising=False)
-    env = server_environment(Path("/v"), Path("/d"), KEY)
+    env = server_environment(Path("/v"), Path("/d"), KEY, "pw-123456")
     assert env["LABEL_STUDIO_USERNAME"] == "dot@example.org"
 
 
-def test_server_credentials_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_credentials_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LABEL_STUDIO_USERNAME", "lab@example.org")
     monkeypatch.setenv("LABEL_STUDIO_PASSWORD", "pw-123456")
-    env = server_environment(Path("/v"), Path("/d"), KEY)
+    env = server_environment(Path("/v"), Path("/d"), KEY, ui_password(tmp_path, KEY))
     assert (env["LABEL_STUDIO_USERNAME"], env["LABEL_STUDIO_PASSWORD"]) == (
         "lab@example.org",
         "pw-123456",
@@ -105,27 +109,18 @@ def test_a_short_token_is_refused_before_starting(monkeypatch: pytest.MonkeyPatc
         start_server()
 
 
-def test_connection_settings_read_a_dotenv_file_and_the_environment_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env_file = tmp_path / ".env"
-    env_file.write_text(f"LABEL_STUDIO_URL=http://127.0.0.1:8080/\nLABEL_STUDIO_API_KEY={KEY}\n")
-    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
-    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
-    assert connection_settings(env_file) == ("http://127.0.0.1:8080", KEY)
-    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9000")
-    assert connection_settings(env_file)[0] == "http://127.0.0.1:9000"
-
-
 def test_missing_connection_settings_name_the_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", KEY)
-    (tmp_path / "empty.env").write_text("")
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    env_file = tmp_path / "key-only.env"
+    env_file.write_text(f"LABEL_STUDIO_API_KEY={KEY}\n")
     with pytest.raises(LabelStudioError, match="LABEL_STUDIO_URL not set") as caught:
-        connection_settings(tmp_path / "empty.env")
+        connection_settings(env_file)
     assert KEY not in str(caught.value)
+    with pytest.raises(LabelStudioError, match="LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY not"):
+        connection_settings(tmp_path / "absent.env")
 
 
 def test_filter_times_are_utc_with_microseconds() -> None:

@@ -147,6 +147,48 @@ def test_annotations_are_idempotent_and_superseded_versions_are_kept(
         assert not tasks.withdraw_annotations(session, task.id)
 
 
+def test_an_older_annotation_newest_again_becomes_current_without_a_duplicate(
+    smoke_project: Project,
+) -> None:
+    # A reviewer deletes annotation 8: annotation 7 (ingested before) is the newest again.
+    with smoke_project.session() as session:
+        crop = _volume_with_crops(session, 1)[0]
+        task = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={})
+        common = dict(annotator="a@lab", lead_time=None, was_cancelled=False, round_number=1)
+        first, _ = tasks.record_annotation(
+            session,
+            task.id,
+            ls_annotation_id=7,
+            updated_at=T0,
+            label_path="labels/7.zarr",
+            **common,
+        )
+        tasks.record_annotation(
+            session,
+            task.id,
+            ls_annotation_id=8,
+            updated_at=T0 + timedelta(minutes=5),
+            label_path="labels/8.zarr",
+            **common,
+        )
+    for _ in range(2):  # every later ingest sees the same state
+        with smoke_project.session() as session:
+            again, _ = tasks.record_annotation(
+                session,
+                task.id,
+                ls_annotation_id=7,
+                updated_at=T0,
+                label_path="labels/7.zarr",
+                **common,
+            )
+    with smoke_project.session() as session:
+        history = tasks.annotation_history(session, task.id)
+        assert [(a.ls_annotation_id, a.current) for a in history] == [(7, True), (8, False)]
+        assert again.id == first.id
+        assert tasks.current_annotation(session, task.id) == again
+        assert volumes.get_crop(session, crop).label_path == "labels/7.zarr"
+
+
 def test_a_skip_marks_the_crop_skipped_with_its_reason(smoke_project: Project) -> None:
     with smoke_project.session() as session:
         crop = _volume_with_crops(session, 1)[0]
