@@ -23,26 +23,25 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from activeseg.config import load_config
-from activeseg.workflows.history import plot_history
+from activeseg.workflows.history import RoundSummary, plot_history
 from activeseg.workflows.simulate import create_demo_project, simulate
 
 GOAL = 0.6
 METRICS = ("avF1", "AP50")
 
 
-def curve(history: Sequence[dict[str, Any]], metric: str) -> tuple[list[int], list[float]]:
+def curve(history: Sequence[RoundSummary], metric: str) -> tuple[list[int], list[float]]:
     """Return (labeled crops trained on, metric) of the rounds that were evaluated."""
-    rows = [r for r in history if r["metrics"].get(metric) is not None and r["trained_on"]]
-    return [int(r["trained_on"]) for r in rows], [float(r["metrics"][metric]) for r in rows]
+    rows = [r for r in history if r.metrics.get(metric) is not None and r.trained_on]
+    return [int(r.trained_on or 0) for r in rows], [float(r.metrics[metric]) for r in rows]
 
 
 def mean_curve(
-    runs: Sequence[Sequence[dict[str, Any]]], metric: str
+    runs: Sequence[Sequence[RoundSummary]], metric: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (labels, mean, std) over seeds, round by round (runs share the batch size)."""
     curves = [curve(run, metric) for run in runs]
@@ -63,9 +62,9 @@ def labels_to_reach(labels: np.ndarray, values: np.ndarray, target: float) -> fl
     return None
 
 
-def correction(runs: Sequence[Sequence[dict[str, Any]]]) -> float | None:
+def correction(runs: Sequence[Sequence[RoundSummary]]) -> float | None:
     """Return the mean fraction of shown voxels repainted over all answered pre-annotations."""
-    values = [r["correction_fraction"] for run in runs for r in run if r["correction_fraction"]]
+    values = [r.correction_fraction for run in runs for r in run if r.correction_fraction]
     return float(np.mean(values)) if values else None
 
 
@@ -92,7 +91,8 @@ def main() -> None:
     project = create_demo_project(args.out / "start", args.out / "config.yaml")
     runs = simulate(project, args.rounds, args.strategies, args.seeds)
     by_strategy = {s: [runs[f"{s}-seed{k}"] for k in range(args.seeds)] for s in args.strategies}
-    (args.out / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
+    rows = {name: [r.as_dict() for r in run] for name, run in runs.items()}
+    (args.out / "runs.json").write_text(json.dumps(rows, indent=1, default=str))
     plot = plot_history(runs, args.out / "label-efficiency.png")
 
     print(

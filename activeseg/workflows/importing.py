@@ -50,6 +50,12 @@ class ImportedVolume:
     crops: int
     note: str | None = None
 
+    def as_dict(self) -> dict[str, object]:
+        """Return what ``import --json`` prints for this volume."""
+        v = self.volume
+        return {"name": v.name, "shape": list(v.shape), "split": v.split, "crops": self.crops,
+                "note": self.note}  # fmt: skip
+
 
 def volume_name(path: Path) -> str:
     """Return the default volume name of a file: its name without zarr/tiff/hdf5 suffixes."""

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from activeseg.data.volumes import read_raw
 from activeseg.errors import StateError
 from activeseg.labelstudio.brush import instances_to_results
-from activeseg.labelstudio.client import LabelStudioClient, chunks
+from activeseg.labelstudio.client import LabelStudioClient, checked_id, chunks
 from activeseg.labelstudio.labeling import (
     CAPTION_KEY,
     IMAGES_KEY,
@@ -307,7 +307,7 @@ def _tasks_already_in_labelstudio(
     for task in client.list_task_data(ls_project):
         data = task.get("data") or {}
         if data.get("round") == round_number and isinstance(data.get("crop_id"), int):
-            found[int(data["crop_id"])] = int(task["id"])
+            found[int(data["crop_id"])] = checked_id(task.get("id"), "a task of this round")
     return found
 
 

@@ -7,7 +7,6 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from activeseg.config import Config, load_config
 from activeseg.data.fisbe import write_fisbe
@@ -15,7 +14,7 @@ from activeseg.data.synthetic import generate_mcfo
 from activeseg.errors import InputError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
-from activeseg.workflows.history import plot_history, round_history
+from activeseg.workflows.history import RoundSummary, plot_history, round_history
 from activeseg.workflows.importing import import_volume
 from activeseg.workflows.loop import StageEvents, run_round
 from activeseg.workflows.project import CONFIG_FILE, Project, init_project, open_project
@@ -52,7 +51,7 @@ def run_rounds(
     events: StageEvents | None = None,
     round_done: RoundDone | None = None,
     label: str = "",
-) -> list[dict[str, Any]]:
+) -> list[RoundSummary]:
     """Run rounds with the simulated annotator until ``rounds`` rounds have finished."""
     with project.session() as session:
         finished = sum(1 for r in pool_rounds.list_rounds(session) if r.finished_at)
@@ -82,7 +81,7 @@ def simulate(
     *,
     events: StageEvents | None = None,
     round_done: RoundDone | None = None,
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, list[RoundSummary]]:
     """Run simulated rounds per strategy and seed; return each run's history by name.
 
     One strategy and one seed run in the project itself, recorded like real rounds. Several
@@ -119,7 +118,7 @@ class DemoResult:
     """Where the demo's outputs are."""
 
     project: Path
-    history: list[dict[str, Any]]
+    history: list[RoundSummary]
     plot: Path
 
 

@@ -17,6 +17,8 @@ def _layer(module: str) -> str:
     """Return the layer of a dotted module name inside activeseg."""
     parts = module.split(".")
     top = parts[1] if len(parts) > 1 else "__init__"
+    if top == "__main__":  # python -m activeseg: the command line
+        return "cli"
     return "base" if top in BASE else top
 
 

@@ -1,0 +1,78 @@
+"""What every command shares: the consoles, option types, error handling and JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from activeseg.errors import ActivesegError
+
+console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        "-p",
+        envvar="ACTIVESEG_PROJECT",
+        file_okay=False,
+        help="Project directory (default: the current directory or a parent holding one).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+StrategyOption = Annotated[
+    str | None, typer.Option(help="random, diverse, uncertainty, bald or instance.")
+]
+
+
+def command(group: typer.Typer, name: str) -> Callable[[F], F]:
+    """Return a decorator registering a command that turns activeseg errors into an exit code.
+
+    The error becomes one line on stderr; the exit code is the error's (2 for bad input).
+    """
+
+    def register(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except ActivesegError as exc:
+                print_error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
+
+        group.command(name)(wrapper)
+        return func
+
+    return register
+
+
+def print_error(message: str) -> None:
+    """Print one error line on stderr."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def finite(data: Any) -> Any:
+    """Return data with NaN and infinities as None (strict JSON has no NaN)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
+
+
+def emit_json(data: Any) -> None:
+    """Print one JSON document on stdout."""
+    sys.stdout.write(json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n")

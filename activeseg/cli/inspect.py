@@ -1,0 +1,60 @@
+"""Looking back: the history of rounds and one round in detail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from activeseg.cli import app
+from activeseg.cli.common import JsonOption, ProjectOption, command, console, emit_json
+from activeseg.cli.render import print_history, print_round_detail
+
+
+@command(app, "history")
+def history_cmd(
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write learning curves to this PNG.")
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the rounds: labels, strategy, training time, validation metrics, stage timings.
+
+    Example: [bold]activeseg history --plot curves.png[/]
+    """
+    from activeseg.workflows.history import plot_history, round_history
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    history = round_history(project)
+    if plot is not None:
+        plot_history({project.root.name: history}, plot)
+    if as_json:
+        emit_json([row.as_dict() for row in history])
+        return
+    print_history(history)
+    if plot is not None:
+        console.print(f"learning curves: {plot}")
+
+
+@command(app, "show")
+def show_cmd(
+    number: Annotated[int, typer.Argument(help="Round number.")],
+    top: Annotated[int, typer.Option(min=1, help="How many ranked crops to show.")] = 10,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show what a round picked and why, its model checkpoint and its config snapshot.
+
+    Example: [bold]activeseg show 2[/]
+    """
+    from activeseg.workflows.history import round_detail
+    from activeseg.workflows.project import open_project
+
+    detail = round_detail(open_project(project_dir), number, top)
+    if as_json:
+        emit_json(detail.as_dict())
+        return
+    print_round_detail(detail)

@@ -1,0 +1,345 @@
+"""The loop and its stages: round, train, score, push, ingest, predict, evaluate, simulate, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from activeseg.cli import app
+from activeseg.cli.common import (
+    JsonOption,
+    ProjectOption,
+    StrategyOption,
+    command,
+    console,
+    emit_json,
+    print_error,
+)
+from activeseg.cli.render import (
+    print_history,
+    print_metrics,
+    print_ranking,
+    progress_bar,
+    stage_printer,
+    training_bar,
+)
+
+
+@command(app, "round")
+def round_cmd(
+    until: Annotated[
+        str | None,
+        typer.Option(help="Stop after this stage (ingest, train, evaluate, score, select, push)."),
+    ] = None,
+    strategy: StrategyOption = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Crops to push.")] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one round of the loop: ingest → train → evaluate → score → select → push.
+
+    An interrupted round resumes at its first unfinished stage.
+
+    Example: [bold]activeseg round --strategy instance --batch-size 8[/]
+    """
+    from activeseg.workflows.history import round_detail
+    from activeseg.workflows.loop import run_round
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    if not as_json:
+        console.print("[bold]round[/]")
+    info = run_round(
+        project,
+        until=until,
+        strategy=strategy,
+        batch_size=batch_size,
+        events=stage_printer(as_json),
+    )
+    if as_json:
+        emit_json(round_detail(project, info.number).as_dict(config=False))
+    else:
+        console.print(f"round {info.number} {'finished' if info.finished_at else 'paused'}")
+
+
+@command(app, "train")
+def train_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """Train the model on the labeled crops of the pool (warm start from the newest model).
+
+    Example: [bold]activeseg train --json[/]
+    """
+    from activeseg.workflows.fit import train_project
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    with training_bar(project.config.train.steps, as_json) as progress:
+        checkpoint = train_project(project, progress=progress)
+    result = {
+        "checkpoint": str(project.resolve(checkpoint.path)),
+        "steps": checkpoint.steps,
+        "labeled_crops": checkpoint.labeled_crops,
+        "kind": checkpoint.kind,
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(
+            f"trained {result['steps']} steps on {result['labeled_crops']} crops → "
+            f"{result['checkpoint']}"
+        )
+
+
+@command(app, "score")
+def score_cmd(
+    strategy: StrategyOption = None,
+    top: Annotated[int, typer.Option(min=1, help="How many ranked crops to print.")] = 10,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score the unlabeled pool crops and rank them (this round's stages up to select).
+
+    Runs the open round (or a new one) through ingest, train, evaluate, score and select, all
+    recorded, and prints the ranking with the parts of each score.
+
+    Example: [bold]activeseg score --strategy bald --json[/]
+    """
+    from activeseg.workflows.history import round_ranking
+    from activeseg.workflows.loop import run_round
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    info = run_round(project, until="select", strategy=strategy, events=stage_printer(as_json))
+    ranking = round_ranking(project, info.number)
+    if as_json:
+        emit_json([crop.as_dict() for crop in ranking])
+        return
+    print_ranking(ranking[:top], title=f"round {info.number}: {info.strategy}")
+
+
+@command(app, "push")
+def push_cmd(
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Push at most this many crops (best first).")
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Push the newest round's selected crops to Label Studio, pre-annotated by the model.
+
+    Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (environment or .env). Safe to re-run:
+    crops already pushed are not pushed twice.
+
+    Example: [bold]activeseg push --limit 10 --json[/]
+    """
+    from activeseg.workflows.project import open_project
+    from activeseg.workflows.push import latest_round, push_selected
+
+    project = open_project(project_dir)
+    newest = latest_round(project)
+    with progress_bar("rendering crops", as_json) as progress:
+        result = push_selected(project, newest, limit=limit, progress=progress)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    console.print(
+        f"pushed {result.pushed} crops to Label Studio project {result.project_id}"
+        + (f" ({result.recovered} recovered from an interrupted push)" if result.recovered else "")
+    )
+
+
+@command(app, "ingest")
+def ingest_cmd(
+    from_file: Annotated[
+        tuple[int, Path] | None,
+        typer.Option(
+            "--from-file",
+            metavar="CROP LABELS.zarr",
+            help="Ingest labels made in another tool for one crop instead of Label Studio.",
+        ),
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take new and updated annotations from Label Studio into the pool (or one label file).
+
+    Only what changed since the last ingest is read; ingesting twice changes nothing. A bad
+    annotation is reported with its task and does not stop the others (exit code 2 if any).
+
+    Example: [bold]activeseg ingest --json[/]
+
+    Example: [bold]activeseg ingest --from-file 12 crop12.zarr[/]
+    """
+    from activeseg.workflows.ingest import IngestResult, ingest_annotations, ingest_file
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    if from_file is not None:
+        crop_id, path = from_file
+        result = IngestResult()
+        outcome = ingest_file(project, crop_id, path)
+        setattr(result, outcome, 1)
+    else:
+        result = ingest_annotations(project)
+    counts = result.as_dict()
+    if as_json:
+        emit_json(counts)
+    else:
+        console.print(", ".join(f"{k} {v}" for k, v in counts.items() if k != "errors"))
+        for message in result.errors:
+            print_error(message)
+    if result.errors:
+        raise typer.Exit(2)
+
+
+@command(app, "predict")
+def predict_cmd(
+    volume: Annotated[str, typer.Argument(help="A registered volume's name or a zarr path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output zarr group.")],
+    samples: Annotated[
+        str,
+        typer.Option(
+            help="Keep per-sample outputs ('samples'), or mean/variance "
+            "('moments'), or decide by size ('auto')."
+        ),
+    ] = "auto",
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predict a volume with the newest model: foreground, embeddings and consensus instances.
+
+    Example: [bold]activeseg predict val0 --out val0-pred.zarr[/]
+    """
+    from activeseg.workflows.predict import predict_volume
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    with console.status(f"predicting {volume}"):
+        result = predict_volume(project, volume, out, layout=samples)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(
+            f"wrote {result['out']} ({result['layout']}, {result['instances']} instances)"
+        )
+
+
+@command(app, "evaluate")
+def evaluate_cmd(
+    pred: Annotated[str, typer.Argument(help="Prediction: zarr path or registered volume.")],
+    gt: Annotated[str, typer.Argument(help="Ground truth: zarr path or registered volume.")],
+    fisbe: Annotated[
+        bool, typer.Option("--fisbe", help="FISBe protocol: drop predictions ≤ 800 voxels.")
+    ] = False,
+    partly: Annotated[
+        bool, typer.Option("--partly", help="GT labels only some neurons (FISBe partly).")
+    ] = False,
+    uncertainty: Annotated[
+        bool, typer.Option("--uncertainty", help="Add PAvPU, error AUROC and ECE.")
+    ] = False,
+    reliability: Annotated[
+        Path | None,
+        typer.Option(help="With --uncertainty: draw the foreground reliability diagram (PNG)."),
+    ] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare a segmentation with ground truth: AP, FISBe avF1/C/S/FS/FM, VOI, ARAND.
+
+    Example: [bold]activeseg evaluate pred.zarr val0 --fisbe --json[/]
+    or [bold]activeseg evaluate pred.zarr val0 --uncertainty --reliability calib.png[/]
+    """
+    from activeseg.errors import ProjectNotFoundError
+    from activeseg.workflows.evaluate import evaluate_files
+    from activeseg.workflows.project import open_project
+
+    try:
+        project = open_project(project_dir)
+    except ProjectNotFoundError:
+        project = None
+    cluster = project.config.cluster if project else None
+    result = evaluate_files(
+        pred,
+        gt,
+        project,
+        fisbe=fisbe,
+        partly=partly,
+        uncertainty=uncertainty,
+        cluster=cluster,
+        reliability_plot=reliability,
+    )
+    if as_json:
+        emit_json(result)
+        return
+    print_metrics(result, title=f"{pred} vs {gt}")
+
+
+@command(app, "simulate")
+def simulate_cmd(
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 3,
+    strategy: Annotated[
+        list[str] | None, typer.Option(help="Strategy; repeat to compare several.")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per strategy.")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="Learning curves PNG.")] = None,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run rounds with the simulated annotator (answers from hidden ground truth).
+
+    Several strategies or seeds each run in a copy of the starting project under
+    simulations/, so they start from identical conditions.
+
+    Example: [bold]activeseg simulate --rounds 4 --strategy random --strategy instance --seeds 3[/]
+    """
+    from activeseg.workflows.history import plot_history
+    from activeseg.workflows.project import open_project
+    from activeseg.workflows.simulate import simulate
+
+    project = open_project(project_dir)
+    results = simulate(
+        project,
+        rounds,
+        strategy or [project.config.acquisition.strategy],
+        seeds,
+        events=stage_printer(as_json),
+        round_done=None if as_json else lambda name, n: console.print(f"{name}: round {n} done"),
+    )
+    if plot is not None:
+        plot_history(results, plot)
+    if as_json:
+        emit_json({name: [row.as_dict() for row in rows] for name, rows in results.items()})
+        return
+    for name, history in results.items():
+        console.print(f"[bold]{name}[/]")
+        print_history(history)
+
+
+@command(app, "demo")
+def demo_cmd(
+    directory: Annotated[Path, typer.Argument(help="Where to put the demo project.")] = Path(
+        "demo"
+    ),
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 3,
+) -> None:
+    """Run the whole loop on synthetic MCFO-like data with a simulated annotator.
+
+    Example: [bold]activeseg demo demo --rounds 3[/]
+    """
+    from activeseg.workflows.simulate import run_demo
+
+    console.print(f"[bold]activeseg demo[/] in {directory.resolve()}")
+    result = run_demo(
+        directory,
+        rounds,
+        events=stage_printer(False),
+        round_done=lambda _, n: console.print(f"[bold]round {n} done[/]"),
+    )
+    print_history(result.history)
+    console.print(f"""
+project:          {result.project}
+learning curves:  {result.plot}
+inspect:          activeseg status -p {directory}; activeseg show 1 -p {directory}
+view in napari:   napari {result.project}/volumes/pool0.zarr (OME-Zarr; labels under labels/)
+""")
