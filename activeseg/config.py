@@ -93,22 +93,10 @@ class LossConfig(Section):
     w_push: float = 1.0
     w_reg: float = 0.001
     w_foreground: float = 1.0
-    # 0.3: over 4 paired seeds +0.03 F1@0.5 and a better embedding than 0 (BENCHMARKS.md,
-    # session 10); within the seed spread, for ~4 % more time per CPU step.
+    # 0.3: better end to end and a better embedding than 0 over paired seeds, though within
+    # the seed spread, for a little more time per CPU step (see BENCHMARKS.md, Session 10).
     w_mask: float = Field(0.3, ge=0, description="weight of the soft instance-mask Dice term")
-    # Where two neurons touch, mean shift hands one's voxels to the other: the misassigned
-    # voxels lie a median 1 voxel from another neuron. 3 (with w_foreground 2) embedded better
-    # in 3 of 3 seeds, but scored the same F1@0.5 and a lower avF1 (BENCHMARKS.md, session 12).
-    contact_weight: float = Field(
-        0.0, ge=0, description="extra weight of contact voxels in the pull and mask terms"
-    )
     foreground_dice: bool = True
-    foreground_pos_weight: float | None = Field(
-        None, description="BCE weight of foreground voxels; None = balance from the batch"
-    )
-    embed_background: bool = Field(
-        False, description="annotated background is one more cluster of the embedding loss"
-    )
 
 
 class TrainConfig(Section):
@@ -118,13 +106,14 @@ class TrainConfig(Section):
     # Small patches, two per step: many more steps per CPU minute, which is what the model
     # needs most. With batch 1, PyTorch runs small conv3d inputs on its slow native kernel
     # instead of oneDNN (profiled: a 16x64x64 step took longer than a 32x64x64 one); batch >= 2
-    # always takes oneDNN.
+    # always takes oneDNN (see BENCHMARKS.md, Session 4).
     batch_size: int = Field(2, ge=1)
     patch: Triple = (16, 48, 48)
     lr: float = Field(1e-3, gt=0)
     # Touching neurons are where the embedding merges instances: this share of patches is
-    # placed to hold a voxel where two annotated neurons touch, the rest anywhere. 0.5 learned
-    # faster over 1300 steps but cost foreground at 3600 (BENCHMARKS.md, session 11).
+    # placed to hold a voxel where two annotated neurons touch, the rest anywhere. Kept though
+    # off: it helped short trainings like the loop's first rounds, but cost foreground at the
+    # full budget (see BENCHMARKS.md, Session 11).
     contact_fraction: float = Field(0.0, ge=0.0, le=1.0)
     seed: int = 0
     warm_start: bool = True
@@ -132,8 +121,9 @@ class TrainConfig(Section):
     # "auto" trains on the GPU when torch sees one; the checkpoint is the same either way.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto" runs the forward pass in bfloat16 where the processor computes it natively (a CPU
-    # with AVX512-BF16 or AMX, a GPU with bf16): 1.45x the steps per minute on this project's
-    # 2-core EPYC at no loss of quality (BENCHMARKS.md); float32 elsewhere, where bf16 is slow.
+    # with AVX512-BF16 or AMX, a GPU with bf16): more steps per minute on this project's 2-core
+    # EPYC at no loss of quality (see BENCHMARKS.md, Session 9); float32 elsewhere, where bf16
+    # is slow.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
@@ -142,10 +132,11 @@ class ClusterConfig(Section):
 
     # The class-balanced foreground loss over-predicts (boundary voxels, mostly z neighbours of a
     # neuron). 0.9 scores better with well-trained models, but the short trainings of the
-    # first rounds rarely reach it: 0.8 keeps them finding neurons.
+    # first rounds rarely reach it: 0.8 keeps them finding neurons (see BENCHMARKS.md,
+    # Session 7).
     foreground_threshold: float = Field(0.8, gt=0, lt=1)
     # Gaussian mean shift found fewer false merges of touching neurons than a flat window on
-    # the cached predictions of 8 models (F1@0.5 +0.05 on average, BENCHMARKS.md, session 7).
+    # the cached predictions of several models (see BENCHMARKS.md, Session 7).
     kernel: Literal["flat", "gaussian"] = "gaussian"
     # The kernel's standard deviation (gaussian) or radius (flat), in embedding units; it
     # follows the loss margins: about delta_v for gaussian, delta_v to delta_d for flat.
@@ -198,9 +189,10 @@ class LabelStudioConfig(Section):
     overlay_vmax: float | None = Field(
         None, gt=0, description="uncertainty at full overlay colour; None = per crop maximum"
     )
-    # "inline": data URIs in the task data, one request for everything (100 tasks in ~2 s);
-    # fine for crop-sized slices, but every task listing carries them. "upload": files on the
-    # server, a smaller database, but each file is a server-side commit (100 tasks in 4-16 s).
+    # "inline": data URIs in the task data, one request for everything: fast, and fine for
+    # crop-sized slices, but every task listing carries them. "upload": files on the server, a
+    # smaller database, but each file is a server-side commit, several times slower (see
+    # BENCHMARKS.md, Push and ingest).
     images: Literal["inline", "upload"] = "inline"
 
 
@@ -269,8 +261,19 @@ def load_config(source: str | Path) -> Config:
     return parse_config(data, origin=str(path))
 
 
+# Research options removed because no benchmark gained from them, with the value they had by
+# default. Projects and checkpoints store their resolved config, so those written before the
+# removal name them at that value, which changes nothing; any other value is an error.
+RETIRED: dict[tuple[str, str], object] = {
+    ("loss", "contact_weight"): 0.0,
+    ("loss", "embed_background"): False,
+    ("loss", "foreground_pos_weight"): None,
+}
+
+
 def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
     """Validate a config mapping; errors name the field and the origin file."""
+    data = _without_retired(data, origin)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -279,3 +282,22 @@ def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid config {origin}: {problems}") from exc
+
+
+def _without_retired(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Return data without the RETIRED keys that hold their old default value.
+
+    Raises ConfigError for a retired key set to anything else: what it asked for is gone.
+    """
+    cleaned = dict(data)
+    for (section, field), default in RETIRED.items():
+        values = data.get(section)
+        if not isinstance(values, dict) or field not in values:
+            continue
+        if values[field] != default:
+            raise ConfigError(
+                f"invalid config {origin}: {section}.{field} was removed (no benchmark gained "
+                f"from it, see BENCHMARKS.md); delete it"
+            )
+        cleaned[section] = {k: v for k, v in cleaned[section].items() if k != field}
+    return cleaned

@@ -11,10 +11,9 @@ the validation volumes only. Also reported, to locate errors: the foreground Dic
 clustering the TRUE foreground's embeddings, and the F1 of the predicted foreground perfectly
 clustered (each voxel given its nearest true neuron).
 
-    .venv/bin/python benchmarks/bench_quality.py [--steps N] [--kind mheads] [--embed-background]
-        [--pos-weight W] [--no-dice] [--intensity linear] [--batch B] [--patch Z Y X]
-        [--widths 16 32 64 128] [--lr 0.003] [--set loss.delta_d=1.0 ...] [--volumes 32]
-        [--test-volumes 15]
+    .venv/bin/python benchmarks/bench_quality.py [--steps N] [--kind mheads] [--no-dice]
+        [--intensity linear] [--batch B] [--patch Z Y X] [--widths 16 32 64 128] [--lr 0.003]
+        [--set loss.delta_d=1.0 ...] [--volumes 32] [--test-volumes 15]
         [--keep DIR | --model DIR]
 """
 
@@ -83,8 +82,6 @@ def bench_config(args: argparse.Namespace) -> Config:
         data["train"]["lr"] = args.lr
     if args.intensity:
         data["model"]["intensity"] = args.intensity
-    data["loss"]["embed_background"] = args.embed_background
-    data["loss"]["foreground_pos_weight"] = args.pos_weight
     data["loss"]["foreground_dice"] = not args.no_dice
     for override in args.set:
         key, _, value = override.partition("=")
@@ -283,10 +280,6 @@ def arguments() -> argparse.ArgumentParser:
         help="training steps (default: --set train.steps=N, else what fits 10 minutes on 2 cores)",
     )
     parser.add_argument("--kind", default="mheads")
-    parser.add_argument("--embed-background", action="store_true")
-    parser.add_argument(
-        "--pos-weight", type=float, help="foreground BCE weight (default: balanced)"
-    )
     parser.add_argument("--intensity", choices=("linear", "sqrt"), help="input transform")
     parser.add_argument("--no-dice", action="store_true", help="foreground loss without soft Dice")
     parser.add_argument("--batch", type=int, help="training patches per step")

@@ -263,29 +263,3 @@ def _features(descriptors: npt.ArrayLike | None, count: int, needed_by: str) -> 
     if descriptors is None:
         raise InputError(f"{needed_by} needs crop descriptors (N, D); none were given")
     return standardize(descriptors, count)
-
-
-def rank(
-    scores: CropScores,
-    strategy: str,
-    *,
-    descriptors: npt.ArrayLike | None = None,
-    diversity: bool = False,
-    cost_aware: bool = False,
-    cost_alpha: float = 1.0,
-    seed: int = 0,
-) -> list[Selection]:
-    """Return all N crops ranked as ``select_batch`` would pick them (for printing, history).
-
-    Same arguments as ``select_batch``; the first ``batch_size`` entries equal its batch.
-    """
-    return select_batch(
-        scores,
-        strategy,
-        max(scores.count, 1),
-        descriptors=descriptors,
-        diversity=diversity,
-        cost_aware=cost_aware,
-        cost_alpha=cost_alpha,
-        seed=seed,
-    )

@@ -50,7 +50,8 @@ from activeseg.errors import InputError
 logger = logging.getLogger(__name__)
 
 # Default core of a tile (rounded up to the pooling divisor). With the demo U-Net's margin
-# (14, 28, 28) a tile is (60, 184, 184) voxels and one forward pass peaks near 1.3 GB.
+# (14, 28, 28) a tile is (60, 184, 184) voxels, and predict's peak memory stays within its
+# budget (see BENCHMARKS.md, the summary table's peak RSS of predict).
 DEFAULT_CORE: Triple = (32, 128, 128)
 # Above this many bytes of per-sample output, predict_to_zarr stores moments instead.
 SAMPLE_BUDGET_BYTES = 8 * 2**30

@@ -19,7 +19,7 @@ import torch
 
 from activeseg.config import Config, Triple
 from activeseg.core.models.checkpoint import load_model, save_checkpoint
-from activeseg.core.models.losses import CONTACT_REACH, Target, contact_voxels, segmentation_loss
+from activeseg.core.models.losses import Target, segmentation_loss
 from activeseg.core.models.normalization import Normalization
 from activeseg.core.models.probabilistic import ProbabilisticModel, SegmentationNet
 from activeseg.errors import InputError, StateError
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, float], None]
 # Tries to find a random patch that holds annotated voxels before taking any patch.
 PATCH_TRIES = 10
+# Two neurons touch where their annotated voxels lie within this many voxels (per axis).
+CONTACT_REACH = 2
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,38 @@ def contacts(labels: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> npt.
     another neuron within CONTACT_REACH voxels: where touching neurons merge if anywhere."""
     touching = contact_voxels(torch.from_numpy(labels)[None], torch.from_numpy(mask)[None])
     return np.argwhere(touching[0].numpy()).astype(np.int64)
+
+
+def contact_voxels(
+    labels: torch.Tensor, annotated: torch.Tensor, reach: int = CONTACT_REACH
+) -> torch.Tensor:
+    """Return where (bool, like labels (B, Z, Y, X)) an annotated neuron voxel has an annotated
+    voxel of another neuron within reach voxels along every axis."""
+    known = torch.where(annotated, labels, 0)
+    highest = _box_extreme(known, reach, torch.maximum, 0)
+    beyond = int(known.max()) + 1  # background counts as above every neuron for the minimum
+    lowest = _box_extreme(torch.where(known > 0, known, beyond), reach, torch.minimum, beyond)
+    return (known > 0) & (highest != lowest)
+
+
+def _box_extreme(
+    x: torch.Tensor,
+    reach: int,
+    pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    fill: int,
+) -> torch.Tensor:
+    """Return pick (maximum or minimum) of x (B, Z, Y, X) over the voxels within reach of each
+    voxel along every axis, one axis at a time, fill beyond the edges (faster than max_pool3d
+    on the CPU, see BENCHMARKS.md, Session 12, and it works on integers)."""
+    for axis in (1, 2, 3):
+        n = x.shape[axis]
+        edge = x.new_full((*x.shape[:axis], reach, *x.shape[axis + 1 :]), fill)
+        padded = torch.cat([edge, x, edge], dim=axis)
+        out = padded.narrow(axis, 0, n)
+        for shift in range(1, 2 * reach + 1):
+            out = pick(out, padded.narrow(axis, shift, n))
+        x = out
+    return x
 
 
 def _initial_model(config: Config, init_from: Path | None) -> ProbabilisticModel:

@@ -1,17 +1,16 @@
 """Samples of a probabilistic model → voxel, instance and crop uncertainty.
 
-Pure numpy functions. The shape convention follows baal's: **samples first**. A model with
-M heads, K ensemble members or K dropout passes gives S samples per voxel of
+Pure numpy functions. Our shape convention puts the **samples first** (baal, unlike us, puts
+its iterations on the last axis). A model with M heads, K ensemble members or K dropout passes
+gives S samples per voxel of
 
 - a foreground probability: ``(S, Z, Y, X)`` float in [0, 1];
-- an embedding: ``(S, E, Z, Y, X)`` float;
 - an instance segmentation (mean shift of each sample's embedding): ``(S, Z, Y, X)`` uint32,
   0 = background; and one *consensus* segmentation of the mean: ``(Z, Y, X)`` uint32.
 
 Entropies are in bits, so the entropy of a binary foreground probability lies in [0, 1].
-Epistemic uncertainty (the samples disagree: mutual information, embedding variance, instance
-stability) is kept apart from aleatoric uncertainty (the model predicts noise: expected
-entropy, predicted variance), as Kendall & Gal (2017) separate them.
+The samples' disagreement (mutual information, instance stability) is epistemic uncertainty,
+the part of the predictive entropy that more labels can reduce (Kendall & Gal 2017).
 """
 
 from __future__ import annotations
@@ -97,18 +96,9 @@ def predictive_entropy(fg: npt.ArrayLike) -> FloatVolume:
     """Return (Z, Y, X) float32 entropy in bits of the mean foreground probability.
 
     fg: (S, Z, Y, X) float foreground probability per sample. Total uncertainty: epistemic
-    (``mutual_information``) plus aleatoric (``expected_entropy``).
+    (``mutual_information``) plus aleatoric (the mean entropy of the samples).
     """
     return binary_entropy(_probabilities(fg).mean(axis=0)).astype(np.float32)
-
-
-def expected_entropy(fg: npt.ArrayLike) -> FloatVolume:
-    """Return (Z, Y, X) float32 mean over samples of each sample's entropy in bits.
-
-    fg: (S, Z, Y, X) float foreground probability per sample. The aleatoric part of the
-    predictive entropy: high where every sample is unsure, even if they agree.
-    """
-    return binary_entropy(_probabilities(fg)).mean(axis=0).astype(np.float32)
 
 
 def mutual_information(fg: npt.ArrayLike) -> FloatVolume:
@@ -120,79 +110,6 @@ def mutual_information(fg: npt.ArrayLike) -> FloatVolume:
     p = _probabilities(fg)
     mi = binary_entropy(p.mean(axis=0)) - binary_entropy(p).mean(axis=0)
     return np.clip(mi, 0.0, 1.0).astype(np.float32)  # rounding can dip a hair below 0
-
-
-def embedding_variance(emb: npt.ArrayLike) -> FloatVolume:
-    """Return (Z, Y, X) float32 trace of the per-voxel embedding covariance across samples.
-
-    emb: (S, E, Z, Y, X) float embedding per sample. The sum over the E dimensions of the
-    (population, ddof=0) variance across the S samples; 0 where all samples agree.
-    """
-    values = _float_array(emb, "embedding", 5, "(S, E, Z, Y, X)")
-    total = np.zeros(values.shape[2:], np.float64)
-    for dim in range(values.shape[1]):  # one dimension at a time keeps memory at one volume
-        total += values[:, dim].astype(np.float64).var(axis=0)
-    return total.astype(np.float32)
-
-
-def aleatoric_variance(variance: npt.ArrayLike, *, log: bool = False) -> FloatVolume:
-    """Return (Z, Y, X) float32 mean over samples of the model's predicted variance.
-
-    variance: (S, Z, Y, X) or (S, C, Z, Y, X) float, the variance (or, with ``log=True``, the
-    log variance as loss attenuation predicts it) per sample and output channel; channels are
-    summed. This is the aleatoric term E_s[sigma_s^2] of the law of total variance; report it
-    next to, never added into, the epistemic ``embedding_variance``.
-    """
-    values = np.asarray(variance, dtype=np.float64)
-    if values.ndim not in (4, 5):
-        raise InputError(
-            f"variance must be (S, Z, Y, X) or (S, C, Z, Y, X), got shape {values.shape}"
-        )
-    values = np.exp(values) if log else values
-    if not np.all(values >= 0):  # False for NaN too
-        raise InputError("predicted variance must be non-negative and not NaN")
-    mean = values.mean(axis=0)
-    return (mean.sum(axis=0) if mean.ndim == 4 else mean).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class VoxelUncertainty:
-    """Voxel uncertainty maps of one crop, each (Z, Y, X) float32; epistemic and aleatoric apart.
-
-    entropy: predictive entropy (total); mutual_information: epistemic part of it;
-    embedding_variance: epistemic, of the embedding (None without embeddings);
-    aleatoric: mean predicted variance (None when the model predicts none).
-    """
-
-    entropy: FloatVolume
-    mutual_information: FloatVolume
-    embedding_variance: FloatVolume | None = None
-    aleatoric: FloatVolume | None = None
-
-
-def voxel_uncertainty(
-    fg: npt.ArrayLike,
-    emb: npt.ArrayLike | None = None,
-    variance: npt.ArrayLike | None = None,
-    *,
-    log_variance: bool = False,
-) -> VoxelUncertainty:
-    """Return every voxel uncertainty map of one crop's samples.
-
-    fg: (S, Z, Y, X) float probability; emb: (S, E, Z, Y, X) float or None; variance:
-    (S, [C,] Z, Y, X) float predicted (log) variance or None.
-    """
-    shape = np.shape(fg)[1:]
-    if emb is not None:
-        _same_volume("embedding", np.shape(emb)[2:], shape)
-    if variance is not None:
-        _same_volume("variance", np.shape(variance)[-3:], shape)
-    return VoxelUncertainty(
-        entropy=predictive_entropy(fg),
-        mutual_information=mutual_information(fg),
-        embedding_variance=None if emb is None else embedding_variance(emb),
-        aleatoric=None if variance is None else aleatoric_variance(variance, log=log_variance),
-    )
 
 
 # --------------------------------------------------------------------------- instance level

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,6 @@ from activeseg.core.acquisition import (
     effective_scores,
     greedy_k_center,
     random_order,
-    rank,
     select_batch,
     standardize,
 )
@@ -34,15 +35,20 @@ def _indices(selections: list[Selection]) -> list[int]:
     return [s.index for s in selections]
 
 
+def _ranked(scores: CropScores, strategy: str, **options: Any) -> list[Selection]:
+    """Return every crop in the order select_batch picks them."""
+    return select_batch(scores, strategy, scores.count, **options)
+
+
 # --------------------------------------------------------------------------- random
 
 
 def test_random_is_a_seeded_permutation() -> None:
     scores = CropScores(count=50)
-    first = _indices(rank(scores, "random", seed=1))
+    first = _indices(_ranked(scores, "random", seed=1))
     assert sorted(first) == list(range(50))
-    assert _indices(rank(scores, "random", seed=1)) == first
-    assert _indices(rank(scores, "random", seed=2)) != first
+    assert _indices(_ranked(scores, "random", seed=1)) == first
+    assert _indices(_ranked(scores, "random", seed=2)) != first
     assert first == random_order(50, 1).tolist()
 
 
@@ -61,7 +67,7 @@ def test_random_batch_is_the_head_of_the_ranking_and_ignores_scores() -> None:
 def test_scored_strategies_rank_by_their_own_column(strategy: str) -> None:
     scores = _scores()
     column = scores.column(strategy)
-    order = _indices(rank(scores, strategy))
+    order = _indices(_ranked(scores, strategy))
     assert sorted(order) == list(range(6))
     assert list(column[order]) == sorted(column, reverse=True)
 
@@ -88,8 +94,8 @@ def test_batch_larger_than_the_pool_returns_every_crop_once() -> None:
 
 def test_cost_aware_prefers_cheap_crops_at_equal_information() -> None:
     scores = CropScores(count=4, uncertainty=np.ones(4), cost=np.array([8.0, 1.0, 4.0, 2.0]))
-    assert _indices(rank(scores, "uncertainty")) == [0, 1, 2, 3]  # ties: index order
-    assert _indices(rank(scores, "uncertainty", cost_aware=True)) == [1, 3, 2, 0]
+    assert _indices(_ranked(scores, "uncertainty")) == [0, 1, 2, 3]  # ties: index order
+    assert _indices(_ranked(scores, "uncertainty", cost_aware=True)) == [1, 3, 2, 0]
 
 
 def test_cost_alpha_trades_information_against_effort() -> None:
@@ -97,9 +103,9 @@ def test_cost_alpha_trades_information_against_effort() -> None:
     full = effective_scores(scores, "uncertainty", cost_aware=True, cost_alpha=1.0)
     half = effective_scores(scores, "uncertainty", cost_aware=True, cost_alpha=0.5)
     assert np.allclose(full, [4 / 9, 1.0]) and np.allclose(half, [4 / 3, 1.0])
-    assert _indices(rank(scores, "uncertainty", cost_aware=True)) == [1, 0]
-    assert _indices(rank(scores, "uncertainty", cost_aware=True, cost_alpha=0.5)) == [0, 1]
-    assert _indices(rank(scores, "uncertainty", cost_aware=True, cost_alpha=0.0)) == [0, 1]
+    assert _indices(_ranked(scores, "uncertainty", cost_aware=True)) == [1, 0]
+    assert _indices(_ranked(scores, "uncertainty", cost_aware=True, cost_alpha=0.5)) == [0, 1]
+    assert _indices(_ranked(scores, "uncertainty", cost_aware=True, cost_alpha=0.0)) == [0, 1]
 
 
 def test_cost_aware_without_cost_is_an_input_error() -> None:

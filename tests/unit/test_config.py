@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from activeseg.config import BUILTIN_CONFIGS, load_config
+from activeseg.config import BUILTIN_CONFIGS, Config, load_config
 from activeseg.errors import ConfigError
 
 
@@ -60,3 +60,34 @@ def test_a_stored_bandwidth_without_kernel_keeps_the_flat_window(tmp_path: Path)
     round_trip = tmp_path / "round.yaml"
     round_trip.write_text(load_config(new).to_yaml())
     assert load_config(round_trip).cluster == load_config(new).cluster
+
+
+def test_a_stored_config_naming_removed_options_at_their_old_defaults_still_loads(
+    tmp_path: Path,
+) -> None:
+    # What Config.to_yaml() wrote for every project and checkpoint before the options went.
+    stored = tmp_path / "stored.yaml"
+    stored.write_text(
+        "loss:\n  w_mask: 0.3\n  contact_weight: 0.0\n  foreground_pos_weight: null\n"
+        "  embed_background: false\n"
+    )
+    assert load_config(stored) == Config()
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["contact_weight: 3.0", "foreground_pos_weight: 1.0", "embed_background: true"],
+)
+def test_a_removed_option_set_to_anything_else_is_an_error(line: str, tmp_path: Path) -> None:
+    path = tmp_path / "research.yaml"
+    path.write_text(f"loss:\n  {line}\n")
+    field = line.split(":")[0]
+    with pytest.raises(ConfigError, match=rf"research\.yaml.*loss\.{field} was removed"):
+        load_config(path)
+
+
+def test_a_removed_option_in_another_section_is_an_unknown_key(tmp_path: Path) -> None:
+    path = tmp_path / "moved.yaml"
+    path.write_text("train:\n  contact_weight: 0.0\n")
+    with pytest.raises(ConfigError, match=r"train\.contact_weight: Extra inputs"):
+        load_config(path)

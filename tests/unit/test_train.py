@@ -14,6 +14,7 @@ from activeseg.core.models.checkpoint import CHECKPOINT_FILES, load_model
 from activeseg.core.models.normalization import Normalization
 from activeseg.core.training import (
     TrainingCrop,
+    contact_voxels,
     contacts,
     prepare_crop,
     sample_batch,
@@ -167,6 +168,30 @@ def test_contacts_are_annotated_voxels_of_neurons_within_two_voxels() -> None:
     assert contacts(labels, mask)[:, 2].tolist() == [3, 5]
     mask[0, 0, 5] = False  # an unannotated voxel touches nothing
     assert len(contacts(labels, mask)) == 0
+
+
+def test_contact_voxels_are_annotated_neuron_voxels_with_another_neuron_within_reach() -> None:
+    labels = torch.tensor([[1, 1, 1, 1, 0, 2, 2, 3, 0, 0, 0, 4]]).reshape(1, 1, 1, 12)
+    touching = contact_voxels(labels, torch.ones_like(labels, dtype=torch.bool))
+    # 1 and 2 lie 2 apart (voxels 3 and 5); 2 and 3 touch; 4 lies 4 from 3 (reach 2)
+    expected = [False, False, False, True, False, True, True, True, False, False, False, False]
+    assert touching.flatten().tolist() == expected
+    hidden = torch.ones_like(labels, dtype=torch.bool)
+    hidden[..., 5:7] = False  # neuron 2 not annotated: neither 1 nor 3 touches anything
+    assert not bool(contact_voxels(labels, hidden).any())
+
+
+def test_contact_voxels_match_a_brute_force_search_on_random_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, 5, 7, 6), generator=generator)
+    annotated = torch.rand(labels.shape, generator=generator) > 0.3
+    known = torch.where(annotated, labels, 0)
+    expected = torch.zeros_like(annotated)
+    for b, z, y, x in (known > 0).nonzero().tolist():
+        box = known[b, max(z - 2, 0) : z + 3, max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3]
+        expected[b, z, y, x] = bool(((box > 0) & (box != known[b, z, y, x])).any())
+    assert expected.any() and not expected.all()
+    assert torch.equal(contact_voxels(labels, annotated), expected)
 
 
 def test_contact_fraction_places_patches_where_neurons_touch() -> None:

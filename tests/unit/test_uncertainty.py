@@ -9,12 +9,9 @@ from activeseg.core import uncertainty
 from activeseg.core.uncertainty import (
     InstanceRisk,
     Reduction,
-    aleatoric_variance,
     binary_entropy,
     choose_slices,
     embedding_descriptor,
-    embedding_variance,
-    expected_entropy,
     foreground_region,
     instance_error_score,
     instance_uncertainty,
@@ -22,7 +19,6 @@ from activeseg.core.uncertainty import (
     mutual_information,
     predictive_entropy,
     reduce_crop,
-    voxel_uncertainty,
 )
 from activeseg.errors import InputError
 from activeseg.workflows.evaluate import uncertainty_quality, uncertainty_report
@@ -44,10 +40,8 @@ def _disagreeing_samples() -> np.ndarray:
 
 def test_identical_samples_have_entropy_but_no_epistemic_uncertainty() -> None:
     fg = np.full((5, *SHAPE), 0.5, np.float32)
-    emb = np.broadcast_to(np.random.default_rng(0).normal(size=(1, 3, *SHAPE)), (5, 3, *SHAPE))
     assert np.allclose(predictive_entropy(fg), 1.0, atol=1e-6)
     assert np.allclose(mutual_information(fg), 0.0, atol=1e-6)
-    assert np.allclose(embedding_variance(emb), 0.0, atol=1e-6)
 
 
 def test_mutual_information_is_high_where_samples_disagree_and_zero_elsewhere() -> None:
@@ -64,7 +58,8 @@ def test_mutual_information_is_high_where_samples_disagree_and_zero_elsewhere() 
 def test_entropy_splits_into_epistemic_and_aleatoric_parts() -> None:
     fg = np.random.default_rng(1).uniform(size=(6, *SHAPE)).astype(np.float32)
     total = predictive_entropy(fg)
-    assert np.allclose(total, mutual_information(fg) + expected_entropy(fg), atol=1e-5)
+    expected_entropy = binary_entropy(fg).mean(axis=0)  # the aleatoric part
+    assert np.allclose(total, mutual_information(fg) + expected_entropy, atol=1e-5)
     assert np.all(mutual_information(fg) <= total + 1e-6)
 
 
@@ -89,38 +84,8 @@ def test_probabilities_outside_zero_one_are_an_input_error() -> None:
 def test_wrong_dimensions_are_an_input_error_naming_the_layout() -> None:
     with pytest.raises(InputError, match=r"\(S, Z, Y, X\)"):
         predictive_entropy(np.zeros(SHAPE))
-    with pytest.raises(InputError, match=r"\(S, E, Z, Y, X\)"):
-        embedding_variance(np.zeros((2, *SHAPE)))
-
-
-def test_embedding_variance_is_the_trace_of_the_covariance() -> None:
-    emb = np.zeros((2, 3, *SHAPE), np.float32)
-    emb[1] = 2.0  # two samples 0 and 2 in each of 3 dims: variance 1 per dim
-    emb[1, 2, 0, 0, 0] = 4.0  # that voxel's dim 2 has variance 4
-    var = embedding_variance(emb)
-    assert var.dtype == np.float32
-    assert var[1, 1, 1] == pytest.approx(3.0)
-    assert var[0, 0, 0] == pytest.approx(6.0)
-
-
-def test_aleatoric_variance_is_the_mean_over_samples_summed_over_channels() -> None:
-    variance = np.ones((4, 2, *SHAPE))
-    variance[0, 0] = 5.0  # channel 0 mean (5 + 1 + 1 + 1) / 4 = 2, channel 1 mean 1
-    assert np.allclose(aleatoric_variance(variance), 3.0)
-    assert np.allclose(aleatoric_variance(np.log(variance), log=True), 3.0)
-    with pytest.raises(InputError, match="non-negative"):
-        aleatoric_variance(-variance)
-
-
-def test_voxel_uncertainty_reports_epistemic_and_aleatoric_separately() -> None:
-    fg = _disagreeing_samples()
-    maps = voxel_uncertainty(fg, emb=np.zeros((4, 2, *SHAPE)), variance=np.ones((4, *SHAPE)))
-    assert np.array_equal(maps.mutual_information, mutual_information(fg))
-    assert maps.embedding_variance is not None and not maps.embedding_variance.any()
-    assert maps.aleatoric is not None and np.allclose(maps.aleatoric, 1.0)
-    assert voxel_uncertainty(fg).aleatoric is None
-    with pytest.raises(InputError, match="embedding"):
-        voxel_uncertainty(fg, emb=np.zeros((4, 2, 3, 3, 3)))
+    with pytest.raises(InputError, match=r"\(E, Z, Y, X\)"):
+        embedding_descriptor(np.zeros(SHAPE), np.zeros(SHAPE))
 
 
 # --------------------------------------------------------------------------- instance level

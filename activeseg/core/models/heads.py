@@ -38,9 +38,10 @@ class HeadOutput:
 class OutputHeads(nn.Module):
     """M parallel heads, each a 1x1x1 conv: the U-Net's last layer copied M times.
 
-    (A hidden layer per head made 8 heads cost 1.6x a single pass instead of ~1.1x.) The heads
-    are linear, so a mix of their outputs is the output of one head with mixed parameters:
-    training mixes parameters, which costs one head instead of M (measured in BENCHMARKS.md).
+    (A hidden layer per head made the M heads cost far more than the shared network; what the
+    linear heads cost is in BENCHMARKS.md's summary table.) The heads are linear, so a mix of
+    their outputs is the output of one head with mixed parameters: training mixes parameters,
+    which costs one head instead of M (see BENCHMARKS.md, Session 14).
     """
 
     def __init__(self, features: int, embed_dim: int, heads: int, aleatoric: bool) -> None:

@@ -3,14 +3,11 @@
 Labels are sparse: only voxels where ``mask`` is True were annotated, and every term here is
 computed on those voxels alone. Voxels shared by two neurons (``overlap``) have no single
 instance, so they are left out of the embedding terms (they still count as foreground).
-Contact voxels (a neuron's voxels with another neuron within CONTACT_REACH) may weigh more in
-the embedding terms: that is where mean shift hands one neuron's voxels to the other.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +20,6 @@ from activeseg.core.models.heads import HeadOutput
 ALEATORIC_SAMPLES = 8
 # Class balancing never weighs a foreground voxel more than this many background voxels.
 MAX_POS_WEIGHT = 100.0
-# Two neurons touch where their annotated voxels lie within this many voxels (per axis).
-CONTACT_REACH = 2
 _EPS = 1e-8
 
 
@@ -60,33 +55,17 @@ class Target:
 
 def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) -> LossTerms:
     """Return the weighted sum of discriminative and foreground losses for one batch."""
-    weight = None
-    if config.contact_weight:
-        touching = contact_voxels(target.labels, target.mask & ~target.overlap)
-        weight = 1.0 + config.contact_weight * touching.to(output.embedding.dtype)
-    pull, push, reg = discriminative_loss(
-        output.embedding,
-        target,
-        config.delta_v,
-        config.delta_d,
-        embed_background=config.embed_background,
-        weight=weight,
-    )
+    pull, push, reg = discriminative_loss(output.embedding, target, config.delta_v, config.delta_d)
     fg = foreground_loss(
         output.logit[:, 0],
         target,
         output.log_var[:, 0] if output.log_var is not None else None,
-        pos_weight=config.foreground_pos_weight,
         dice=config.foreground_dice,
     )
     total = (
         config.w_pull * pull + config.w_push * push + config.w_reg * reg + config.w_foreground * fg
     )
-    mask = (
-        instance_mask_loss(output.embedding, target, config.delta_v, weight)
-        if config.w_mask
-        else fg * 0
-    )
+    mask = instance_mask_loss(output.embedding, target, config.delta_v) if config.w_mask else fg * 0
     total = total + config.w_mask * mask
     return LossTerms(total, pull, push, reg, fg, mask)
 
@@ -96,24 +75,19 @@ def discriminative_loss(
     target: Target,
     delta_v: float,
     delta_d: float,
-    *,
-    embed_background: bool = False,
-    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (pull, push, reg) of De Brabandere et al. 2017, averaged over the batch.
+    """Return (pull, push, reg) of De Brabandere et al. 2017 on annotated neuron voxels,
+    averaged over the batch.
 
     embedding: (B, E, Z, Y, X) float. Pull: squared hinge (distance to the instance mean beyond
-    delta_v), averaged per instance (weighted by weight (B, Z, Y, X), if given), then over
-    instances. Push: squared hinge (2 delta_d minus the distance between two instance means),
-    averaged over pairs. Reg: mean norm of the means.
-    With embed_background, annotated background voxels form one more cluster, so voxels the
-    foreground head gets wrong are still embedded away from every neuron.
+    delta_v), averaged per instance, then over instances. Push: squared hinge (2 delta_d minus
+    the distance between two instance means), averaged over pairs. Reg: mean norm of the means.
     """
     terms = []
     for b in range(embedding.shape[0]):
-        emb, ids, w = _annotated_voxels(embedding[b], target, b, embed_background, weight)
+        emb, ids = _annotated_voxels(embedding[b], target, b, with_background=False)
         if ids.numel():
-            terms.append(_instance_terms(emb, ids, w, delta_v, delta_d))
+            terms.append(_instance_terms(emb, ids, delta_v, delta_d))
     if not terms:
         zero = embedding.sum() * 0.0  # keeps the graph, so backward() works on empty batches
         return zero, zero, zero
@@ -121,22 +95,19 @@ def discriminative_loss(
     return pull, push, reg
 
 
-def instance_mask_loss(
-    embedding: torch.Tensor, target: Target, sigma: float, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons; each
-    voxel counts in the Dice sums with its weight (B, Z, Y, X), if given.
+def instance_mask_loss(embedding: torch.Tensor, target: Target, sigma: float) -> torch.Tensor:
+    """Return 1 - soft Dice of each neuron's Gaussian-kernel mask, averaged over neurons.
 
     A neuron's soft mask gives every annotated voxel exp(-d^2 / 2 sigma^2), d its distance to
     the neuron's mean embedding: what Gaussian mean shift with bandwidth sigma gathers around
     that mode. Unlike the push between means, voxels of a touching neuron that reach into the
     mask are penalized one by one (after the instance loss of Wolny et al. 2022). Background
     voxels count against every mask: without them the foreground head, which shares the
-    features, predicted 3x too much foreground (BENCHMARKS.md, session 9).
+    features, predicted far too much foreground (see BENCHMARKS.md, Session 9).
     """
     losses = []
     for b in range(embedding.shape[0]):
-        emb, ids, w = _annotated_voxels(embedding[b], target, b, True, weight)
+        emb, ids = _annotated_voxels(embedding[b], target, b, with_background=True)
         neurons = ids > 0
         if not bool(neurons.any()):
             continue
@@ -145,7 +116,7 @@ def instance_mask_loss(
         soft = torch.exp(-(torch.cdist(emb, means) ** 2) / (2 * sigma**2))  # (N, n)
         truth = torch.zeros_like(soft)
         truth[neurons] = F.one_hot(inverse, n).to(soft.dtype)
-        overlap, predicted, true = ((w[:, None] * m).sum(0) for m in (soft * truth, soft, truth))
+        overlap, predicted, true = (m.sum(0) for m in (soft * truth, soft, truth))
         dice = (2 * overlap + 1) / (predicted + true + 1)
         losses.append((1 - dice).mean())
     return torch.stack(losses).mean() if losses else embedding.sum() * 0.0
@@ -155,33 +126,29 @@ def _annotated_voxels(
     embedding: torch.Tensor,
     target: Target,
     b: int,
-    embed_background: bool,
-    weight: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return ((N, E) embeddings, (N,) labels, (N,) weights, 1 without weight) of the voxels the
-    embedding loss sees."""
+    *,
+    with_background: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ((N, E) embeddings, (N,) labels) of batch item b's annotated voxels outside
+    overlaps: its neurons' voxels, and with_background its background voxels too."""
     labels = target.labels[b]
     annotated = target.mask[b] & ~target.overlap[b]
     neurons = annotated & (labels > 0)
     # Background alone is no clustering problem: it joins only when a neuron is there.
-    keep = annotated if embed_background and bool(neurons.any()) else neurons
+    keep = annotated if with_background and bool(neurons.any()) else neurons
     index = keep.flatten().nonzero()[:, 0]
-    flat = embedding.flatten(1)
-    w = weight[b].flatten()[index] if weight is not None else flat.new_ones(len(index))
-    return flat[:, index].T, labels.flatten()[index], w
+    return embedding.flatten(1)[:, index].T, labels.flatten()[index]
 
 
 def _instance_terms(
-    emb: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, delta_v: float, delta_d: float
+    emb: torch.Tensor, labels: torch.Tensor, delta_v: float, delta_d: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,); the pull averages
-    each instance's voxels by weight (N,)."""
+    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,)."""
     inverse, counts, means = _instance_means(emb, labels)
     n = counts.numel()
     spread = _norm(emb - means[inverse])
-    per_voxel = weight * F.relu(spread - delta_v) ** 2
-    totals = emb.new_zeros(n).index_add_(0, inverse, weight)
-    pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / totals).mean()
+    per_voxel = F.relu(spread - delta_v) ** 2
+    pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / counts).mean()
     if n > 1:
         first, second = torch.triu_indices(n, n, offset=1, device=emb.device)
         gaps = _norm(means[first] - means[second])
@@ -202,38 +169,6 @@ def _instance_means(
     return inverse, counts, means / counts[:, None]
 
 
-def contact_voxels(
-    labels: torch.Tensor, annotated: torch.Tensor, reach: int = CONTACT_REACH
-) -> torch.Tensor:
-    """Return where (bool, like labels (B, Z, Y, X)) an annotated neuron voxel has an annotated
-    voxel of another neuron within reach voxels along every axis."""
-    known = torch.where(annotated, labels, 0)
-    highest = _box_extreme(known, reach, torch.maximum, 0)
-    beyond = int(known.max()) + 1  # background counts as above every neuron for the minimum
-    lowest = _box_extreme(torch.where(known > 0, known, beyond), reach, torch.minimum, beyond)
-    return (known > 0) & (highest != lowest)
-
-
-def _box_extreme(
-    x: torch.Tensor,
-    reach: int,
-    pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    fill: int,
-) -> torch.Tensor:
-    """Return pick (maximum or minimum) of x (B, Z, Y, X) over the voxels within reach of each
-    voxel along every axis, one axis at a time, fill beyond the edges (8x faster than
-    max_pool3d on the CPU, and it works on integers)."""
-    for axis in (1, 2, 3):
-        n = x.shape[axis]
-        edge = x.new_full((*x.shape[:axis], reach, *x.shape[axis + 1 :]), fill)
-        padded = torch.cat([edge, x, edge], dim=axis)
-        out = padded.narrow(axis, 0, n)
-        for shift in range(1, 2 * reach + 1):
-            out = pick(out, padded.narrow(axis, shift, n))
-        x = out
-    return x
-
-
 def _norm(vectors: torch.Tensor) -> torch.Tensor:
     """Return the L2 norms of (N, E) vectors, with a finite gradient at zero."""
     return torch.sqrt((vectors**2).sum(dim=1) + _EPS)
@@ -244,13 +179,12 @@ def foreground_loss(
     target: Target,
     log_var: torch.Tensor | None = None,
     *,
-    pos_weight: float | None = None,
     dice: bool = True,
 ) -> torch.Tensor:
     """Return the class-balanced BCE (+ soft Dice) of logit (B, Z, Y, X) on annotated voxels.
 
-    pos_weight None balances the classes from the batch (background/foreground counts, capped
-    at MAX_POS_WEIGHT); the BCE is normalized by the total weight. With log_var (B, Z, Y, X)
+    Foreground voxels weigh background/foreground counts of the batch (capped at
+    MAX_POS_WEIGHT); the BCE is normalized by the total weight. With log_var (B, Z, Y, X)
     the BCE is the aleatoric loss of Kendall & Gal 2017 on sampled logits.
     """
     mask = target.mask
@@ -258,7 +192,7 @@ def foreground_loss(
         return logit.sum() * 0.0
     truth = (target.labels > 0).to(logit.dtype)
     logit_m, truth_m = logit[mask], truth[mask]
-    weight = _class_weights(truth_m, pos_weight)
+    weight = _class_weights(truth_m)
     if log_var is None:
         bce = F.binary_cross_entropy_with_logits(logit_m, truth_m, reduction="none")
     else:
@@ -269,13 +203,13 @@ def foreground_loss(
     return loss
 
 
-def _class_weights(truth: torch.Tensor, pos_weight: float | None) -> torch.Tensor:
-    """Return a weight per voxel: pos_weight for foreground (truth 1), 1 for background."""
-    if pos_weight is None:
-        positives = float(truth.sum())
-        negatives = float(truth.numel()) - positives
-        pos_weight = min(negatives / positives, MAX_POS_WEIGHT) if positives else 1.0
-        pos_weight = max(pos_weight, 1.0)
+def _class_weights(truth: torch.Tensor) -> torch.Tensor:
+    """Return a weight per voxel: 1 for background (truth 0), and for foreground the ratio of
+    background to foreground voxels, within 1 and MAX_POS_WEIGHT."""
+    positives = float(truth.sum())
+    negatives = float(truth.numel()) - positives
+    pos_weight = min(negatives / positives, MAX_POS_WEIGHT) if positives else 1.0
+    pos_weight = max(pos_weight, 1.0)
     return 1.0 + (pos_weight - 1.0) * truth
 
 

@@ -7,7 +7,7 @@ statistics at inference, which makes every output voxel depend only on its recep
 tiles stitched from their valid centres equal one pass. The fixed statistics are those of the
 volume being predicted (``calibrating``: AdaBN, Li et al. 2016): a network trained with
 per-patch statistics expects its input's own, and segments far worse with running averages
-from training (measured in BENCHMARKS.md), which are therefore not kept.
+from training (see BENCHMARKS.md, Session 5), which are therefore not kept.
 """
 
 from __future__ import annotations
