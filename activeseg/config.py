@@ -7,7 +7,7 @@ checkpoint keeps a copy of the config it ran with.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,7 +50,9 @@ class ModelConfig(Section):
 
     kind: Literal["single", "mheads", "ensemble", "dropout"] = "mheads"
     samples: int = Field(8, ge=1, description="M heads, K ensemble members or K dropout passes")
-    in_channels: int = Field(3, ge=1)
+    # "auto": the channel count of the project's first volume (fixed by it), or of the data
+    # a model is first trained on.
+    in_channels: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     intensity: Intensity = Field(
         "sqrt", description="transform before percentile normalization; sqrt evens photon noise"
     )
@@ -75,6 +77,12 @@ class ModelConfig(Section):
                 f"for widths {list(self.widths)}, got {len(self.pool)}"
             )
         return self
+
+    def with_channels(self, channels: int) -> ModelConfig:
+        """Return this section with ``in_channels: auto`` resolved to ``channels``."""
+        if self.in_channels != "auto":
+            return self
+        return self.model_copy(update={"in_channels": channels})
 
     def divisor(self) -> Triple:
         """Return the per-axis factor every input size must be divisible by."""

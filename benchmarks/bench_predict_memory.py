@@ -45,7 +45,8 @@ def child(raw_path: Path, out_path: Path) -> None:
     from activeseg.core.models.probabilistic import ProbabilisticModel
     from activeseg.core.tiling import plan_tiling, predict_to_zarr
 
-    config = load_config("demo")
+    demo = load_config("demo")
+    config = demo.model_copy(update={"model": demo.model.with_channels(3)})
     torch.manual_seed(0)
     trained = TrainedModel(
         ProbabilisticModel(config.model).eval(), config, Normalization((80.0,) * 3, (400.0,) * 3)

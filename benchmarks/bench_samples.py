@@ -41,11 +41,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config("demo").model
-    x = torch.rand(1, config.in_channels, *CROP)
+    config = load_config("demo").model.with_channels(3)
+    x = torch.rand(1, 3, *CROP)
     voxels = x[0, 0].numel()
     print(
-        f"crop {CROP} x {config.in_channels} ch, widths {list(config.widths)}, "
+        f"crop {CROP} x 3 ch, widths {list(config.widths)}, "
         f"{args.threads} threads, best of {args.repeats}"
     )
     models = {

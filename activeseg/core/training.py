@@ -103,6 +103,9 @@ def train_model(
     section must equal config.model. progress(step, total_steps, loss) is called every step.
     Raises StateError when no crop has an annotated voxel.
     """
+    model_config = config.model.with_channels(int(crops[0].raw.shape[0])) if crops else None
+    if model_config is not None:
+        config = config.model_copy(update={"model": model_config})
     _check_crops(crops, config)
     device = training_device(config)
     started = time.perf_counter()

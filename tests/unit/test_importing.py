@@ -205,13 +205,25 @@ def test_unusable_raw_is_refused_with_a_named_error(
     _assert_unchanged(smoke_project)
 
 
-def test_a_volume_with_other_channels_than_the_project_is_refused(
+def test_the_first_volume_fixes_the_channels_of_an_auto_project(
     smoke_project: Project, tmp_path: Path
 ) -> None:
-    path = _zarr_raw(tmp_path, _raw_and_labels(channels=2)[0])
-    with pytest.raises(InputError, match="2 channel"):
-        importing.import_volume(smoke_project, path, "zarr")
-    _assert_unchanged(smoke_project)
+    assert smoke_project.config.model.in_channels == "auto"
+    two = _zarr_raw(tmp_path, _raw_and_labels(channels=2)[0], name="two.zarr")
+    importing.import_volume(smoke_project, two, "zarr")
+    three = _zarr_raw(tmp_path, _raw_and_labels(channels=3)[0], name="three.zarr")
+    with pytest.raises(InputError, match=r"has 3 channel.*have 2 .*fixed by its first volume"):
+        importing.import_volume(smoke_project, three, "zarr")
+    with smoke_project.session() as session:
+        assert [v.name for v in volumes.list_volumes(session)] == ["two"]
+
+
+def test_a_volume_with_other_channels_than_the_config_is_refused(tmp_path: Path) -> None:
+    project = _project_with_channels(tmp_path, 3)
+    path = _zarr_raw(tmp_path, _raw_and_labels(channels=1)[0])
+    with pytest.raises(InputError, match=r"1 channel.*model.in_channels is 3"):
+        importing.import_volume(project, path, "zarr")
+    _assert_unchanged(project)
 
 
 @pytest.mark.parametrize("name", ["../../x", "/abs", ".hidden", "a b", "x.partial", ""])

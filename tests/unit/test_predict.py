@@ -31,7 +31,9 @@ SHAPE = (12, 40, 36)  # not a multiple of the tiles, nor of the pooling divisor 
 def trained_model(kind: str = "mheads", aleatoric: bool = False) -> TrainedModel:
     """Return an untrained smoke-config model in eval mode."""
     base = load_config("smoke")
-    model_config = base.model.model_copy(update={"kind": kind, "aleatoric": aleatoric})
+    model_config = base.model.model_copy(
+        update={"kind": kind, "aleatoric": aleatoric, "in_channels": 3}
+    )
     config = Config.model_validate({**base.model_dump(), "model": model_config.model_dump()})
     torch.manual_seed(0)
     model = ProbabilisticModel(config.model, seed=0).eval()

@@ -20,6 +20,7 @@ from torch import nn
 from activeseg.config import ModelConfig
 from activeseg.core.models.heads import HeadOutput, OutputHeads, random_convex_weights
 from activeseg.core.models.unet import Triple, UNet3d
+from activeseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, config: ModelConfig, heads: int, dropout: float) -> None:
         super().__init__()
+        if config.in_channels == "auto":
+            raise ConfigError(
+                "model.in_channels is auto: resolve it from the data (ModelConfig.with_channels)"
+            )
         self.backbone = UNet3d(
             config.in_channels, config.widths, config.pool, config.groups, dropout
         )
