@@ -11,7 +11,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+from activeseg.errors import InputError
+
 PARTIAL_SUFFIX = ".partial"
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 
 
 def partial_name(final: Path) -> Path:
@@ -60,3 +63,22 @@ def remove_stale_partials(folder: Path, prefix: str) -> list[Path]:
     for path in stale:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return stale
+
+
+def claim_output(path: Path, *, force: bool) -> None:
+    """Make ``path`` ready for a new zarr output: refuse one that holds something unless
+    ``force``, and even then replace only a zarr store outside any project's data.
+
+    Raises InputError (exit 2) and leaves ``path`` untouched when refusing.
+    """
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not force:
+        raise InputError(f"{path} already exists and is not empty; pass --force to replace it")
+    if not any((path / marker).exists() for marker in ZARR_MARKERS):
+        raise InputError(f"{path} is not a zarr store; not replacing it, even with --force")
+    resolved = path.resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / "activeseg.yaml").is_file():
+            raise InputError(f"{path} is inside the activeseg project {folder}; not replacing it")
+    shutil.rmtree(path)

@@ -31,6 +31,9 @@ ProjectOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace an existing output zarr (never a project's).")
+]
 StrategyOption = Annotated[
     str | None, typer.Option(help="random, diverse, uncertainty, bald or instance.")
 ]

@@ -9,6 +9,7 @@ import typer
 
 from activeseg.cli import app
 from activeseg.cli.common import (
+    ForceOption,
     JsonOption,
     ProjectOption,
     StrategyOption,
@@ -204,10 +205,13 @@ def predict_cmd(
             "('moments'), or decide by size ('auto')."
         ),
     ] = "auto",
+    force: ForceOption = False,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Predict a volume with the newest model: foreground, embeddings and consensus instances.
+
+    A non-empty --out is refused unless --force.
 
     Example: [bold]activeseg predict val0 --out val0-pred.zarr[/]
     """
@@ -216,7 +220,7 @@ def predict_cmd(
 
     project = open_project(project_dir)
     with console.status(f"predicting {volume}"):
-        result = predict_volume(project, volume, out, layout=samples)
+        result = predict_volume(project, volume, out, layout=samples, force=force)
     if as_json:
         emit_json(result)
     else:

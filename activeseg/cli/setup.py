@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from activeseg.cli import app
-from activeseg.cli.common import JsonOption, ProjectOption, command, console, emit_json
+from activeseg.cli.common import (
+    ForceOption,
+    JsonOption,
+    ProjectOption,
+    command,
+    console,
+    emit_json,
+)
 from activeseg.cli.render import print_status
 
 
@@ -53,8 +60,12 @@ def synth_cmd(
     ),
     neurons: Annotated[int, typer.Option(min=1, help="Number of neurons.")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same volume).")] = 0,
+    force: ForceOption = False,
 ) -> None:
     """Write a synthetic MCFO-like volume with ground truth in the FISBe layout.
+
+    A non-empty OUT is refused unless --force (which replaces only a zarr store, never a
+    project's files).
 
     Example: [bold]activeseg synth vol0.zarr --shape 32 128 128 --neurons 8 --seed 0[/]
     """
@@ -62,7 +73,7 @@ def synth_cmd(
     from activeseg.data.synthetic import generate_mcfo
 
     volume = generate_mcfo(shape, neurons, seed)
-    write_fisbe(out, volume.raw, volume.instances)
+    write_fisbe(out, volume.raw, volume.instances, force=force)
     console.print(f"wrote {out} ({len(volume.instances.ids())} neurons, shape {list(shape)})")
 
 

@@ -26,6 +26,7 @@ from activeseg.data.sources import (
     raw_source,
     voxel_size,
 )
+from activeseg.durable import claim_output
 from activeseg.errors import VolumeFormatError
 
 logger = logging.getLogger(__name__)
@@ -57,12 +58,15 @@ def write_fisbe(
     raw: npt.NDArray[Any],
     instances: Instances,
     voxel_size: VoxelSize = (1.0, 1.0, 1.0),
+    *,
+    force: bool = False,
 ) -> None:
     """Return nothing; write ``raw`` and ``instances`` to a new FISBe zarr v2 group at ``path``.
 
     raw: (C, Z, Y, X) or (Z, Y, X) array of any numeric dtype, stored as is.
     instances: neurons on the same (Z, Y, X) grid; the k-th smallest id becomes channel k with
-        value k+1 (uint8, or uint16 beyond 255 neurons). An existing group at ``path`` is replaced.
+        value k+1 (uint8, or uint16 beyond 255 neurons).
+    force: replace an existing zarr at ``path``; without it a non-empty ``path`` is refused.
     """
     channels = _as_channels(np.asarray(raw), Path(path), RAW)
     if len(voxel_size) != 3 or min(voxel_size) <= 0:
@@ -72,6 +76,7 @@ def write_fisbe(
             f"{path}: raw spatial shape {channels.shape[1:]} does not match "
             f"the instances' shape {instances.shape}"
         )
+    claim_output(Path(path), force=force)
     attributes = {VOXEL_SIZE_ATTR: [float(size) for size in voxel_size]}
     group = zarr.open_group(Path(path), mode="w", zarr_format=2)
     stored_raw = group.create_array(

@@ -13,6 +13,7 @@ from activeseg.core.cluster import segment
 from activeseg.core.models.checkpoint import load_model
 from activeseg.core.tiling import predict_to_zarr
 from activeseg.data.volumes import raw_array
+from activeseg.durable import claim_output
 from activeseg.errors import InputError
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.fit import latest_model_path
@@ -33,11 +34,15 @@ def resolve_volume(project: Project, volume: str) -> Path:
 
 
 def predict_volume(
-    project: Project, volume: str, out: Path, layout: str = "auto"
+    project: Project, volume: str, out: Path, layout: str = "auto", *, force: bool = False
 ) -> dict[str, Any]:
-    """Predict a volume into ``out`` (samples or moments) and add its consensus instances."""
+    """Predict a volume into ``out`` (samples or moments) and add its consensus instances.
+
+    An existing, non-empty ``out`` is refused unless ``force`` (see durable.claim_output).
+    """
     if layout not in ("auto", "samples", "moments"):
         raise InputError(f"--samples must be auto, samples or moments; got {layout!r}")
+    claim_output(out, force=force)
     trained = load_model(latest_model_path(project))
     raw = raw_array(resolve_volume(project, volume))
     chosen = predict_to_zarr(
