@@ -29,6 +29,7 @@ import zarr
 
 from activeseg.core.instances import Instances
 from activeseg.data.sources import LabelSource, RawSource
+from activeseg.durable import partial_name, replace_durably
 from activeseg.errors import VolumeFormatError
 
 NGFF_VERSION = "0.5"
@@ -180,16 +181,17 @@ class CropLabels:
 
 
 def write_crop_labels(path: Path, labels: CropLabels) -> None:
-    """Write a crop's labels as a zarr group; the group appears complete or not at all."""
-    partial = path.with_name(path.name + ".partial")
+    """Write a crop's labels as a zarr group; the group appears complete and on disk, or not
+    at all. Callers hold the project's ingest lock and never pass a path the ledger holds."""
+    partial = partial_name(path)
     if path.exists():  # a leftover of an attempt that crashed before it was recorded
         shutil.rmtree(path)
-    root = zarr.open_group(partial, mode="w")
+    root = zarr.open_group(partial, mode="w-")
     root.create_array("labels", data=labels.labels.astype(np.uint32))
     root.create_array("mask", data=labels.mask.astype(bool))
     overlaps = labels.overlaps.astype(np.int64).reshape(-1, 4)
     root.create_array("overlaps", data=overlaps, chunks=(max(len(overlaps), 1), 4))
-    partial.rename(path)
+    replace_durably(partial, path)
 
 
 def read_crop_labels(path: Path) -> CropLabels:
