@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from activeseg.errors import ConfigError
 from activeseg.resources import shipped_dir
 
-Triple = tuple[int, int, int]
+Positive = Annotated[int, Field(ge=1)]
+Triple = tuple[Positive, Positive, Positive]
 # How raw intensities are transformed before percentile normalization.
 Intensity = Literal["linear", "sqrt"]
 
@@ -23,7 +24,7 @@ Intensity = Literal["linear", "sqrt"]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CropConfig(Section):
@@ -56,7 +57,7 @@ class ModelConfig(Section):
     intensity: Intensity = Field(
         "sqrt", description="transform before percentile normalization; sqrt evens photon noise"
     )
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: Annotated[tuple[Positive, ...], Field(min_length=1)] = (16, 32, 64)
     # One pooling factor per level transition; (1, 2, 2) keeps z for anisotropic data.
     pool: tuple[Triple, ...] = ((1, 2, 2), (2, 2, 2))
     embed_dim: int = Field(8, ge=2)

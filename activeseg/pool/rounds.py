@@ -173,6 +173,12 @@ def latest_checkpoint(session: Session, round_id: int | None = None) -> Checkpoi
     return None if row is None else _checkpoint_info(row)
 
 
+def recent_checkpoints(session: Session, limit: int = 5) -> list[CheckpointInfo]:
+    """Return up to ``limit`` checkpoints, newest first."""
+    rows = session.scalars(select(Checkpoint).order_by(Checkpoint.id.desc()).limit(limit))
+    return [_checkpoint_info(row) for row in rows]
+
+
 def save_scores(
     session: Session, round_id: int, scores: Sequence[tuple[int, float, dict[str, Any]]]
 ) -> None:

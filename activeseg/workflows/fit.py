@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
+from activeseg.core.models.checkpoint import load_model
 from activeseg.core.training import Progress, TrainingCrop, train_model
 from activeseg.data.volumes import read_crop_labels, read_raw
-from activeseg.errors import StateError
+from activeseg.errors import ConfigError, InputError, StateError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CheckpointInfo
@@ -39,10 +41,34 @@ def training_crops(project: Project) -> list[TrainingCrop]:
     return loaded
 
 
+def warm_start_from(project: Project) -> Path | None:
+    """Return the newest readable checkpoint folder; an unreadable one (a disk that lost it,
+    a truncated file) is skipped with a warning rather than failing every later round."""
+    with project.session() as session:
+        recent = pool_rounds.recent_checkpoints(session)
+    for checkpoint in recent:
+        path = project.resolve(checkpoint.path)
+        try:
+            load_model(path)
+        except (InputError, ConfigError) as exc:
+            log.warning("not warm-starting from %s: %s", checkpoint.path, exc)
+            continue
+        return path
+    return None
+
+
 def checkpoint_dir(project: Project, round_number: int | None) -> Path:
-    """Return a new folder for a checkpoint (per round, or numbered for ad-hoc training)."""
+    """Return a new folder for a checkpoint (per round, or numbered for ad-hoc training).
+
+    A round's folder that exists already is the leftover of a training the ledger never
+    recorded (the train stage reuses a recorded one instead): it is removed.
+    """
     if round_number is not None:
-        return project.models_dir / f"round-{round_number:03d}"
+        path = project.models_dir / f"round-{round_number:03d}"
+        if path.exists():
+            log.warning("removing %s: an interrupted training left it unrecorded", path)
+            shutil.rmtree(path)
+        return path
     taken = {p.name for p in project.models_dir.glob("manual-*")}
     n = next(i for i in range(len(taken) + 1) if f"manual-{i:03d}" not in taken)
     return project.models_dir / f"manual-{n:03d}"
@@ -57,11 +83,7 @@ def train_project(
 ) -> CheckpointInfo:
     """Train on the pool's labeled crops (warm start from the newest checkpoint) and record it."""
     crops = training_crops(project)
-    with project.session() as session:
-        previous = pool_rounds.latest_checkpoint(session)
-    init_from = None
-    if previous is not None and project.config.train.warm_start:
-        init_from = project.resolve(previous.path)
+    init_from = warm_start_from(project) if project.config.train.warm_start else None
     out = checkpoint_dir(project, round_number)
     result = train_model(crops, project.config, out, init_from=init_from, progress=progress)
     with project.session() as session:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from activeseg.config import BUILTIN_CONFIGS, Config, load_config
+from activeseg.config import BUILTIN_CONFIGS, Config, load_config, parse_config
 from activeseg.errors import ConfigError
 
 
@@ -91,3 +91,35 @@ def test_a_removed_option_in_another_section_is_an_unknown_key(tmp_path: Path) -
     path.write_text("train:\n  contact_weight: 0.0\n")
     with pytest.raises(ConfigError, match=r"train\.contact_weight: Extra inputs"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "changes"),
+    [
+        ("train", {"patch": [0, 48, 48]}),
+        ("crops", {"stride": [0, 64, 64]}),
+        ("crops", {"size": [-32, 64, 64]}),
+        ("model", {"widths": [16, 0]}),
+        ("model", {"widths": []}),
+        ("model", {"pool": [[0, 2, 2]]}),
+        ("train", {"lr": float("inf")}),
+        ("loss", {"w_pull": float("nan")}),
+    ],
+    ids=[
+        "patch 0",
+        "stride 0",
+        "negative size",
+        "width 0",
+        "no widths",
+        "pool 0",
+        "lr inf",
+        "nan weight",
+    ],
+)
+def test_impossible_sizes_and_non_finite_numbers_are_refused(
+    section: str, changes: dict[str, object]
+) -> None:
+    data = load_config("default").model_dump(mode="json")
+    data[section] = {**data[section], **changes}
+    with pytest.raises(ConfigError, match=section):
+        parse_config(data, origin="test.yaml")

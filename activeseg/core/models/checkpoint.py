@@ -23,6 +23,7 @@ import torch
 from activeseg.config import Config, load_config
 from activeseg.core.models.normalization import Normalization
 from activeseg.core.models.probabilistic import ProbabilisticModel
+from activeseg.durable import partial_name, replace_durably
 from activeseg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,18 @@ def save_checkpoint(
     normalization: Normalization,
     training: dict[str, Any],
 ) -> Path:
-    """Write a checkpoint folder and return its path (created if missing)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(config.to_yaml())
-    torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
-    normalization.save(out_dir / NORMALIZATION_FILE)
-    (out_dir / TRAINING_FILE).write_text(json.dumps(training, indent=1))
+    """Write a checkpoint folder and return its path; it appears complete and on disk, or not
+    at all. ``out_dir`` must not exist yet."""
+    if out_dir.exists():
+        raise InputError(f"{out_dir} exists already; a checkpoint is never written over")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_name(out_dir)
+    partial.mkdir()
+    (partial / CONFIG_FILE).write_text(config.to_yaml())
+    torch.save(model.state_dict(), partial / WEIGHTS_FILE)
+    normalization.save(partial / NORMALIZATION_FILE)
+    (partial / TRAINING_FILE).write_text(json.dumps(training, indent=1))
+    replace_durably(partial, out_dir)
     logger.info("saved checkpoint %s", out_dir)
     return out_dir
 
