@@ -9,7 +9,7 @@ import typer
 
 from activeseg.cli import app
 from activeseg.cli.common import JsonOption, ProjectOption, command, console, emit_json
-from activeseg.cli.render import print_history, print_round_detail
+from activeseg.cli.render import print_check, print_history, print_round_detail
 
 
 @command(app, "history")
@@ -58,3 +58,30 @@ def show_cmd(
         emit_json(detail.as_dict())
         return
     print_round_detail(detail)
+
+
+@command(app, "check")
+def check_cmd(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what is safe: remove leftover partial writes.")
+    ] = False,
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the ledger against the files, like git fsck (exit 0 consistent, 1 if not).
+
+    Every file the ledger references exists and opens, every labeled crop has its labels, no
+    stage is left running without a live round, no partial writes are left behind.
+
+    Example: [bold]activeseg check --repair --json[/]
+    """
+    from activeseg.workflows.check import check_project
+    from activeseg.workflows.project import open_project
+
+    report = check_project(open_project(project_dir), repair=repair)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        print_check(report)
+    if not report.consistent:
+        raise typer.Exit(1)

@@ -19,6 +19,7 @@ from rich.table import Table
 from activeseg.cli.common import console, errors
 
 if TYPE_CHECKING:  # the commands import the workflows when they run (a fast --help)
+    from activeseg.workflows.check import CheckReport
     from activeseg.workflows.history import RankedCrop, RoundDetail, RoundSummary
     from activeseg.workflows.status import ProjectStatus
 
@@ -190,3 +191,15 @@ def print_metrics(metrics: Mapping[str, Any], title: str) -> None:
         if not isinstance(value, dict):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def print_check(report: CheckReport) -> None:
+    """Print what a consistency check looked at and what it found."""
+    looked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+    console.print(f"checked {looked}")
+    for problem in report.problems:
+        mark = "[green]repaired[/]" if problem.repaired else "[red]problem[/]"
+        console.print(
+            f"  {mark} {problem.kind}: {problem.where}: {problem.detail}", highlight=False
+        )
+    console.print("consistent" if report.consistent else "[bold red]not consistent[/]")
