@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.core.instances import Instances
 from activeseg.errors import AnnotationError
 from activeseg.labelstudio.labeling import BRUSH_NAME, IMAGE_NAME, instance_id, instance_label
 
@@ -159,7 +160,7 @@ def check_size(result: Mapping[str, Any], height: int, width: int, where: str) -
         )
 
 
-def results_to_labels(
+def results_to_instances(
     results: Sequence[Mapping[str, Any]],
     n_slices: int,
     height: int,
@@ -168,11 +169,13 @@ def results_to_labels(
     *,
     from_name: str = BRUSH_NAME,
     task: int | str | None = None,
-) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.bool_]]:
-    """Return (labels (N, H, W) uint32, has_regions (N,) bool) decoded from brush results.
+) -> tuple[Instances, npt.NDArray[np.bool_]]:
+    """Return (instances on the (N, H, W) shown slices, has_regions (N,) bool) decoded from
+    brush results.
 
     Each region of ``from_name`` becomes instance k on its slice (label value ``n<k>``); other
-    results (the status choice) are ignored. Where regions overlap, the later one wins.
+    results (the status choice) are ignored. A pixel painted for two neurons belongs to both:
+    the label image holds the smaller id, the overlap rows ``(slice, y, x, id)`` the others.
     ``has_regions`` marks the slices that carry at least one region; a submitted annotation
     vouches for every shown slice (an empty slice is background), which the caller decides.
     ``task`` only names the task in errors. Raises AnnotationError on an unknown label value,
@@ -180,6 +183,7 @@ def results_to_labels(
     """
     labels = np.zeros((n_slices, height, width), dtype=np.uint32)
     has_regions = np.zeros(n_slices, dtype=bool)
+    overlaps: list[npt.NDArray[np.int64]] = []
     for number, result in enumerate(results):
         if result.get("from_name") != from_name:
             continue
@@ -191,6 +195,25 @@ def results_to_labels(
         index = region_slice(result, n_slices, where)
         check_size(result, height, width, where)
         mask = decode_mask(value, height, width, threshold, where)
-        labels[index][mask] = ident
+        overlaps.append(_paint(labels[index], mask, ident, index))
         has_regions[index] = True
-    return labels, has_regions
+    rows = np.concatenate(overlaps) if overlaps else np.zeros((0, 4), np.int64)
+    return Instances(labels, _unique_rows(rows)), has_regions
+
+
+def _paint(
+    plane: npt.NDArray[np.uint32], mask: npt.NDArray[np.bool_], ident: int, index: int
+) -> npt.NDArray[np.int64]:
+    """Paint ``ident`` into ``plane`` where ``mask``; return the overlap rows it makes (the
+    smaller id stays in the plane, the larger becomes a row)."""
+    shared = mask & (plane > 0) & (plane != ident)
+    ys, xs = np.nonzero(shared)
+    other = plane[ys, xs].astype(np.int64)
+    rows = np.column_stack([np.full(len(ys), index), ys, xs, np.maximum(other, ident)])
+    plane[mask & (plane == 0)] = ident
+    plane[ys, xs] = np.minimum(other, ident).astype(np.uint32)
+    return rows.astype(np.int64).reshape(-1, 4)
+
+
+def _unique_rows(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return np.unique(rows, axis=0) if len(rows) else rows

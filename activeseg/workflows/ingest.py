@@ -29,7 +29,7 @@ import zarr
 
 from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
 from activeseg.errors import AnnotationError, InputError, StateError
-from activeseg.labelstudio.brush import results_to_labels
+from activeseg.labelstudio.brush import results_to_instances
 from activeseg.labelstudio.client import LabelStudioClient, checked_id, latest_update, parse_time
 from activeseg.labelstudio.labeling import task_status
 from activeseg.pool import rounds as pool_rounds
@@ -75,12 +75,13 @@ def labels_from_results(
     """Return a crop's sparse labels from one annotation's results.
 
     ``slices``: the crop's z-indices the task showed (``item_index`` i is ``slices[i]``);
-    ``shape``: the crop's (Z, Y, X). Every shown slice becomes annotated. An annotation
+    ``shape``: the crop's (Z, Y, X). Every shown slice becomes annotated; a voxel painted for
+    two neurons is kept as an overlap (both memberships). An annotation
     without a single region is an AnnotationError unless ``allow_empty`` (the annotator said
     "done": the shown slices hold no neuron).
     """
     depth, height, width = (int(n) for n in shape)
-    shown, has_regions = results_to_labels(
+    shown, has_regions = results_to_instances(
         results, len(slices), height, width, ALPHA_THRESHOLD, task=task
     )
     if not has_regions.any() and not allow_empty:
@@ -90,9 +91,11 @@ def labels_from_results(
         )
     labels = np.zeros((depth, height, width), np.uint32)
     mask = np.zeros((depth, height, width), bool)
-    labels[list(slices)] = shown
+    labels[list(slices)] = shown.labels
     mask[list(slices)] = True
-    return CropLabels(labels, mask, np.zeros((0, 4), np.int64))
+    overlaps = shown.overlaps.copy()
+    overlaps[:, 0] = np.asarray(slices, np.int64)[overlaps[:, 0]]
+    return CropLabels(labels, mask, overlaps)
 
 
 def newest(annotations: Sequence[Json]) -> Json | None:
@@ -291,7 +294,12 @@ def _read_label_file(path: Path, shape: tuple[int, int, int]) -> CropLabels:
     if isinstance(node, zarr.Group):
         if "labels" not in node:
             raise InputError(f"{where}: the group holds no 'labels' array")
+        for key in ("labels", "mask", "overlaps"):
+            stored = node.get(key)
+            if isinstance(stored, zarr.Array):
+                _check_stored(np.asarray(stored[...]), key, where)
         labels = read_crop_labels(path)
+        _check_overlaps(labels.overlaps, shape, where)
     else:
         data: npt.NDArray[Any] = np.asarray(node[...])
         _check_labels(data, where)
@@ -308,10 +316,41 @@ def _read_label_file(path: Path, shape: tuple[int, int, int]) -> CropLabels:
     return labels
 
 
+MAX_ID = int(np.iinfo(np.uint32).max)
+
+
 def _check_labels(data: npt.NDArray[Any], where: str) -> None:
     if not np.issubdtype(data.dtype, np.integer) or data.ndim != 3:
         raise InputError(
             f"{where}: labels must be a (Z, Y, X) integer array, got {data.dtype} {data.shape}"
         )
-    if data.size and data.min() < 0:
-        raise InputError(f"{where}: labels must not be negative")
+    if data.size and (data.min() < 0 or data.max() > MAX_ID):
+        raise InputError(
+            f"{where}: label ids must lie in 0..{MAX_ID}, found {data.min()}..{data.max()}"
+        )
+
+
+def _check_stored(data: npt.NDArray[Any], key: str, where: str) -> None:
+    """Refuse a stored array whose values would change when read as the crop label types."""
+    if key == "mask":
+        if data.dtype != bool and not (np.issubdtype(data.dtype, np.integer) and
+                                       np.isin(data, (0, 1)).all()):  # fmt: skip
+            raise InputError(f"{where}: 'mask' must be boolean (or 0/1), got {data.dtype}")
+    elif key == "labels":
+        _check_labels(data, f"{where}: 'labels'")
+    elif not np.issubdtype(data.dtype, np.integer) or data.ndim != 2 or data.shape[1] != 4:
+        raise InputError(
+            f"{where}: 'overlaps' must be (K, 4) integer rows (z, y, x, id), got "
+            f"{data.dtype} {data.shape}"
+        )
+
+
+def _check_overlaps(rows: npt.NDArray[np.int64], shape: tuple[int, int, int], where: str) -> None:
+    """Refuse overlap rows outside the crop or with an id that is not a neuron's."""
+    inside = (rows[:, :3] >= 0) & (rows[:, :3] < np.asarray(shape))
+    if len(rows) and not (inside.all() and (rows[:, 3] >= 1).all() and rows[:, 3].max() <= MAX_ID):
+        bad = rows[~(inside.all(axis=1) & (rows[:, 3] >= 1) & (rows[:, 3] <= MAX_ID))][0]
+        raise InputError(
+            f"{where}: overlap row (z, y, x, id) = {tuple(int(v) for v in bad)} lies outside "
+            f"the crop {shape} or names no neuron"
+        )

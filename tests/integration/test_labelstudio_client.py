@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from activeseg.errors import LabelStudioError
-from activeseg.labelstudio.brush import instances_to_results, results_to_labels
+from activeseg.labelstudio.brush import instances_to_results, results_to_instances
 from activeseg.labelstudio.client import (
     LabelStudioClient,
     deleted_annotations,
@@ -18,6 +18,13 @@ from activeseg.labelstudio.client import (
 )
 from activeseg.labelstudio.labeling import labeling_config, task_status
 from activeseg.labelstudio.render import channel_limits, overlay_rgba, png_bytes, render_rgb
+
+
+def decode(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, H, W), has_regions) of brush results (overlaps are tested apart)."""
+    instances, has_regions = results_to_instances(*args, **kwargs)
+    return instances.labels, has_regions
+
 
 pytestmark = pytest.mark.integration
 
@@ -115,9 +122,7 @@ def test_tasks_and_predictions_read_back(
         assert task["meta"] == {"crop": seed}
         [prediction] = task["predictions"]
         assert prediction["score"] == pytest.approx(0.1 * seed)
-        labels, has_regions = results_to_labels(
-            prediction["result"], SLICES, HEIGHT, WIDTH, task=task_id
-        )
+        labels, has_regions = decode(prediction["result"], SLICES, HEIGHT, WIDTH, task=task_id)
         np.testing.assert_array_equal(labels, crop_labels(seed))
         assert has_regions.all()
 
@@ -153,7 +158,7 @@ def test_changed_tasks_returns_edits_skips_updates_and_deletions(
     assert untouched not in changed
 
     [edit] = changed[edited]["annotations"]
-    labels, _ = results_to_labels(edit["result"], SLICES, HEIGHT, WIDTH, task=edited)
+    labels, _ = decode(edit["result"], SLICES, HEIGHT, WIDTH, task=edited)
     np.testing.assert_array_equal(labels, corrected)
     assert task_status(edit["result"]) == "done"
     assert edit["id"] == edit_id
@@ -162,7 +167,7 @@ def test_changed_tasks_returns_edits_skips_updates_and_deletions(
     assert (skip["id"], skip["was_cancelled"]) == (skip_id, True)
 
     [update] = changed[updated]["annotations"]
-    labels, _ = results_to_labels(update["result"], SLICES, HEIGHT, WIDTH, task=updated)
+    labels, _ = decode(update["result"], SLICES, HEIGHT, WIDTH, task=updated)
     np.testing.assert_array_equal(labels, crop_labels(1))
 
     # Nothing changed since the newest of those: an empty answer.

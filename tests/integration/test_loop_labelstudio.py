@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from activeseg.cli import app
 from activeseg.data.volumes import read_crop_labels, read_ground_truth
-from activeseg.labelstudio.brush import instances_to_results, results_to_labels
+from activeseg.labelstudio.brush import instances_to_results, results_to_instances
 from activeseg.labelstudio.client import API_KEY_ENV, URL_ENV, LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
 from activeseg.pool import rounds as pool_rounds
@@ -40,6 +40,13 @@ from activeseg.workflows.project import CONFIG_FILE, Project, open_project
 from activeseg.workflows.push import latest_round, push_selected, relabel_shown
 from activeseg.workflows.score import analysis_path, read_analysis
 from activeseg.workflows.simulate import create_demo_project
+
+
+def decode(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, H, W), has_regions) of brush results (overlaps are tested apart)."""
+    instances, has_regions = results_to_instances(*args, **kwargs)
+    return instances.labels, has_regions
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -151,7 +158,7 @@ def test_round_one_pushes_pre_annotated_tasks_ranked_by_score(
         assert "most unsure" in remote["data"]["caption"]
         consensus = read_analysis(analysis_path(looped, 1, task.crop_id), "consensus")
         expected, mapping = relabel_shown(consensus[list(task.slices)], 32)
-        decoded, _ = results_to_labels(prediction["result"], len(task.slices), 32, 32)
+        decoded, _ = decode(prediction["result"], len(task.slices), 32, 32)
         assert np.array_equal(decoded, expected)
         assert task.pushed["instances"] == {f"n{k}": v for k, v in mapping.items()}
 
@@ -208,7 +215,7 @@ def test_ingest_edits_skips_errors_updates_and_deletions(
         stored = read_crop_labels(
             looped.resolve(str(pool_volumes.get_crop(session, good.crop_id).label_path))
         )
-    expected, _ = results_to_labels(edited([], n), n, 32, 32)
+    expected, _ = decode(edited([], n), n, 32, 32)
     assert np.array_equal(stored.labels[list(good.slices)], expected)
 
     # Nothing changed in Label Studio: ingesting again changes nothing (through the CLI).

@@ -14,7 +14,7 @@ import pytest
 from label_studio_sdk.converter.brush import encode_rle
 
 from activeseg.errors import AnnotationError
-from activeseg.labelstudio.brush import instances_to_results, results_to_labels
+from activeseg.labelstudio.brush import instances_to_results, results_to_instances
 from activeseg.labelstudio.labeling import (
     BRUSH_NAME,
     IMAGE_NAME,
@@ -23,6 +23,12 @@ from activeseg.labelstudio.labeling import (
     labeling_config,
     task_status,
 )
+
+
+def decode(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, H, W), has_regions) of brush results (overlaps are tested apart)."""
+    instances, has_regions = results_to_instances(*args, **kwargs)
+    return instances.labels, has_regions
 
 
 def instance_slices() -> np.ndarray:
@@ -49,7 +55,7 @@ def test_results_have_one_region_per_instance_and_slice() -> None:
 
 def test_rle_round_trip_is_exact() -> None:
     labels = instance_slices()
-    decoded, has_regions = results_to_labels(instances_to_results(labels), 3, 10, 12)
+    decoded, has_regions = decode(instances_to_results(labels), 3, 10, 12)
     assert decoded.dtype == np.uint32
     np.testing.assert_array_equal(decoded, labels)
     np.testing.assert_array_equal(has_regions, [True, False, True])
@@ -57,7 +63,7 @@ def test_rle_round_trip_is_exact() -> None:
 
 def test_random_labels_round_trip() -> None:
     labels = np.random.default_rng(1).integers(0, 5, (2, 16, 16)).astype(np.uint32)
-    decoded, _ = results_to_labels(instances_to_results(labels), 2, 16, 16)
+    decoded, _ = decode(instances_to_results(labels), 2, 16, 16)
     np.testing.assert_array_equal(decoded, labels)
 
 
@@ -66,7 +72,7 @@ def test_label_value_maps_to_instance_id() -> None:
     for result in results:
         if result["value"]["brushlabels"] == ["n7"]:
             result["value"]["brushlabels"] = ["n42"]  # the annotator relabels the neuron
-    decoded, _ = results_to_labels(results, 3, 10, 12)
+    decoded, _ = decode(results, 3, 10, 12)
     assert set(np.unique(decoded[0])) == {0, 3, 42}
     assert (decoded == 7).sum() == 0
 
@@ -90,15 +96,15 @@ def anti_aliased_result(alpha: np.ndarray, label: str = "n1") -> dict[str, Any]:
 
 def test_anti_aliased_strokes_are_thresholded() -> None:
     alpha = np.array([[0, 40, 127, 128, 200, 255]], dtype=np.uint8)
-    decoded, _ = results_to_labels([anti_aliased_result(alpha)], 1, 1, 6)
+    decoded, _ = decode([anti_aliased_result(alpha)], 1, 1, 6)
     np.testing.assert_array_equal(decoded[0, 0], [0, 0, 0, 1, 1, 1])
-    strict, _ = results_to_labels([anti_aliased_result(alpha)], 1, 1, 6, threshold=250)
+    strict, _ = decode([anti_aliased_result(alpha)], 1, 1, 6, threshold=250)
     np.testing.assert_array_equal(strict[0, 0], [0, 0, 0, 0, 0, 1])
 
 
 def test_other_controls_are_ignored() -> None:
     choice = {"from_name": "status", "to_name": IMAGE_NAME, "type": "choices", "value": {}}
-    decoded, has_regions = results_to_labels([choice], 2, 4, 4)
+    decoded, has_regions = decode([choice], 2, 4, 4)
     assert decoded.max() == 0
     assert not has_regions.any()
 
@@ -160,12 +166,12 @@ def broken(change: str) -> dict[str, Any]:
 )
 def test_bad_results_raise_annotation_error_naming_the_task(change: str, message: str) -> None:
     with pytest.raises(AnnotationError, match=message) as caught:
-        results_to_labels([broken(change)], 2, 4, 5, task=77)
+        decode([broken(change)], 2, 4, 5, task=77)
     assert "task 77" in str(caught.value)
 
 
 def test_a_valid_result_passes_the_same_checks() -> None:
-    decoded, _ = results_to_labels([one_result()], 2, 4, 5, task=77)
+    decoded, _ = decode([one_result()], 2, 4, 5, task=77)
     assert (decoded == 2).sum() == 6
 
 
@@ -244,7 +250,7 @@ def test_a_crafted_rle_is_refused_before_decoding(rle: list[int], message: str) 
     start = time.perf_counter()
     try:
         with pytest.raises(AnnotationError) as caught:
-            results_to_labels([crafted_result(rle)], 1, 32, 32, task=9)
+            decode([crafted_result(rle)], 1, 32, 32, task=9)
         elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -258,5 +264,5 @@ def test_an_rle_of_the_right_size_still_decodes() -> None:
     mask = np.zeros((32, 32), bool)
     mask[3:9, 4:30] = True
     result = crafted_result(instances_to_results(mask[None].astype(np.uint32))[0]["value"]["rle"])
-    labels, _ = results_to_labels([result], 1, 32, 32, task=9)
+    labels, _ = decode([result], 1, 32, 32, task=9)
     assert np.array_equal(labels[0] == 1, mask)

@@ -211,3 +211,77 @@ def test_ids_from_the_server_are_checked_before_use_in_paths(
     assert not list(project.root.parent.rglob("escaped*"))
     with project.session() as session:
         assert pool_volumes.get_crop(session, crop_id).status == "queued"
+
+
+def test_two_neurons_painted_on_one_voxel_are_both_kept() -> None:
+    shown = np.zeros((2, 6, 6), np.uint32)
+    shown[1, 1:4, 1:4] = 3
+    other = np.zeros((2, 6, 6), np.uint32)
+    other[1, 2:5, 2:5] = 2  # shares a 2x2 patch with neuron 3 on the second shown slice
+    results = instances_to_results(shown) + instances_to_results(other)
+    labels = labels_from_results(results, [4, 9], (12, 6, 6), task=1, allow_empty=False)
+    instances = labels.instances()
+    for ident, plane in ((3, shown[1]), (2, other[1])):
+        assert np.array_equal(instances.mask(ident)[9], plane > 0)
+    assert labels.labels[9, 2, 2] == 2  # the smaller id in the image, the other as a row
+    assert sorted(map(tuple, labels.overlaps.tolist())) == [
+        (9, y, x, 3) for y in (2, 3) for x in (2, 3)
+    ]
+    assert not instances.overlap_mask()[4].any()
+
+
+def _label_group(path: Path, shape: tuple[int, ...], **arrays: np.ndarray) -> Path:
+    group = zarr.open_group(path, mode="w")
+    labels = np.zeros(shape, np.uint32)
+    labels[0, :2, :2] = 1
+    defaults = {"labels": labels, "mask": np.ones(shape, bool),
+                "overlaps": np.zeros((0, 4), np.int64)}  # fmt: skip
+    for key, value in {**defaults, **arrays}.items():
+        group.create_array(key, data=value)
+    return path
+
+
+def test_ingest_file_keeps_overlaps_given_in_the_file(synthetic: Path, tmp_path: Path) -> None:
+    project = open_project(synthetic)
+    crop_id, shape = first_pool_crop(project)
+    rows = np.array([[0, 1, 1, 5], [0, 0, 1, 5]], np.int64)
+    source = _label_group(tmp_path / "overlaps.zarr", shape, overlaps=rows)
+    assert ingest_file(project, crop_id, source) in ("ingested", "updated")
+    with project.session() as session:
+        crop = pool_volumes.get_crop(session, crop_id)
+    stored = read_crop_labels(project.resolve(str(crop.label_path)))
+    assert np.array_equal(stored.overlaps, rows)
+    assert stored.instances().mask(5)[0, 1, 1] and stored.instances().mask(1)[0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"labels": -5}, "0..4294967295"),
+        ({"labels": np.nan}, "integer"),
+        ({"labels": 2**32 + 1}, "0..4294967295"),
+        ({"overlaps": np.array([[0, 99, 0, 2]])}, "outside the crop"),
+        ({"overlaps": np.array([[0, 0, 0, 0]])}, "names no neuron"),
+        ({"mask": 7}, "boolean"),
+    ],
+    ids=["negative id", "nan", "id over 2^32", "overlap out of bounds", "overlap id 0", "mask 7"],
+)
+def test_ingest_file_refuses_values_that_would_change_when_stored(
+    synthetic: Path, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    project = open_project(synthetic)
+    crop_id, shape = first_pool_crop(project)
+    key, value = next(iter(change.items()))
+    if key == "overlaps":
+        arrays = {key: np.asarray(value, np.int64)}
+    else:
+        dtype = {"labels": np.float64 if value is np.nan else np.int64, "mask": np.int8}[key]
+        array = np.zeros(shape, dtype)
+        array[0, 0, 0] = value  # type: ignore[index]
+        arrays = {key: array}
+    source = _label_group(tmp_path / "bad.zarr", shape, **arrays)
+    before = sorted(project.labels_dir.rglob("*")) if project.labels_dir.exists() else []
+    with pytest.raises(InputError, match=message):
+        ingest_file(project, crop_id, source)
+    after = sorted(project.labels_dir.rglob("*")) if project.labels_dir.exists() else []
+    assert after == before
