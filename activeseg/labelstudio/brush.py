@@ -134,9 +134,11 @@ def decode_mask(
 def region_label(value: Mapping[str, Any], where: str) -> str:
     """Return the single brush label value of a region; AnnotationError if none or several."""
     labels = value.get("brushlabels")
-    if not isinstance(labels, list) or len(labels) != 1:
-        raise AnnotationError(f"{where}: a brush region needs exactly one label, got {labels!r}")
-    return str(labels[0])
+    if not isinstance(labels, list) or len(labels) != 1 or not isinstance(labels[0], str):
+        raise AnnotationError(
+            f"{where}: a brush region needs exactly one label, got {labels!r:.60}"
+        )
+    return labels[0]
 
 
 def region_slice(result: Mapping[str, Any], n_slices: int, where: str) -> int:
@@ -185,12 +187,16 @@ def results_to_instances(
     has_regions = np.zeros(n_slices, dtype=bool)
     overlaps: list[npt.NDArray[np.int64]] = []
     for number, result in enumerate(results):
+        if not isinstance(result, Mapping):
+            raise AnnotationError(f"task {task}, result {number}: not an object: {result!r:.60}")
         if result.get("from_name") != from_name:
             continue
-        where = f"task {task}, result {result.get('id', number)!r}"
+        where = f"task {task}, result {result.get('id', number)!r:.60}"
         if result.get("type") != BRUSH_TYPE:
             raise AnnotationError(f"{where}: expected a brush region, got {result.get('type')!r}")
-        value = result.get("value") or {}
+        value = result.get("value")
+        if not isinstance(value, Mapping):
+            raise AnnotationError(f"{where}: the region's value is not an object: {value!r:.60}")
         ident = instance_id(region_label(value, where), where)
         index = region_slice(result, n_slices, where)
         check_size(result, height, width, where)

@@ -32,6 +32,9 @@ LABEL_PREFIX = "n"
 GOLDEN = 0.618033988749895
 
 
+MAX_INSTANCE_ID = 2**32 - 1  # instance ids are stored as uint32
+
+
 def instance_label(instance_id: int) -> str:
     """Return the brush label value of an instance id (``7`` → ``"n7"``)."""
     return f"{LABEL_PREFIX}{instance_id}"
@@ -40,7 +43,7 @@ def instance_label(instance_id: int) -> str:
 def instance_id(label: str, where: str = "annotation") -> int:
     """Return the instance id of a brush label value (``"n7"`` -> ``7``); AnnotationError if not."""
     digits = label[len(LABEL_PREFIX) :] if label.startswith(LABEL_PREFIX) else ""
-    if not digits.isdigit() or int(digits) < 1:
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_INSTANCE_ID:
         raise AnnotationError(
             f"{where}: brush label {label!r} is not an instance label "
             f"({LABEL_PREFIX}1, {LABEL_PREFIX}2, ...)"
