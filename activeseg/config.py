@@ -186,6 +186,11 @@ class AcquisitionConfig(Section):
     cost_aware: bool = False
     cost_alpha: float = Field(1.0, ge=0.0, description="score / cost**alpha when cost_aware")
     seed: int = 0
+    # Crops scored per round: a seeded sample of the unlabeled pool crops, stratified by volume
+    # (each volume in proportion to its unlabeled crops). None scores every unlabeled crop.
+    max_candidates: int | None = Field(
+        None, ge=1, description="crops scored per round (a stratified sample); None = all"
+    )
 
 
 class LabelStudioConfig(Section):

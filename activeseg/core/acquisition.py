@@ -14,11 +14,16 @@ Strategies:
   farthest from those already picked. Needs descriptors, ignores scores and cost.
 - "uncertainty", "bald", "instance": rank by that column of ``CropScores``, optionally divided
   by cost (``cost_aware``) and spread out over the descriptors (``diversity``).
+
+Cost in the pool size N: a batch of k costs O(k N D) (k-center) or O(N log N) (sorting).
+``rank_crops`` ranks all N crops but runs the k-center only for the first ``depth`` ranks, so
+a whole-pool ranking stays linear in N. ``candidate_sample`` draws the crops to score at all
+(``acquisition.max_candidates``): a seeded sample stratified by volume, in O(N log N).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -263,3 +268,160 @@ def _features(descriptors: npt.ArrayLike | None, count: int, needed_by: str) -> 
     if descriptors is None:
         raise InputError(f"{needed_by} needs crop descriptors (N, D); none were given")
     return standardize(descriptors, count)
+
+
+RANK_DEPTH = 256
+
+
+def rank_crops(
+    scores: CropScores,
+    strategy: str,
+    *,
+    descriptors: npt.ArrayLike | None = None,
+    diversity: bool = False,
+    cost_aware: bool = False,
+    cost_alpha: float = 1.0,
+    seed: int = 0,
+    depth: int = RANK_DEPTH,
+) -> list[Selection]:
+    """Return all N crops ranked, best first: ``select_batch`` order for the first ``depth``.
+
+    The k-center of "diverse" and of ``diversity`` costs O(depth N D), not O(N^2 D): crops
+    past ``depth`` follow by effective score (scored strategies) or by standardized distance
+    to the ranked ones ("diverse"). Since the k-center is greedy, any batch of at most
+    ``depth`` crops is the head of this ranking, exactly as ``select_batch`` picks it.
+    """
+    if depth < 1:
+        raise InputError(f"rank depth must be >= 1, got {depth}")
+    greedy = strategy == "diverse" or (diversity and strategy in SCORED_STRATEGIES)
+    head_size = min(depth, scores.count) if greedy else scores.count
+    if head_size == 0:
+        _check_request(strategy, 1)
+        return []
+    head = select_batch(
+        scores,
+        strategy,
+        head_size,
+        descriptors=descriptors,
+        diversity=diversity,
+        cost_aware=cost_aware,
+        cost_alpha=cost_alpha,
+        seed=seed,
+    )
+    if len(head) == scores.count:
+        return head
+    picked = [s.index for s in head]
+    if strategy == "diverse":
+        tail = _tail_by_distance(_features(descriptors, scores.count, "diverse"), picked)
+        return head + _ranked_tail(tail, scores, None, len(head))
+    effective = effective_scores(scores, strategy, cost_aware=cost_aware, cost_alpha=cost_alpha)
+    rest = np.ones(scores.count, bool)
+    rest[picked] = False
+    order = np.flatnonzero(rest)[np.argsort(-effective[rest], kind="stable")]
+    return head + _ranked_tail([(int(i), None) for i in order], scores, effective, len(head))
+
+
+def _tail_by_distance(features: FloatColumn, picked: list[int]) -> list[tuple[int, float | None]]:
+    """Return the crops not picked, farthest from the picked ones first, with the distance."""
+    distance = np.full(len(features), np.inf)
+    for index in picked:
+        distance = np.minimum(distance, np.linalg.norm(features - features[index], axis=1))
+    rest = np.ones(len(features), bool)
+    rest[picked] = False
+    order = np.flatnonzero(rest)[np.argsort(-distance[rest], kind="stable")]
+    return [(int(i), float(distance[i])) for i in order]
+
+
+def _ranked_tail(
+    tail: list[tuple[int, float | None]],
+    scores: CropScores,
+    effective: FloatColumn | None,
+    start: int,
+) -> list[Selection]:
+    """Return Selections for (index, distance) pairs ranked after ``start`` crops."""
+    result = []
+    for position, (index, distance) in enumerate(tail, start=start + 1):
+        parts = scores.parts(index)
+        score = 0.0 if effective is None else float(effective[index])
+        if effective is not None:
+            parts["effective"] = score
+        if distance is not None:
+            parts["distance"] = distance
+        result.append(Selection(index=index, rank=position, score=score, parts=parts))
+    return result
+
+
+def uniform_keys(ids: npt.ArrayLike, seed: int | Sequence[int]) -> FloatColumn:
+    """Return (N,) float64 in [0, 1): a seeded pseudo-random number per integer id.
+
+    A function of (seed, id) alone (SplitMix64 of the id, keyed by the seed): the same id
+    gets the same number whatever other ids are passed and in whatever order.
+    """
+    entropy = [seed] if isinstance(seed, int) else list(seed)
+    key = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+    z = np.asarray(ids, dtype=np.int64).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + key
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def stratum_quotas(
+    counts: npt.ArrayLike, budget: int, tiebreak: npt.ArrayLike
+) -> npt.NDArray[np.int64]:
+    """Return (G,) int64 quotas summing to min(budget, total), proportional to ``counts``.
+
+    Largest remainder: each stratum gets floor(budget * share); the crops left over go to the
+    largest fractional parts, ties to the smallest ``tiebreak`` (G,) float. No quota exceeds
+    its count.
+    """
+    sizes = np.asarray(counts, dtype=np.int64)
+    total = int(sizes.sum())
+    if budget >= total:
+        return sizes.copy()
+    exact = budget * sizes / total
+    quotas = np.floor(exact).astype(np.int64)
+    left = budget - int(quotas.sum())
+    order = np.lexsort((np.asarray(tiebreak, dtype=np.float64), -(exact - quotas)))
+    quotas[order[:left]] += 1
+    return quotas
+
+
+def candidate_sample(
+    ids: npt.ArrayLike,
+    groups: npt.ArrayLike,
+    budget: int | None,
+    seed: int | Sequence[int],
+    *,
+    preferred: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.int64]:
+    """Return sorted indices of at most ``budget`` of N crops: a sample stratified by group.
+
+    ids: (N,) int crop ids; groups: (N,) int strata (the crops' volumes). Each group gets a
+    quota in proportion to its size (``stratum_quotas``) and fills it with its crops of the
+    smallest ``uniform_keys(ids, seed)``: the same seed gives the same sample, and dropping
+    crops from the input (labeled or queued since) leaves the others' chances unchanged.
+    preferred: (N,) bool, crops taken first within their group (e.g. scores already cached,
+    which cost nothing); a crop left over by rounding goes to the group with more of them.
+    ``budget`` None (or >= N) returns every index. O(N log N).
+    """
+    crop_ids = np.asarray(ids, dtype=np.int64)
+    strata = np.asarray(groups, dtype=np.int64)
+    count = len(crop_ids)
+    if strata.shape != (count,):
+        raise InputError(f"groups must be ({count},) like ids, got {strata.shape}")
+    if budget is not None and budget < 1:
+        raise InputError(f"candidate budget must be >= 1 or None, got {budget}")
+    if budget is None or budget >= count:
+        return np.arange(count, dtype=np.int64)
+    first = np.zeros(count, bool) if preferred is None else np.asarray(preferred, dtype=bool)
+    labels, inverse, sizes = np.unique(strata, return_inverse=True, return_counts=True)
+    entropy = [seed] if isinstance(seed, int) else list(seed)
+    # Equal remainders go to the group with more preferred crops, then to a seeded draw.
+    cheap = np.bincount(inverse, weights=first, minlength=len(labels))
+    quotas = stratum_quotas(sizes, budget, uniform_keys(labels, [*entropy, 1]) - cheap)
+    order = np.lexsort((uniform_keys(crop_ids, entropy), ~first, inverse))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    position = np.empty(count, np.int64)
+    position[order] = np.arange(count) - np.repeat(starts, sizes)
+    return np.flatnonzero(position < quotas[inverse]).astype(np.int64)

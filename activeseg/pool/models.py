@@ -193,6 +193,24 @@ class Score(Base):
     selected: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ScoreCache(Base):
+    """A crop's score parts under one model (checkpoint + scoring settings), kept across rounds.
+
+    ``model`` is a content fingerprint: a new checkpoint has another, so it never reuses these.
+    ``analysis`` is the project-relative zarr of the maps computed with the scores.
+    """
+
+    __tablename__ = "score_cache"
+    __table_args__ = (UniqueConstraint("crop_id", "model", name="uq_score_cache_crop_model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crop_id: Mapped[int] = mapped_column(ForeignKey("crop.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    parts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    analysis: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Task(Base):
     __tablename__ = "task"
     __table_args__ = (

@@ -133,3 +133,13 @@ class AnnotationInfo:
     label_path: str | None
     was_cancelled: bool
     current: bool
+
+
+@dataclass(frozen=True)
+class CachedScore:
+    """A crop's score parts computed by one model, and where its maps were written."""
+
+    crop_id: int
+    model: str
+    parts: dict[str, Any]
+    analysis: str | None

@@ -9,8 +9,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from activeseg.errors import NotFoundError
-from activeseg.pool.models import Checkpoint, Round, Score, Stage, StageStatus, utcnow
-from activeseg.pool.records import CheckpointInfo, RoundInfo, ScoreInfo, StageInfo
+from activeseg.pool.models import Checkpoint, Round, Score, ScoreCache, Stage, StageStatus, utcnow
+from activeseg.pool.records import CachedScore, CheckpointInfo, RoundInfo, ScoreInfo, StageInfo
 
 
 def _stage_info(row: Stage) -> StageInfo:
@@ -189,6 +189,61 @@ def save_scores(
         for crop_id, score, parts in scores
     )
     session.flush()
+
+
+def add_scores(
+    session: Session, round_id: int, scores: Sequence[tuple[int, float, dict[str, Any]]]
+) -> None:
+    """Add ``(crop_id, score, parts)`` rows to a round, keeping the rows it already has."""
+    session.add_all(
+        Score(round_id=round_id, crop_id=crop_id, score=score, parts=parts)
+        for crop_id, score, parts in scores
+    )
+    session.flush()
+
+
+def scored_crop_ids(session: Session, round_id: int) -> set[int]:
+    """Return the crops that already have a score row in a round."""
+    return set(session.scalars(select(Score.crop_id).where(Score.round_id == round_id)))
+
+
+def keep_scores(session: Session, round_id: int, crop_ids: set[int]) -> int:
+    """Delete a round's score rows of crops not in ``crop_ids``; return how many went."""
+    stale = scored_crop_ids(session, round_id) - crop_ids
+    if stale:
+        session.execute(
+            delete(Score).where(Score.round_id == round_id, Score.crop_id.in_(sorted(stale)))
+        )
+        session.flush()
+    return len(stale)
+
+
+def cached_scores(session: Session, model: str) -> dict[int, CachedScore]:
+    """Return the cached score parts of one model, by crop id."""
+    rows = session.scalars(select(ScoreCache).where(ScoreCache.model == model))
+    return {r.crop_id: CachedScore(r.crop_id, r.model, dict(r.parts), r.analysis) for r in rows}
+
+
+def cache_scores(session: Session, scores: Sequence[CachedScore]) -> None:
+    """Store score parts per (crop, model), replacing an earlier entry of the same pair."""
+    for entry in scores:
+        session.execute(
+            delete(ScoreCache).where(
+                ScoreCache.crop_id == entry.crop_id, ScoreCache.model == entry.model
+            )
+        )
+    session.add_all(
+        ScoreCache(crop_id=e.crop_id, model=e.model, parts=e.parts, analysis=e.analysis)
+        for e in scores
+    )
+    session.flush()
+
+
+def prune_score_cache(session: Session, model: str) -> int:
+    """Delete the cached scores of every model but ``model``; return how many rows went."""
+    result = session.execute(delete(ScoreCache).where(ScoreCache.model != model))
+    session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def record_selection(session: Session, round_id: int, ranking: Sequence[int], n: int) -> None:

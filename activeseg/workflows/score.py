@@ -1,16 +1,30 @@
 """Scoring the pool with a model, and selecting the next batch from the stored scores.
 
-Scoring predicts every unlabeled pool crop, clusters each sample and the consensus, turns the
-samples into voxel and instance uncertainty, writes the maps to zarr (for viewing and for the
-annotators' overlay) and stores one row of score parts per crop. Selection only ranks stored
-scores, so a strategy can be changed without predicting again.
+Scoring predicts the round's candidate crops, clusters each sample and the consensus, turns
+the samples into voxel and instance uncertainty, writes the maps to zarr (for viewing and for
+the annotators' overlay) and stores one row of score parts per crop. Selection only ranks
+stored scores, so a strategy can be changed without predicting again.
+
+What a round costs does not grow with the pool:
+
+- candidates: every unlabeled pool crop, or with ``acquisition.max_candidates`` a seeded
+  sample stratified by volume (``core.acquisition.candidate_sample``);
+- a score cache in the ledger per (crop, model): the model is a fingerprint of the checkpoint
+  files and the scoring settings, so an unchanged model is not run again on a crop it scored
+  (its maps are hard-linked into the round), and a new checkpoint never reuses old scores;
+- resumable: scores are committed in batches as they are computed, and a crop that already
+  has a score row in this round is skipped, so a crash half-way loses at most one batch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +33,15 @@ import numpy.typing as npt
 import zarr
 
 from activeseg.config import Config
-from activeseg.core.acquisition import CropScores, select_batch
+from activeseg.core.acquisition import CropScores, candidate_sample, rank_crops
 from activeseg.core.cluster import segment_consensus, segment_samples
-from activeseg.core.models.checkpoint import TrainedModel, load_model
+from activeseg.core.models.checkpoint import (
+    CONFIG_FILE,
+    NORMALIZATION_FILE,
+    WEIGHTS_FILE,
+    TrainedModel,
+    load_model,
+)
 from activeseg.core.tiling import predict_array
 from activeseg.core.uncertainty import (
     InstanceRisk,
@@ -37,13 +57,16 @@ from activeseg.core.uncertainty import (
 from activeseg.data.volumes import read_raw
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import CropInfo
+from activeseg.pool.records import CachedScore, CropInfo
 from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 COLUMNS = ("uncertainty", "bald", "instance", "cost")
+# Bump when what a score holds changes: every cached score is then computed again.
+SCORE_VERSION = "scores-1"
+COMMIT_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -115,6 +138,8 @@ def analysis_path(project: Project, round_number: int, crop_id: int) -> Path:
 
 def write_analysis(path: Path, analysis: CropAnalysis) -> None:
     """Write a crop's consensus, per-sample segmentations and uncertainty maps to zarr."""
+    if path.exists():  # new files, never rewritten in place: other rounds may link to these
+        shutil.rmtree(path)
     root = zarr.open_group(path, mode="w")
     for name in ("consensus", "samples", "foreground", "entropy", "mutual_information"):
         root.create_array(name, data=np.ascontiguousarray(getattr(analysis, name)))
@@ -143,35 +168,166 @@ def risk_record(risk: InstanceRisk) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ScoreReport:
+    """What a score stage did: crops with a score in the round, and where each came from.
+
+    computed: crops run through the model (or read for descriptors) in this call; cached:
+    taken from the score cache (same model); resumed: already scored in this round before.
+    """
+
+    unlabeled: int
+    scored: int
+    computed: int
+    cached: int
+    resumed: int
+    model: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the report as plain JSON-able data."""
+        return {
+            "unlabeled": self.unlabeled,
+            "scored": self.scored,
+            "computed": self.computed,
+            "cached": self.cached,
+            "resumed": self.resumed,
+        }
+
+
 def score_pool(
     project: Project,
     round_id: int,
     round_number: int,
     model_path: Path | None,
     progress: Progress | None = None,
+    *,
+    commit_every: int = COMMIT_EVERY,
 ) -> int:
-    """Score every unlabeled pool crop for a round and store the scores; return how many.
+    """Score the round's candidate crops, store the scores; return how many the round has.
 
     Without a model (round 0) only model-free parts are stored: raw-intensity descriptors.
     """
+    report = score_round(
+        project, round_id, round_number, model_path, progress, commit_every=commit_every
+    )
+    return report.scored
+
+
+def score_round(
+    project: Project,
+    round_id: int,
+    round_number: int,
+    model_path: Path | None,
+    progress: Progress | None = None,
+    *,
+    commit_every: int = COMMIT_EVERY,
+) -> ScoreReport:
+    """Score the round's candidates not scored yet in it, in committed batches; report it."""
+    key = model_key(model_path, project.config) if model_path is not None else None
     with project.session() as session:
         crops = pool_volumes.list_crops(session, status="unlabeled", split="pool")
         volumes = {v.id: v for v in pool_volumes.list_volumes(session)}
-    trained = load_model(model_path) if model_path is not None else None
-    rows = []
-    for done, crop in enumerate(crops):
-        raw = read_raw(project.resolve(volumes[crop.volume_id].path), crop.box)
-        rows.append(_score_crop(project, trained, raw, crop, round_number))
+        cache = pool_rounds.cached_scores(session, key) if key is not None else {}
+        candidates = candidate_crops(project, crops, round_number, set(cache))
+        pool_rounds.keep_scores(session, round_id, {c.id for c in candidates})
+        done = pool_rounds.scored_crop_ids(session, round_id)
+    todo = [c for c in candidates if c.id not in done]
+    scorer = _Scorer(project, round_id, round_number, model_path, key, cache)
+    step = max(commit_every, 1)
+    for start in range(0, len(todo), step):
+        for crop in todo[start : start + step]:
+            scorer.score(crop, project.resolve(volumes[crop.volume_id].path))
+        scorer.commit()
         if progress is not None:
-            progress(done + 1, len(crops))
-    strategy = project.config.acquisition.strategy
-    with project.session() as session:
-        pool_rounds.save_scores(
-            session,
-            round_id,
-            [(crop_id, float(parts.get(strategy, 0.0)), parts) for crop_id, parts in rows],
-        )
-    return len(rows)
+            progress(len(candidates) - len(todo) + min(start + step, len(todo)), len(candidates))
+    if key is not None:
+        with project.session() as session:
+            pool_rounds.prune_score_cache(session, key)
+    return ScoreReport(
+        unlabeled=len(crops),
+        scored=len(candidates),
+        computed=scorer.computed,
+        cached=scorer.cached,
+        resumed=len(candidates) - len(todo),
+        model=key,
+    )
+
+
+def candidate_crops(
+    project: Project, crops: Sequence[CropInfo], round_number: int, cached: set[int]
+) -> list[CropInfo]:
+    """Return the crops a round scores: all, or ``max_candidates`` stratified by volume.
+
+    The sample is seeded by (acquisition.seed, round number); crops with a cached score under
+    the current model come first within their volume, since they cost nothing to score.
+    """
+    acq = project.config.acquisition
+    ordered = sorted(crops, key=lambda c: c.id)
+    picked = candidate_sample(
+        [c.id for c in ordered],
+        [c.volume_id for c in ordered],
+        acq.max_candidates,
+        (acq.seed, round_number),
+        preferred=[c.id in cached for c in ordered],
+    )
+    return [ordered[i] for i in picked]
+
+
+@dataclass
+class _Scorer:
+    """Scores crops one at a time and commits them (and new cache entries) in batches."""
+
+    project: Project
+    round_id: int
+    round_number: int
+    model_path: Path | None
+    key: str | None
+    cache: dict[int, CachedScore]
+    computed: int = 0
+    cached: int = 0
+    trained: TrainedModel | None = None
+    rows: list[tuple[int, float, dict[str, Any]]] = field(default_factory=list)
+    fresh: list[CachedScore] = field(default_factory=list)
+
+    def score(self, crop: CropInfo, volume: Path) -> None:
+        """Score one crop: from the cache when its model already did, else by running it."""
+        parts = self._from_cache(crop)
+        if parts is None:
+            parts = self._compute(crop, volume)
+        strategy = self.project.config.acquisition.strategy
+        self.rows.append((crop.id, float(parts.get(strategy, 0.0)), parts))
+
+    def commit(self) -> None:
+        """Store the scores (and cache entries) gathered since the last commit."""
+        with self.project.session() as session:
+            pool_rounds.add_scores(session, self.round_id, self.rows)
+            pool_rounds.cache_scores(session, self.fresh)
+        self.rows, self.fresh = [], []
+
+    def _from_cache(self, crop: CropInfo) -> dict[str, Any] | None:
+        entry = self.cache.get(crop.id)
+        if entry is None or entry.analysis is None:
+            return None
+        source = self.project.resolve(entry.analysis)
+        target = analysis_path(self.project, self.round_number, crop.id)
+        if not source.exists():
+            return None
+        if source.resolve() != target.resolve():
+            link_tree(source, target)
+        self.cached += 1
+        return entry.parts
+
+    def _compute(self, crop: CropInfo, volume: Path) -> dict[str, Any]:
+        if self.model_path is not None and self.trained is None:
+            self.trained = load_model(self.model_path)
+        raw = read_raw(volume, crop.box)
+        _, parts = _score_crop(self.project, self.trained, raw, crop, self.round_number)
+        self.computed += 1
+        if self.key is not None:
+            path = analysis_path(self.project, self.round_number, crop.id)
+            entry = CachedScore(crop.id, self.key, parts, self.project.relative(path))
+            self.fresh.append(entry)
+        return parts
 
 
 def _score_crop(
@@ -193,6 +349,39 @@ def _score_crop(
     }
 
 
+def model_key(model_path: Path, config: Config) -> str:
+    """Return a fingerprint of a checkpoint and the settings its scores depend on (hex).
+
+    The checkpoint's config, weights and normalization, plus the project's cluster section
+    and score reduction: scores cached under an equal key are what scoring would give again.
+    """
+    digest = hashlib.sha256(SCORE_VERSION.encode())
+    for name in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZATION_FILE):
+        digest.update(name.encode())
+        with (Path(model_path) / name).open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    acq = config.acquisition
+    settings = {
+        "cluster": config.cluster.model_dump(mode="json"),
+        "reduction": [acq.reduction, acq.quantile, list(acq.region)],
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of the folder ``source``, hard-linking files where it can."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copytree(source, target, copy_function=os.link)
+    except OSError:  # another file system: copy instead
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+
+
 def select_crops(project: Project, round_id: int, strategy: str, batch_size: int) -> list[int]:
     """Rank a round's stored scores with a strategy, record ranks; return the selected crops."""
     with project.session() as session:
@@ -208,7 +397,7 @@ def select_crops(project: Project, round_id: int, strategy: str, batch_size: int
         "cost_alpha": acq.cost_alpha,
         "seed": acq.seed + round_id,
     }
-    picked = select_batch(scores, strategy, len(ordered), **options) if ordered else []
+    picked = rank_crops(scores, strategy, **options) if ordered else []
     ranking = [ordered[p.index].crop_id for p in picked]
     with project.session() as session:
         pool_rounds.record_selection(session, round_id, ranking, batch_size)

@@ -7,14 +7,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+from activeseg.core import acquisition
 from activeseg.core.acquisition import (
     CropScores,
     Selection,
+    candidate_sample,
     effective_scores,
     greedy_k_center,
     random_order,
+    rank_crops,
     select_batch,
     standardize,
+    stratum_quotas,
+    uniform_keys,
 )
 from activeseg.errors import InputError
 
@@ -169,6 +174,139 @@ def test_greedy_k_center_prefers_high_weight_among_far_crops() -> None:
 def test_standardize_puts_dimensions_on_one_scale() -> None:
     rows = np.array([[1.0, 100.0, 3.0], [3.0, 300.0, 3.0]])
     assert np.allclose(standardize(rows, 2), [[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0]])
+
+
+# --------------------------------------------------------------------------- whole-pool ranking
+
+
+def _pool(n: int, seed: int = 0) -> tuple[CropScores, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scores = CropScores(count=n, uncertainty=rng.uniform(size=n), cost=rng.uniform(1, 5, size=n))
+    return scores, rng.normal(size=(n, 3))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [
+        ("uncertainty", {"diversity": True}),
+        ("uncertainty", {"diversity": True, "cost_aware": True}),
+        ("uncertainty", {}),
+        ("diverse", {}),
+        ("random", {}),
+    ],
+)
+def test_a_ranking_within_its_depth_is_the_full_greedy_ranking(
+    strategy: str, options: dict[str, Any]
+) -> None:
+    scores, descriptors = _pool(30)
+    options = {**options, "descriptors": descriptors, "seed": 4}
+    full = select_batch(scores, strategy, 30, **options)
+    assert rank_crops(scores, strategy, depth=30, **options) == full
+    assert rank_crops(scores, strategy, depth=400, **options) == full
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "diverse"])
+def test_past_its_depth_a_ranking_runs_no_k_center(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scores, descriptors = _pool(40)
+    options: dict[str, Any] = {"descriptors": descriptors, "diversity": True, "seed": 2}
+    batch = select_batch(scores, strategy, 5, **options)
+    asked: list[int] = []
+    real = acquisition.greedy_k_center
+
+    def counted(features: Any, weight: Any, k: int, first: int) -> Any:
+        asked.append(k)
+        return real(features, weight, k, first)
+
+    monkeypatch.setattr(acquisition, "greedy_k_center", counted)
+    ranking = rank_crops(scores, strategy, depth=5, **options)
+    assert asked == [5]
+    assert ranking[:5] == batch
+    assert sorted(_indices(ranking)) == list(range(40))
+    assert [s.rank for s in ranking] == list(range(1, 41))
+    tail = ranking[5:]
+    if strategy == "uncertainty":
+        assert [s.score for s in tail] == sorted((s.score for s in tail), reverse=True)
+    else:
+        distances = [s.parts["distance"] for s in tail]
+        assert distances == sorted(distances, reverse=True)
+
+
+def test_ranking_an_empty_pool_gives_nothing() -> None:
+    assert rank_crops(CropScores(count=0), "uncertainty") == []
+    with pytest.raises(InputError, match="depth"):
+        rank_crops(CropScores(count=2, uncertainty=np.ones(2)), "uncertainty", depth=0)
+
+
+# --------------------------------------------------------------------------- candidate budget
+
+
+def _strata() -> tuple[np.ndarray, np.ndarray]:
+    """Return 100 crop ids (not in order) and their volumes: 60, 30 and 10 crops."""
+    ids = np.random.default_rng(0).permutation(np.arange(1000, 1100))
+    return ids, np.repeat([5, 7, 9], [60, 30, 10])
+
+
+def test_the_candidate_sample_is_seeded_and_stratified_by_volume() -> None:
+    ids, volumes = _strata()
+    picked = candidate_sample(ids, volumes, 20, (0, 3))
+    assert len(picked) == 20 and len(set(picked.tolist())) == 20
+    assert np.bincount(volumes[picked], minlength=10)[[5, 7, 9]].tolist() == [12, 6, 2]
+    assert candidate_sample(ids, volumes, 20, (0, 3)).tolist() == picked.tolist()
+    assert candidate_sample(ids, volumes, 20, (0, 4)).tolist() != picked.tolist()
+    assert candidate_sample(ids, volumes, 20, (1, 3)).tolist() != picked.tolist()
+    shuffled = np.random.default_rng(1).permutation(100)
+    again = candidate_sample(ids[shuffled], volumes[shuffled], 20, (0, 3))
+    assert set(ids[shuffled][again].tolist()) == set(ids[picked].tolist())
+
+
+def test_crops_leaving_the_pool_do_not_change_the_others_chances() -> None:
+    ids, volumes = _strata()
+    picked = set(ids[candidate_sample(ids, volumes, 20, 7)].tolist())
+    gone = next(i for i, v in zip(ids, volumes, strict=True) if i in picked and v == 5)
+    keep = ids != gone
+    after = set(ids[keep][candidate_sample(ids[keep], volumes[keep], 20, 7)].tolist())
+    assert len(after) == 20 and picked - {gone} <= after
+
+
+def test_preferred_crops_fill_their_volumes_quota_first() -> None:
+    ids, volumes = _strata()
+    preferred = np.zeros(100, bool)
+    preferred[[0, 1, 70]] = True
+    picked = candidate_sample(ids, volumes, 10, 0, preferred=preferred)
+    assert {0, 1, 70} <= set(picked.tolist())
+    assert np.bincount(volumes[picked], minlength=10)[[5, 7, 9]].tolist() == [6, 3, 1]
+
+
+def test_no_budget_or_a_large_one_takes_every_crop() -> None:
+    ids, volumes = _strata()
+    assert candidate_sample(ids, volumes, None, 0).tolist() == list(range(100))
+    assert candidate_sample(ids, volumes, 500, 0).tolist() == list(range(100))
+    with pytest.raises(InputError, match="budget"):
+        candidate_sample(ids, volumes, 0, 0)
+    with pytest.raises(InputError, match="groups"):
+        candidate_sample(ids, volumes[:5], 3, 0)
+
+
+def test_stratum_quotas_are_proportional_and_exact() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        counts = rng.integers(1, 50, size=rng.integers(1, 8))
+        budget = int(rng.integers(1, counts.sum() + 5))
+        quotas = stratum_quotas(counts, budget, rng.uniform(size=len(counts)))
+        assert quotas.sum() == min(budget, counts.sum())
+        assert np.all(quotas <= counts)
+        share = min(budget, counts.sum()) * counts / counts.sum()
+        assert np.all(np.abs(quotas - share) < 1)
+
+
+def test_uniform_keys_depend_on_the_id_and_seed_only() -> None:
+    keys = uniform_keys([5, 9, 2], (1, 2))
+    assert uniform_keys([2, 5], (1, 2)).tolist() == [keys[2], keys[0]]
+    assert uniform_keys([5], (1, 3))[0] != keys[0]
+    many = uniform_keys(np.arange(20000), 0)
+    assert many.min() >= 0 and many.max() < 1 and abs(many.mean() - 0.5) < 0.01
 
 
 # --------------------------------------------------------------------------- errors

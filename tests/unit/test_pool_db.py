@@ -9,10 +9,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from activeseg.errors import DatabaseRevisionError
 from activeseg.pool import db
-from activeseg.pool.models import Base
+from activeseg.pool.models import Base, ScoreCache
 
 TABLES = {
     "volume",
@@ -21,6 +22,7 @@ TABLES = {
     "stage",
     "checkpoint",
     "score",
+    "score_cache",
     "task",
     "annotation",
     "setting",
@@ -76,3 +78,37 @@ def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
                 "VALUES (42, 0, 0, 0, 1, 1, 1, 0.5, 'unlabeled')"
             )
         )
+
+
+def test_the_score_cache_migration_keeps_a_ledger_and_cascades(tmp_path: Path) -> None:
+    url = db.sqlite_url(tmp_path / "pool.db")
+    db.upgrade(url, "0001")
+    engine = db.make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO volume (id, name, path, split, channels, shape, voxel_size, "
+                "has_ground_truth, source, created_at) VALUES (1, 'v', 'v.zarr', 'pool', 1, "
+                "'[1, 1, 1]', '[1, 1, 1]', 0, 's', '2026-01-01 00:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO crop (id, volume_id, z0, y0, x0, z1, y1, x1, foreground, status) "
+                "VALUES (7, 1, 0, 0, 0, 1, 1, 1, 0.5, 'unlabeled')"
+            )
+        )
+    assert "score_cache" not in inspect(engine).get_table_names()
+    db.upgrade(url)
+    assert "score_cache" in inspect(engine).get_table_names()
+    with Session(engine) as session, session.begin():
+        session.add(ScoreCache(crop_id=7, model="m", parts={"bald": 1.0}, analysis=None))
+    with Session(engine) as session, session.begin(), pytest.raises(IntegrityError):
+        session.add(ScoreCache(crop_id=7, model="m", parts={}, analysis=None))
+        session.flush()
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM crop WHERE id = 7"))
+        left = connection.execute(text("SELECT count(*) FROM score_cache")).scalar()
+    assert left == 0
+    db.downgrade(url, "0001")
+    assert "score_cache" not in inspect(engine).get_table_names()

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from activeseg.errors import InputError, LockError, StateError
 from activeseg.pool import rounds, settings, tasks, volumes
 from activeseg.pool.models import Lock
+from activeseg.pool.records import CachedScore
 from activeseg.workflows.project import Project
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -87,6 +88,40 @@ def test_scores_are_unique_per_round_and_ranked(smoke_project: Project) -> None:
         scores = rounds.round_scores(session, r.id)
     assert [s.crop_id for s in scores] == crops[::-1]
     assert [s.selected for s in scores] == [True, False, False]
+
+
+def test_scores_are_added_in_batches_and_stale_ones_dropped(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        crops = _volume_with_crops(session, 4)
+        r = rounds.start_round(session, strategy="bald", batch_size=1, config="")
+        rounds.add_scores(session, r.id, [(c, 1.0, {}) for c in crops[:2]])
+    with smoke_project.session() as session:
+        rounds.add_scores(session, r.id, [(crops[2], 2.0, {})])
+        assert rounds.scored_crop_ids(session, r.id) == set(crops[:3])
+        assert rounds.keep_scores(session, r.id, set(crops[1:])) == 1
+        assert rounds.scored_crop_ids(session, r.id) == set(crops[1:3])
+    with pytest.raises(IntegrityError), smoke_project.session() as session:
+        rounds.add_scores(session, r.id, [(crops[1], 3.0, {})])
+
+
+def test_the_score_cache_is_per_crop_and_model(smoke_project: Project) -> None:
+    with smoke_project.session() as session:
+        crops = _volume_with_crops(session)
+        rounds.cache_scores(
+            session,
+            [CachedScore(c, "a", {"bald": 1.0}, f"p/{c}.zarr") for c in crops]
+            + [CachedScore(crops[0], "b", {"bald": 2.0}, None)],
+        )
+    with smoke_project.session() as session:
+        rounds.cache_scores(session, [CachedScore(crops[1], "a", {"bald": 5.0}, "q.zarr")])
+        cached = rounds.cached_scores(session, "a")
+        assert set(cached) == set(crops)
+        assert cached[crops[1]] == CachedScore(crops[1], "a", {"bald": 5.0}, "q.zarr")
+        assert rounds.cached_scores(session, "b")[crops[0]].parts == {"bald": 2.0}
+        assert rounds.cached_scores(session, "c") == {}
+        assert rounds.prune_score_cache(session, "a") == 1
+        assert rounds.cached_scores(session, "b") == {}
+        assert len(rounds.cached_scores(session, "a")) == 3
 
 
 def test_one_active_task_per_crop(smoke_project: Project) -> None:
