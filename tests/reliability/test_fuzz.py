@@ -25,6 +25,8 @@ from activeseg.workflows.ingest import ingest_file, labels_from_results
 from activeseg.workflows.locks import LOCK_DIR
 from activeseg.workflows.project import Project, init_project
 
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
