@@ -213,8 +213,9 @@ class LabelStudioConfig(Section):
 class LoopConfig(Section):
     """Who answers the tasks a round pushes."""
 
-    # "labelstudio": real annotators in Label Studio; "simulated": answered from hidden truth.
-    annotator: Literal["labelstudio", "simulated"] = "labelstudio"
+    # "labelstudio": real annotators in Label Studio; "simulated": answered from hidden truth;
+    # "file": crops queued in the pool only, labels from `activeseg ingest --from-file`.
+    annotator: Literal["labelstudio", "simulated", "file"] = "labelstudio"
     # Round 0 has no model: a model-free strategy picks the first batch.
     first_strategy: Literal["random", "diverse"] = "diverse"
 

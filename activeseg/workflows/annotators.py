@@ -1,8 +1,15 @@
-"""The simulated annotator: answers tasks from hidden ground truth, as a person would.
+"""Who answers a round's tasks, behind one interface; and the simulated annotator itself.
 
-It sees the same z-slices a person sees in Label Studio and gives the same sparse labels:
-every neuron on those slices, nothing elsewhere. Optional noise imitates a hurried annotator
-(small fragments dropped, boundaries a voxel off).
+An :class:`Annotator` gets the round's selected crops (``push``) and brings back what was
+answered (``collect``). ``loop.annotator`` in the config names one:
+
+- ``labelstudio``: tasks in Label Studio, annotations ingested from it;
+- ``simulated``: answers from hidden ground truth, as a person would. It sees the same
+  z-slices a person sees in Label Studio and gives the same sparse labels: every neuron on
+  those slices, nothing elsewhere. Optional noise imitates a hurried annotator (small
+  fragments dropped, boundaries a voxel off);
+- ``file``: crops queued in the pool only, labelled in another tool (napari) and brought in
+  with ``activeseg ingest --from-file``; the round collects nothing itself.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +26,7 @@ from scipy import ndimage
 
 from activeseg.core.instances import Instances
 from activeseg.data.volumes import CropLabels, read_ground_truth, write_crop_labels
-from activeseg.errors import StateError
+from activeseg.errors import ConfigError, StateError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
@@ -27,13 +34,16 @@ from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CropInfo, TaskInfo, VolumeInfo
+from activeseg.workflows.ingest import ingest_annotations
 from activeseg.workflows.project import Project
-from activeseg.workflows.push import relabel_shown
-from activeseg.workflows.score import analysis_path, read_analysis
+from activeseg.workflows.push import push_selected, relabel_shown
+from activeseg.workflows.score import analysis_path, plan_slices, read_analysis, selected_crops
+from activeseg.workflows.stages import CorrectionEffort, IngestOutput, PushOutput, RoundContext
 
 log = logging.getLogger(__name__)
 
 ANNOTATOR = "simulated"
+FILE_ANNOTATOR = "file"
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,7 @@ def answer_open_tasks(
     project: Project,
     round_number: int | None,
     noise: AnnotatorNoise | None = None,
-) -> dict[str, Any]:
+) -> IngestOutput:
     """Answer every queued task of the pool from ground truth, straight into the pool.
 
     Returns how many were answered and the mean correction effort: the voxels per crop the
@@ -168,12 +178,15 @@ def answer_open_tasks(
                 round_number=round_number,
             )
     log.info("simulated annotator answered %d tasks", len(open_tasks))
-    voxels = [v for v, _ in efforts]
-    return {
-        "ingested": len(open_tasks),
-        "correction_voxels": float(np.mean(voxels)) if efforts else None,
-        "correction_fraction": float(np.mean([v / n for v, n in efforts])) if efforts else None,
-    }
+    return IngestOutput(ingested=len(open_tasks), correction=_mean_effort(efforts))
+
+
+def _mean_effort(efforts: Sequence[tuple[int, int]]) -> CorrectionEffort:
+    """Return the mean repainted voxels and fraction over (voxels, shown voxels) pairs."""
+    if not efforts:
+        return CorrectionEffort()
+    voxels = float(np.mean([v for v, _ in efforts]))
+    return CorrectionEffort(voxels, float(np.mean([v / n for v, n in efforts])))
 
 
 def answer_in_labelstudio(
@@ -198,3 +211,95 @@ def answer_in_labelstudio(
         answered += 1
     log.info("simulated annotator answered %d tasks in Label Studio", answered)
     return answered
+
+
+class Annotator(Protocol):
+    """Who answers a round's tasks: gets the selected crops, brings back the answers."""
+
+    def push(self, context: RoundContext) -> PushOutput:
+        """Hand the round's selected crops to the annotator; return how many went."""
+        ...
+
+    def collect(self, context: RoundContext) -> IngestOutput:
+        """Bring the answers given since the last collect into the pool; return the counts."""
+        ...
+
+
+class LabelStudioAnnotator:
+    """People in Label Studio: tasks pushed to its project, annotations ingested from it."""
+
+    def push(self, context: RoundContext) -> PushOutput:
+        """Push the selected crops as pre-annotated tasks; return the Label Studio push."""
+        result = push_selected(context.project, context.round)
+        return PushOutput(result.pushed, result.project_id, result.recovered, tuple(result.tasks))
+
+    def collect(self, context: RoundContext) -> IngestOutput:
+        """Ingest what changed in Label Studio since the last ingest; return the counts."""
+        result = ingest_annotations(context.project, round_number=context.round.number)
+        return IngestOutput(
+            ingested=result.ingested,
+            updated=result.updated,
+            skipped=result.skipped,
+            withdrawn=result.withdrawn,
+            unchanged=result.unchanged,
+            errors=tuple(result.errors),
+        )
+
+
+@dataclass(frozen=True)
+class SimulatedAnnotator:
+    """Answers from the volumes' hidden ground truth, in the pool (no Label Studio)."""
+
+    noise: AnnotatorNoise | None = None
+
+    def push(self, context: RoundContext) -> PushOutput:
+        """Queue the selected crops as pool-only tasks; return how many."""
+        return PushOutput(queue_selected(context, ANNOTATOR))
+
+    def collect(self, context: RoundContext) -> IngestOutput:
+        """Answer every open task from ground truth; return the count and correction effort."""
+        return answer_open_tasks(context.project, context.round.number, self.noise)
+
+
+class FileAnnotator:
+    """Labels made in another tool (napari) and ingested with ``ingest --from-file``."""
+
+    def push(self, context: RoundContext) -> PushOutput:
+        """Queue the selected crops as pool-only tasks to label from files; return how many."""
+        return PushOutput(queue_selected(context, FILE_ANNOTATOR))
+
+    def collect(self, context: RoundContext) -> IngestOutput:
+        """Return no answers: label files come in through ``activeseg ingest --from-file``."""
+        log.info("file annotator: labels come in with `activeseg ingest --from-file`")
+        return IngestOutput()
+
+
+def annotator_for(project: Project) -> Annotator:
+    """Return the annotator that ``loop.annotator`` in the project's config names."""
+    name = project.config.loop.annotator
+    if name == "labelstudio":
+        return LabelStudioAnnotator()
+    if name == ANNOTATOR:
+        return SimulatedAnnotator()
+    if name == FILE_ANNOTATOR:
+        return FileAnnotator()
+    raise ConfigError(
+        f"loop.annotator must be labelstudio, {ANNOTATOR} or {FILE_ANNOTATOR}; got {name!r}"
+    )
+
+
+def queue_selected(context: RoundContext, annotator: str) -> int:
+    """Queue the round's selected crops as pool-only tasks for ``annotator``; return how many."""
+    project, current = context.project, context.round
+    crops = selected_crops(project, current.id)
+    for crop in crops:
+        slices, reason = plan_slices(project, current.number, crop)
+        with project.session() as session:
+            pool_tasks.queue_crop(
+                session,
+                crop.id,
+                round_id=current.id,
+                slices=slices,
+                pushed={"reason": reason, "annotator": annotator},
+            )
+    return len(crops)

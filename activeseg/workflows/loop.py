@@ -12,17 +12,25 @@ import logging
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from activeseg.errors import InputError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
-from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import RoundInfo
 from activeseg.workflows import annotators, fit, score
 from activeseg.workflows.project import Project
+from activeseg.workflows.stages import (
+    EvaluateOutput,
+    IngestOutput,
+    PushOutput,
+    RoundContext,
+    ScoreOutput,
+    SelectOutput,
+    StageOutput,
+    TrainOutput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +38,6 @@ STAGES = ("ingest", "train", "evaluate", "score", "select", "push")
 LOCK = "round"
 
 StageEvents = Callable[[str, str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class RoundContext:
-    """What every stage of one round gets."""
-
-    project: Project
-    round: RoundInfo
 
 
 @contextmanager
@@ -102,7 +102,7 @@ def _run_stage(context: RoundContext, stage: str, events: StageEvents | None) ->
     if events is not None:
         events(stage, "running", {})
     try:
-        outputs = STAGE_FUNCTIONS[stage](context)
+        outputs = STAGE_FUNCTIONS[stage](context).as_dict()
     except BaseException as exc:
         with project.session() as session:
             error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -115,30 +115,22 @@ def _run_stage(context: RoundContext, stage: str, events: StageEvents | None) ->
         events(stage, "done", outputs)
 
 
-def _ingest(context: RoundContext) -> dict[str, Any]:
-    project = context.project
-    if project.config.loop.annotator == "simulated":
-        return annotators.answer_open_tasks(project, context.round.number)
-    from activeseg.workflows.ingest import ingest_annotations
-
-    return ingest_annotations(project, round_number=context.round.number).as_dict()
+def _ingest(context: RoundContext) -> IngestOutput:
+    return annotators.annotator_for(context.project).collect(context)
 
 
-def _train(context: RoundContext) -> dict[str, Any]:
+def _train(context: RoundContext) -> TrainOutput:
     project, current = context.project, context.round
     with project.session() as session:
         done = pool_rounds.latest_checkpoint(session, round_id=current.id)
         labeled = pool_volumes.list_crops(session, status="labeled", split="pool")
-    if done is not None:  # trained before a crash that hit before the stage was recorded
-        return {"checkpoint": done.path, "steps": done.steps, "labeled_crops": done.labeled_crops}
-    if not labeled:
-        return {"skipped": "no labeled crops yet"}
-    checkpoint = fit.train_project(project, round_id=current.id, round_number=current.number)
-    return {
-        "checkpoint": checkpoint.path,
-        "steps": checkpoint.steps,
-        "labeled_crops": checkpoint.labeled_crops,
-    }
+    if done is None and not labeled:
+        return TrainOutput(skipped="no labeled crops yet")
+    # A checkpoint of this round: trained before a crash that hit before the stage was recorded.
+    checkpoint = done or fit.train_project(
+        project, round_id=current.id, round_number=current.number
+    )
+    return TrainOutput(checkpoint.path, checkpoint.steps, checkpoint.labeled_crops)
 
 
 def _model_of(context: RoundContext) -> str | None:
@@ -147,60 +139,38 @@ def _model_of(context: RoundContext) -> str | None:
     return None if checkpoint is None else checkpoint.path
 
 
-def _evaluate(context: RoundContext) -> dict[str, Any]:
+def _evaluate(context: RoundContext) -> EvaluateOutput:
     model = _model_of(context)
     if model is None:
-        return {"skipped": "no model yet"}
+        return EvaluateOutput(skipped="no model yet")
     from activeseg.workflows.evaluate import evaluate_project
 
     metrics = evaluate_project(context.project, context.project.resolve(model))
     with context.project.session() as session:
         pool_rounds.update_round_metrics(session, context.round.id, metrics)
-    return metrics
+    return EvaluateOutput(metrics)
 
 
-def _score(context: RoundContext) -> dict[str, Any]:
+def _score(context: RoundContext) -> ScoreOutput:
     model = _model_of(context)
     path = context.project.resolve(model) if model is not None else None
     scored = score.score_pool(context.project, context.round.id, context.round.number, path)
-    return {"scored": scored, "model": model}
+    return ScoreOutput(scored, model)
 
 
-def _select(context: RoundContext) -> dict[str, Any]:
+def _select(context: RoundContext) -> SelectOutput:
     current = context.round
     score.select_crops(context.project, current.id, current.strategy, current.batch_size)
     with context.project.session() as session:
         chosen = [s.crop_id for s in pool_rounds.round_scores(session, current.id) if s.selected]
-    return {"selected": chosen, "strategy": current.strategy}
+    return SelectOutput(tuple(chosen), current.strategy)
 
 
-def _push(context: RoundContext) -> dict[str, Any]:
-    project = context.project
-    if project.config.loop.annotator == "simulated":
-        return {"pushed": queue_selected(context)}
-    from activeseg.workflows.push import push_selected
-
-    return push_selected(project, context.round).as_dict()
+def _push(context: RoundContext) -> PushOutput:
+    return annotators.annotator_for(context.project).push(context)
 
 
-def queue_selected(context: RoundContext) -> int:
-    """Queue the round's selected crops as pool-only tasks (simulated annotation)."""
-    project, current = context.project, context.round
-    crops = score.selected_crops(project, current.id)
-    for crop in crops:
-        slices, reason = score.plan_slices(project, current.number, crop)
-        with project.session() as session:
-            pool_tasks.queue_crop(
-                session,
-                crop.id,
-                round_id=current.id,
-                slices=slices,
-                pushed={"reason": reason, "annotator": "simulated"},
-            )
-    return len(crops)
-
-
-STAGE_FUNCTIONS: dict[str, Callable[[RoundContext], dict[str, Any]]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RoundContext], StageOutput]] = {
     "ingest": _ingest,
     "train": _train,
     "evaluate": _evaluate,

@@ -11,13 +11,16 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 
 from activeseg.errors import LockError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
+from activeseg.workflows.ingest import ingest_file
 from activeseg.workflows.loop import STAGES, run_round
 from activeseg.workflows.project import Project, open_project
 from activeseg.workflows.simulate import create_demo_project
@@ -69,10 +72,23 @@ def test_round_zero_is_model_free_and_queues_a_batch(started: Path) -> None:
     with project.session() as session:
         first = pool_rounds.get_round(session, 0)
         queued = pool_volumes.list_crops(session, status="queued")
+        pool = pool_volumes.list_crops(session, split="pool")
+        chosen = [s.crop_id for s in pool_rounds.round_scores(session, first.id) if s.selected]
     assert first.strategy == "diverse"
     assert [s.name for s in first.stages] == list(STAGES)
-    assert first.stage("train").outputs == {"skipped": "no labeled crops yet"}  # type: ignore[union-attr]
     assert len(queued) == project.config.acquisition.batch_size
+    outputs = {s.name: s.outputs for s in first.stages}
+    assert outputs["ingest"] == {
+        "ingested": 0,
+        "correction_voxels": None,
+        "correction_fraction": None,
+    }
+    assert outputs["train"] == {"skipped": "no labeled crops yet"}
+    assert outputs["evaluate"] == {"skipped": "no model yet"}
+    assert outputs["score"] == {"scored": len(pool), "model": None}
+    assert outputs["select"] == {"selected": chosen, "strategy": "diverse"}
+    assert set(chosen) == {c.id for c in queued}
+    assert outputs["push"] == {"pushed": len(queued)}
 
 
 @pytest.mark.slow
@@ -171,3 +187,34 @@ def test_a_round_killed_in_any_stage_resumes_to_the_same_state(
     assert crashed.returncode == -signal.SIGKILL
     run_round(killed)
     assert _state(killed) == _state(reference)
+
+
+def test_the_file_annotator_queues_crops_and_labels_come_from_files(
+    started: Path, tmp_path: Path
+) -> None:
+    project = _copy(started, tmp_path)
+    loop_config = project.config.loop.model_copy(update={"annotator": "file"})
+    project = replace(project, config=project.config.model_copy(update={"loop": loop_config}))
+    with project.session() as session:
+        before = {t.id for t in pool_tasks.list_tasks(session)}
+    info = run_round(project, strategy="random")  # no model: a model-free strategy
+    outputs = {s.name: s.outputs for s in info.stages}
+    assert outputs["ingest"]["ingested"] == 0  # nothing answered the round-0 tasks
+    assert outputs["train"] == {"skipped": "no labeled crops yet"}
+    assert outputs["push"] == {"pushed": project.config.acquisition.batch_size}
+    with project.session() as session:
+        tasks = pool_tasks.list_tasks(session)
+        answered = [t.id for t in tasks if pool_tasks.current_annotation(session, t.id)]
+    new = [t for t in tasks if t.id not in before]
+    assert answered == []
+    assert {t.pushed["annotator"] for t in new} == {"file"}
+    assert {t.crop_id for t in new} == set(outputs["select"]["selected"])
+    crop = new[0].crop_id
+    with project.session() as session:
+        shape = pool_volumes.get_crop(session, crop).shape
+    labels = tmp_path / "labels.zarr"
+    zarr.create_array(labels, data=np.ones(shape, np.uint32))
+    assert ingest_file(project, crop, labels) == "ingested"
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, crop).status == "labeled"
+        assert pool_tasks.current_annotation(session, new[0].id) is not None
