@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from activeseg.choices import Strategy
 from activeseg.errors import ConfigError
 from activeseg.resources import shipped_dir
 
@@ -177,7 +178,7 @@ class AcquisitionConfig(Section):
     """How unlabeled crops are scored and a batch is selected each round."""
 
     # "random" is the baseline; "diverse" is model-free k-center, e.g. for round 0.
-    strategy: Literal["random", "diverse", "uncertainty", "bald", "instance"] = "instance"
+    strategy: Strategy = Strategy.INSTANCE
     reduction: Literal["mean", "quantile", "region", "instance_sum"] = "quantile"
     quantile: float = Field(0.9, ge=0.0, le=1.0, description='q of reduction "quantile"')
     region: Triple = Field((4, 8, 8), description='window (z, y, x) of reduction "region"')

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from activeseg.choices import Strategy
 from activeseg.errors import ActivesegError
 
 console = Console()
@@ -35,7 +36,8 @@ ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace an existing output zarr (never a project's).")
 ]
 StrategyOption = Annotated[
-    str | None, typer.Option(help="random, diverse, uncertainty, bald or instance.")
+    Strategy | None,
+    typer.Option(help="How to rank the crops (default: the config's).", show_choices=True),
 ]
 
 

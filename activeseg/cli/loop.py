@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from activeseg.choices import Stage, Strategy
 from activeseg.cli import app
 from activeseg.cli.common import (
     ForceOption,
@@ -30,26 +31,35 @@ from activeseg.cli.render import (
 
 @command(app, "round")
 def round_cmd(
-    until: Annotated[
-        str | None,
-        typer.Option(help="Stop after this stage (ingest, train, evaluate, score, select, push)."),
-    ] = None,
+    until: Annotated[Stage | None, typer.Option(help="Stop after this stage.")] = None,
     strategy: StrategyOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Crops to push.")] = None,
+    abandon: Annotated[
+        bool, typer.Option("--abandon", help="Close the open round as abandoned (kept in history).")
+    ] = False,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run one round of the loop: ingest → train → evaluate → score → select → push.
 
-    An interrupted round resumes at its first unfinished stage.
+    An interrupted round resumes at its first unfinished stage, with the strategy and batch
+    size it started with (--strategy or --batch-size that differ are refused: finish it, or
+    close it with --abandon). Exit code 75 when another round holds the project: try later.
 
     Example: [bold]activeseg round --strategy instance --batch-size 8[/]
     """
     from activeseg.workflows.history import round_detail
-    from activeseg.workflows.loop import run_round
+    from activeseg.workflows.loop import abandon_round, run_round
     from activeseg.workflows.project import open_project
 
     project = open_project(project_dir)
+    if abandon:
+        closed = abandon_round(project)
+        if as_json:
+            emit_json(round_detail(project, closed.number).as_dict(config=False))
+        else:
+            console.print(f"round {closed.number} abandoned (kept in the history)")
+        return
     if not as_json:
         console.print("[bold]round[/]")
     info = run_round(
@@ -283,7 +293,7 @@ def evaluate_cmd(
 def simulate_cmd(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds to run.")] = 3,
     strategy: Annotated[
-        list[str] | None, typer.Option(help="Strategy; repeat to compare several.")
+        list[Strategy] | None, typer.Option(help="Strategy; repeat to compare several.")
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per strategy.")] = 1,
     plot: Annotated[Path | None, typer.Option(help="Learning curves PNG.")] = None,

@@ -126,7 +126,7 @@ def print_history(history: Sequence[RoundSummary]) -> None:
     for row in history:
         table.add_row(
             str(row.number),
-            row.strategy,
+            f"{row.strategy} (abandoned)" if row.abandoned else row.strategy,
             str(row.labeled_crops),
             str(row.crops_added),
             _number(row.training_seconds, 0),

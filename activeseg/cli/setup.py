@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from activeseg.choices import Format, Split
 from activeseg.cli import app
 from activeseg.cli.common import (
     ForceOption,
@@ -80,10 +81,10 @@ def synth_cmd(
 @command(app, "import")
 def import_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Files to import.")],
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="fisbe, zarr, tiff or hdf5.")
-    ] = "fisbe",
-    split: Annotated[str, typer.Option(help="pool, val or test.")] = "pool",
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="The files' format.")] = (
+        Format.FISBE
+    ),
+    split: Annotated[Split, typer.Option(help="What the volumes are for.")] = Split.POOL,
     as_labels: Annotated[
         bool, typer.Option("--as-labels", help="Use the file's labels for training.")
     ] = False,

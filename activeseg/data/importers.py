@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from activeseg.choices import Format
 from activeseg.data.fisbe import open_fisbe
 from activeseg.data.sources import (
     LabelSource,
@@ -23,8 +24,7 @@ from activeseg.data.sources import (
 )
 from activeseg.errors import VolumeFormatError
 
-Format = Literal["fisbe", "zarr", "tiff", "hdf5"]
-FORMATS: tuple[str, ...] = ("fisbe", "zarr", "tiff", "hdf5")
+FORMATS = tuple(f.value for f in Format)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from activeseg.choices import Split
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -62,12 +64,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class Split(enum.StrEnum):
-    POOL = "pool"
-    VAL = "val"
-    TEST = "test"
 
 
 class CropStatus(enum.StrEnum):
@@ -148,6 +144,7 @@ class Round(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    abandoned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     stages: Mapped[list[Stage]] = relationship(back_populates="round", order_by="Stage.id")
 
@@ -265,14 +262,3 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(String)
-
-
-class Lock(Base):
-    """A named lock held by one process (e.g. ``round``), recoverable if its holder died."""
-
-    __tablename__ = "lock"
-
-    name: Mapped[str] = mapped_column(String(50), primary_key=True)
-    pid: Mapped[int] = mapped_column(Integer)
-    host: Mapped[str] = mapped_column(String(200))
-    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -76,6 +76,7 @@ class RoundInfo:
     started_at: datetime
     finished_at: datetime | None
     stages: tuple[StageInfo, ...] = ()
+    abandoned: bool = False
 
     def stage(self, name: str) -> StageInfo | None:
         """Return the named stage, or None if it has not started."""

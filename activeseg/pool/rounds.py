@@ -35,6 +35,7 @@ def _round_info(row: Round) -> RoundInfo:
         started_at=row.started_at,
         finished_at=row.finished_at,
         stages=tuple(_stage_info(s) for s in row.stages),
+        abandoned=row.abandoned,
     )
 
 
@@ -123,6 +124,14 @@ def finish_round(session: Session, round_id: int) -> RoundInfo:
     """Mark a round finished and return it."""
     row = _round_row(session, round_id)
     row.finished_at = utcnow()
+    session.flush()
+    return _round_info(row)
+
+
+def abandon_round(session: Session, round_id: int) -> RoundInfo:
+    """Close an unfinished round as abandoned (kept in the history) and return it."""
+    row = _round_row(session, round_id)
+    row.finished_at, row.abandoned = utcnow(), True
     session.flush()
     return _round_info(row)
 

@@ -44,6 +44,7 @@ class RoundSummary:
     metrics: dict[str, Any]
     stages: dict[str, StageTiming]
     finished: bool
+    abandoned: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Return the row as JSON-able data (the keys of `activeseg history --json`)."""
@@ -60,6 +61,7 @@ class RoundSummary:
                 name: {"status": t.status, "seconds": t.seconds} for name, t in self.stages.items()
             },
             "finished": self.finished,
+            "abandoned": self.abandoned,
         }
 
 
@@ -204,6 +206,7 @@ def _summary(info: RoundInfo, labeled: Sequence[CropInfo]) -> RoundSummary:
         metrics={k: v for k, v in info.metrics.items() if k != "volumes"},
         stages={s.name: StageTiming(s.status, _seconds(info, s.name)) for s in info.stages},
         finished=info.finished_at is not None,
+        abandoned=info.abandoned,
     )
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from activeseg.errors import InputError
+from activeseg.choices import Stage, Strategy
+from activeseg.errors import InputError, StateError
 from activeseg.pool import rounds as pool_rounds
-from activeseg.pool import settings as pool_settings
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import RoundInfo
 from activeseg.workflows import annotators, fit, score
+from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 from activeseg.workflows.stages import (
     EvaluateOutput,
@@ -34,22 +34,10 @@ from activeseg.workflows.stages import (
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ingest", "train", "evaluate", "score", "select", "push")
+STAGES = tuple(stage.value for stage in Stage)
 LOCK = "round"
 
 StageEvents = Callable[[str, str, dict[str, Any]], None]
-
-
-@contextmanager
-def project_lock(project: Project) -> Iterator[None]:
-    """Hold the project's round lock (refuses if another live process holds it)."""
-    with project.session() as session:
-        pool_settings.acquire_lock(session, LOCK)
-    try:
-        yield
-    finally:
-        with project.session() as session:
-            pool_settings.release_lock(session, LOCK)
 
 
 def run_round(
@@ -63,7 +51,9 @@ def run_round(
     """Run (or resume) a round up to and including ``until``; return it as recorded."""
     if until is not None and until not in STAGES:
         raise InputError(f"--until must be one of {', '.join(STAGES)}; got {until!r}")
-    with project_lock(project):
+    if strategy is not None and strategy not in set(Strategy):
+        raise InputError(f"strategy must be one of {', '.join(Strategy)}; got {strategy!r}")
+    with hold_lock(project.root, LOCK):
         current = _open_or_start(project, strategy, batch_size)
         for stage in STAGES:
             recorded = current.stage(stage)
@@ -79,11 +69,37 @@ def run_round(
             return pool_rounds.get_round(session, current.number)
 
 
+def abandon_round(project: Project) -> RoundInfo:
+    """Close the open round as abandoned (it stays in the history); return it.
+
+    Raises StateError when no round is open, LockError while a round runs.
+    """
+    with hold_lock(project.root, LOCK), project.session() as session:
+        current = pool_rounds.open_round(session)
+        if current is None:
+            raise StateError("no round is open: nothing to abandon")
+        return pool_rounds.abandon_round(session, current.id)
+
+
+def _refuse_overrides(current: RoundInfo, strategy: str | None, batch_size: int | None) -> None:
+    """Raise InputError if a resumed round is asked to run with other settings."""
+    asked = {"strategy": strategy, "batch size": batch_size}
+    has = {"strategy": current.strategy, "batch size": current.batch_size}
+    differ = [k for k, v in asked.items() if v is not None and str(v) != str(has[k])]
+    if differ:
+        started = ", ".join(f"{k} {has[k]}" for k in differ)
+        raise InputError(
+            f"round {current.number} is open and resumes with the {started} it started with; "
+            f"finish it with `activeseg round`, or close it with `activeseg round --abandon`"
+        )
+
+
 def _open_or_start(project: Project, strategy: str | None, batch_size: int | None) -> RoundInfo:
     acq = project.config.acquisition
     with project.session() as session:
         existing = pool_rounds.open_round(session)
         if existing is not None:
+            _refuse_overrides(existing, strategy, batch_size)
             return existing
         first = pool_rounds.count_rounds(session) == 0
         chosen = strategy or (project.config.loop.first_strategy if first else acq.strategy)

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "activeseg"
 # Lowest first; a module may import its own layer and the ones before it.
 LAYERS = ("base", "core", "data", "pool", "labelstudio", "workflows", "cli")
-BASE = {"errors", "config", "resources", "durable", "__init__"}
+BASE = {"errors", "config", "choices", "resources", "durable", "__init__"}
 
 
 def _layer(module: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from typer.testing import CliRunner
 
-from activeseg.errors import LockError
+from activeseg.cli import app
+from activeseg.errors import InputError, LockError, StateError
 from activeseg.pool import rounds as pool_rounds
-from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.ingest import ingest_file
-from activeseg.workflows.loop import STAGES, run_round
+from activeseg.workflows.loop import STAGES, abandon_round, run_round
 from activeseg.workflows.project import Project, open_project
 from activeseg.workflows.simulate import create_demo_project
 
@@ -121,21 +123,36 @@ def test_until_stops_and_the_next_call_resumes(started: Path, tmp_path: Path) ->
     assert events == [("ingest", "skipped")]
 
 
-def test_a_second_round_process_is_refused(started: Path, tmp_path: Path) -> None:
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from activeseg.workflows.locks import hold_lock
+
+    with hold_lock(Path(sys.argv[1]), "round"):
+        print("held", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_a_second_round_process_is_refused_until_the_holder_dies(
+    started: Path, tmp_path: Path
+) -> None:
     project = _copy(started, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(project.root)], stdout=subprocess.PIPE, env=env
+    )
     try:
-        with project.session() as session:
-            pool_settings.acquire_lock(session, "round")
-            session.execute(
-                pool_settings.Lock.__table__.update().values(pid=holder.pid)  # type: ignore[attr-defined]
-            )
-        with pytest.raises(LockError, match=f"pid {holder.pid}"):
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(LockError, match=f"pid {holder.pid}") as refused:
             run_round(project)
+        assert refused.value.exit_code == 75  # EX_TEMPFAIL: a script may retry
     finally:
-        holder.kill()
+        holder.kill()  # kill -9: no clean-up runs, the kernel releases the flock
         holder.wait()
-    run_round(project, until="ingest")  # the holder died: its lock is taken over
+    run_round(project, until="ingest")
 
 
 KILLER = textwrap.dedent(
@@ -218,3 +235,39 @@ def test_the_file_annotator_queues_crops_and_labels_come_from_files(
     with project.session() as session:
         assert pool_volumes.get_crop(session, crop).status == "labeled"
         assert pool_tasks.current_annotation(session, new[0].id) is not None
+
+
+def test_a_mistyped_strategy_is_refused_before_anything_is_stored(
+    started: Path, tmp_path: Path
+) -> None:
+    project = _copy(started, tmp_path)
+    before = _state(project)
+    answer = CliRunner().invoke(app, ["round", "--strategy", "foo", "-p", str(project.root)])
+    assert answer.exit_code == 2 and "foo" in answer.output
+    with pytest.raises(InputError, match="strategy must be one of"):
+        run_round(project, strategy="foo")
+    assert _state(project) == before
+
+
+def test_a_resumed_round_refuses_other_settings_and_can_be_abandoned(
+    started: Path, tmp_path: Path
+) -> None:
+    project = _copy(started, tmp_path)
+    paused = run_round(project, until="ingest", strategy="random", batch_size=1)
+    with pytest.raises(InputError, match="resumes with the strategy random"):
+        run_round(project, strategy="bald")
+    with pytest.raises(InputError, match="batch size 1"):
+        run_round(project, batch_size=3)
+    answer = CliRunner().invoke(app, ["round", "--abandon", "-p", str(project.root)])
+    assert answer.exit_code == 0, answer.output
+    with project.session() as session:
+        closed = pool_rounds.get_round(session, paused.number)
+    assert closed.abandoned and closed.finished_at is not None
+    fresh = run_round(project, until="ingest", strategy="bald")
+    assert (fresh.number, fresh.strategy) == (paused.number + 1, "bald")
+    history = CliRunner().invoke(app, ["history", "--json", "-p", str(project.root)])
+    rows = {row["round"]: row for row in json.loads(history.output)}
+    assert rows[paused.number]["abandoned"] and not rows[fresh.number]["abandoned"]
+    with pytest.raises(StateError, match="no round is open"):
+        run_round(project)  # finishes the open round
+        abandon_round(project)

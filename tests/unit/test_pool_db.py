@@ -26,7 +26,6 @@ TABLES = {
     "task",
     "annotation",
     "setting",
-    "lock",
     "alembic_version",
 }
 

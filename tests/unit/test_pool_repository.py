@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from activeseg.errors import InputError, LockError, StateError
+from activeseg.errors import InputError, StateError
 from activeseg.pool import rounds, settings, tasks, volumes
-from activeseg.pool.models import Lock
 from activeseg.pool.records import CachedScore
 from activeseg.workflows.project import Project
 
@@ -244,23 +242,10 @@ def test_a_skip_marks_the_crop_skipped_with_its_reason(smoke_project: Project) -
     assert (skipped.status, skipped.skip_reason) == ("skipped", "blurry")
 
 
-def test_settings_and_the_lock(smoke_project: Project) -> None:
+def test_settings(smoke_project: Project) -> None:
     with smoke_project.session() as session:
+        assert settings.get_setting(session, "ls_project_id") is None
         settings.set_setting(session, "ls_project_id", "3")
         settings.set_setting(session, "ls_project_id", "4")
+    with smoke_project.session() as session:
         assert settings.get_setting(session, "ls_project_id") == "4"
-        settings.acquire_lock(session, "round")
-        settings.acquire_lock(session, "round")  # re-entrant for the holder
-    with smoke_project.session() as session:
-        row = session.get_one(Lock, "round")
-        row.pid = 1  # pid 1 is alive and not us: another holder
-    with pytest.raises(LockError, match="pid 1"), smoke_project.session() as session:
-        settings.acquire_lock(session, "round")
-    with smoke_project.session() as session:
-        session.get_one(Lock, "round").pid = 2**22 + 12345  # no such process: holder died
-    with smoke_project.session() as session:
-        settings.acquire_lock(session, "round")
-        holder = settings.lock_holder(session, "round")
-        assert holder is not None and holder[0] == os.getpid()
-        settings.release_lock(session, "round")
-        assert settings.lock_holder(session, "round") is None
