@@ -114,9 +114,17 @@ def find_project_root(start: Path) -> Path:
     )
 
 
-def open_project(root: Path | None = None, *, check: bool = True) -> Project:
-    """Open the project at or above ``root`` (default: the current directory)."""
-    found = find_project_root(root or Path.cwd())
+def open_project(
+    root: Path | None = None, *, check: bool = True, search_parents: bool = True
+) -> Project:
+    """Open the project at or above ``root`` (default: the current directory); exactly at
+    ``root`` when not ``search_parents``."""
+    if search_parents:
+        found = find_project_root(root or Path.cwd())
+    elif root is not None and (root / CONFIG_FILE).is_file():
+        found = root.resolve()
+    else:
+        raise ProjectNotFoundError(f"{root} holds no activeseg project ({CONFIG_FILE})")
     config = load_config(found / CONFIG_FILE)
     engine = db.make_engine(database_url(found))
     if check:

@@ -11,11 +11,18 @@ from pathlib import Path
 from activeseg.config import Config, load_config
 from activeseg.data.fisbe import write_fisbe
 from activeseg.data.synthetic import generate_mcfo
+from activeseg.durable import (
+    PARTIAL_SUFFIX,
+    partial_name,
+    remove_stale_partials,
+    replace_durably,
+)
 from activeseg.errors import InputError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.history import RoundSummary, plot_history, round_history
 from activeseg.workflows.importing import import_volume
+from activeseg.workflows.locks import LOCK_DIR
 from activeseg.workflows.loop import StageEvents, run_round
 from activeseg.workflows.project import CONFIG_FILE, Project, init_project, open_project
 
@@ -64,13 +71,23 @@ def run_rounds(
 
 
 def copy_project(project: Project, target: Path, config: Config) -> Project:
-    """Copy a project (database, volumes, labels) into ``target`` with another config."""
+    """Copy a project (database, volumes, labels) into ``target`` with another config.
+
+    The copy is made under a temporary name and renamed into place when complete, and the
+    copy is opened at exactly ``target``: an interrupted copy is never mistaken for (or climbs
+    to) the original project.
+    """
     if target.exists():
-        return open_project(target)
+        return open_project(target, search_parents=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target.parent, f".{target.name}.")
     project.engine.dispose()  # flush SQLite's write-ahead log into the file before copying
-    shutil.copytree(project.root, target, ignore=shutil.ignore_patterns(SIMULATIONS, "*.png"))
-    (target / CONFIG_FILE).write_text(config.to_yaml())
-    return open_project(target)
+    partial = partial_name(target)
+    skip = shutil.ignore_patterns(SIMULATIONS, "*.png", LOCK_DIR, "*" + PARTIAL_SUFFIX)
+    shutil.copytree(project.root, partial, ignore=skip)
+    (partial / CONFIG_FILE).write_text(config.to_yaml())
+    replace_durably(partial, target)
+    return open_project(target, search_parents=False)
 
 
 def simulate(

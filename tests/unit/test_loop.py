@@ -18,10 +18,11 @@ import zarr
 from typer.testing import CliRunner
 
 from activeseg.cli import app
-from activeseg.errors import InputError, LockError, StateError
+from activeseg.errors import InputError, LockError, ProjectNotFoundError, StateError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
+from activeseg.workflows import simulate
 from activeseg.workflows.ingest import ingest_file
 from activeseg.workflows.loop import STAGES, abandon_round, run_round
 from activeseg.workflows.project import Project, open_project
@@ -271,3 +272,30 @@ def test_a_resumed_round_refuses_other_settings_and_can_be_abandoned(
     with pytest.raises(StateError, match="no round is open"):
         run_round(project)  # finishes the open round
         abandon_round(project)
+
+
+def test_an_interrupted_simulation_copy_never_opens_the_original(
+    started: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _copy(started, tmp_path)
+    target = project.root / "simulations" / "random-seed0"
+    config = project.config
+    real_copytree = shutil.copytree
+
+    def interrupted(src: Path, dst: Path, **kwargs: object) -> None:
+        Path(dst).mkdir(parents=True)
+        (Path(dst) / "pool.db").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate.shutil, "copytree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        simulate.copy_project(project, target, config)
+    assert not target.exists()  # only a partial copy, under a temporary name
+    monkeypatch.setattr(simulate.shutil, "copytree", real_copytree)
+    copy = simulate.copy_project(project, target, config)
+    assert copy.root == target.resolve()
+    assert not [p for p in target.parent.iterdir() if p.name.endswith(".partial")]
+    target.rename(tmp_path / "elsewhere")
+    target.mkdir()  # a folder that is no project: refused, not climbed out of
+    with pytest.raises(ProjectNotFoundError):
+        simulate.copy_project(project, target, config)
