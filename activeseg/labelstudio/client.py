@@ -141,7 +141,12 @@ def parse_time(text: str) -> datetime:
 
 def latest_update(tasks: Iterable[Mapping[str, Any]]) -> datetime | None:
     """Return the latest ``updated_at`` of tasks (the next ``since`` of changed_tasks), or None."""
-    times = [parse_time(str(task["updated_at"])) for task in tasks if task.get("updated_at")]
+    times = []
+    for task in tasks:
+        try:
+            times.append(parse_time(str(task["updated_at"])))
+        except (KeyError, ValueError):
+            continue  # reported with its task by the caller
     return max(times) if times else None
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from activeseg.workflows.push import PROJECT_SETTING
 log = logging.getLogger(__name__)
 
 SINCE_SETTING = "labelstudio.ingested_until"
+# How far before the cursor each ingest reads again (Label Studio's timestamps are the server's).
+REREAD_WINDOW = timedelta(minutes=10)
 # Strokes drawn in the browser are anti-aliased: a pixel counts when its alpha is at least this.
 ALPHA_THRESHOLD = 128
 Json = dict[str, Any]
@@ -98,9 +100,21 @@ def labels_from_results(
     return CropLabels(labels, mask, overlaps)
 
 
-def newest(annotations: Sequence[Json]) -> Json | None:
-    """Return the most recently updated annotation, or None."""
-    return max(annotations, key=lambda a: (parse_time(str(a["updated_at"])), a["id"]), default=None)
+def newest(annotations: Sequence[Json], where: str = "task") -> Json | None:
+    """Return the most recently updated annotation, or None; AnnotationError if one has no
+    valid ``updated_at``."""
+    return max(annotations, key=lambda a: (updated_time(a, where), a["id"]), default=None)
+
+
+def updated_time(annotation: Mapping[str, Any], where: str) -> datetime:
+    """Return an annotation's ``updated_at``; AnnotationError if missing or not a timestamp."""
+    try:
+        return parse_time(str(annotation["updated_at"]))
+    except (KeyError, ValueError):
+        raise AnnotationError(
+            f"{where}: annotation {annotation.get('id')!r:.40} has no valid updated_at "
+            f"({annotation.get('updated_at')!r:.40})"
+        ) from None
 
 
 def annotator_name(annotation: Mapping[str, Any]) -> str | None:
@@ -140,21 +154,52 @@ def _ingest(project: Project, round_number: int | None, client: LabelStudioClien
     result = IngestResult()
     if stored is None:
         return result  # nothing was ever pushed
-    tasks = client.changed_tasks(int(stored), parse_time(since) if since else None)
+    tasks = client.changed_tasks(int(stored), _reread_from(since))
+    failed: list[Mapping[str, Any]] = []
     for task in tasks:
         try:
             outcome = ingest_task(project, task, round_number)
         except AnnotationError as exc:
             log.warning("%s", exc)
             result.errors.append(str(exc))
+            failed.append(task)
             continue
         setattr(result, outcome, getattr(result, outcome) + 1)
-    newest_update = latest_update(tasks)
-    if newest_update is not None:
+    cursor = _next_cursor(tasks, failed)
+    if cursor is not None:
         with project.session() as session:
-            pool_settings.set_setting(session, SINCE_SETTING, newest_update.isoformat())
+            pool_settings.set_setting(session, SINCE_SETTING, cursor.isoformat())
     log.info("ingest: %s", result.as_dict())
     return result
+
+
+def _reread_from(since: str | None) -> datetime | None:
+    """Return where to read changed tasks from: the cursor less an overlap window, so a task
+    that committed late, or moved across a page while being listed, is read again (ingesting
+    it twice changes nothing)."""
+    return None if since is None else parse_time(since) - REREAD_WINDOW
+
+
+def _next_cursor(
+    tasks: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str, Any]]
+) -> datetime | None:
+    """Return the next cursor: the newest update seen, but never past a task that failed, so
+    a malformed annotation is read (and reported) again until it is fixed."""
+    newest_update = latest_update(tasks)
+    first_failure = min(
+        (parse_time(str(t["updated_at"])) for t in failed if _has_time(t)), default=None
+    )
+    if first_failure is None or newest_update is None:
+        return newest_update
+    return min(newest_update, first_failure - timedelta(microseconds=1))
+
+
+def _has_time(task: Mapping[str, Any]) -> bool:
+    try:
+        parse_time(str(task["updated_at"]))
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | None) -> str:
@@ -175,19 +220,22 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
         dict(a, id=checked_id(a.get("id"), f"task {ls_id}: an annotation"))
         for a in task.get("annotations") or []
     ]
-    annotation = newest(annotations)
+    annotation = newest(annotations, f"task {ls_id}")
     if annotation is None:
         with project.session() as session:
             return (
                 "withdrawn" if pool_tasks.withdraw_annotations(session, pooled.id) else "unchanged"
             )
-    updated_at = parse_time(str(annotation["updated_at"]))
+    updated_at = updated_time(annotation, f"task {ls_id}")
     if current is not None and (current.ls_annotation_id, current.updated_at) == (
         annotation["id"],
         updated_at,
     ):
         return "unchanged"
-    status = task_status(list(annotation.get("result") or []))
+    results = annotation.get("result") or []
+    if not isinstance(results, list):
+        raise AnnotationError(f"task {ls_id}: the annotation's result is not a list of regions")
+    status = task_status(results)
     skipped = bool(annotation.get("was_cancelled")) or status == "skip"
     label_path = None if skipped else _write_labels(project, pooled, annotation, ls_id)
     lead_time = annotation.get("lead_time")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -234,8 +235,11 @@ def _label_group(path: Path, shape: tuple[int, ...], **arrays: np.ndarray) -> Pa
     group = zarr.open_group(path, mode="w")
     labels = np.zeros(shape, np.uint32)
     labels[0, :2, :2] = 1
-    defaults = {"labels": labels, "mask": np.ones(shape, bool),
-                "overlaps": np.zeros((0, 4), np.int64)}  # fmt: skip
+    defaults = {
+        "labels": labels,
+        "mask": np.ones(shape, bool),
+        "overlaps": np.zeros((0, 4), np.int64),
+    }
     for key, value in {**defaults, **arrays}.items():
         group.create_array(key, data=value)
     return path
@@ -285,3 +289,112 @@ def test_ingest_file_refuses_values_that_would_change_when_stored(
         ingest_file(project, crop_id, source)
     after = sorted(project.labels_dir.rglob("*")) if project.labels_dir.exists() else []
     assert after == before
+
+
+class RecordingTasks(ChangedTasks):
+    """A stand-in client that also records the ``since`` it was asked for."""
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        super().__init__(tasks)
+        self.asked: list[Any] = []
+
+    def changed_tasks(self, project_id: int, since: Any = None) -> list[dict[str, Any]]:
+        self.asked.append(since)
+        return self.tasks
+
+
+def _queued_tasks(project: Project, n: int) -> list[tuple[int, tuple[int, int, int]]]:
+    with project.session() as session:
+        pool_settings.set_setting(session, PROJECT_SETTING, "1")
+        crops = pool_volumes.list_crops(session, split="pool")[:n]
+        for k, crop in enumerate(crops):
+            pool_tasks.queue_crop(
+                session, crop.id, round_id=None, slices=[0], pushed={}, ls_task_id=100 + k
+            )
+    return [(c.id, c.shape) for c in crops]
+
+
+def _answer(shape: tuple[int, ...], ident: int, when: str, **changes: Any) -> dict[str, Any]:
+    plane = np.zeros((1, *shape[1:]), np.uint32)
+    plane[0, :2, :2] = 1
+    return {
+        "id": ident,
+        "updated_at": when,
+        "result": instances_to_results(plane),
+        "was_cancelled": False,
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"result": [{"from_name": "tag", "type": "brushlabels", "value": {"brushlabels": ["n²"]}}]},
+        {
+            "result": [
+                {
+                    "from_name": "tag",
+                    "type": "brushlabels",
+                    "value": {"brushlabels": ["n99999999999"]},
+                }
+            ]
+        },
+        {"result": {"from_name": "tag"}},
+        {"updated_at": "yesterday"},
+        {"updated_at": None},
+        {"id": None},
+    ],
+    ids=["n²", "huge id", "result as dict", "bad updated_at", "no updated_at", "no id"],
+)
+def test_a_malformed_annotation_fails_its_task_only_and_is_reported_until_fixed(
+    tmp_path_factory: pytest.TempPathFactory, bad: dict[str, Any]
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("bad") / "project", "smoke")
+    (first, shape), (second, _) = _queued_tasks(project, 2)
+    broken = _answer(shape, 1, "2026-01-02T03:00:00Z", **bad)
+    good = _answer(shape, 2, "2026-01-02T04:00:00Z")
+    client = RecordingTasks(
+        [
+            {"id": 100, "updated_at": "2026-01-02T03:00:00Z", "annotations": [broken]},
+            {"id": 101, "updated_at": "2026-01-02T04:00:00Z", "annotations": [good]},
+        ]
+    )
+    for _ in range(2):  # reported again on the next ingest: the cursor waits for it
+        result = ingest_annotations(project, client=cast(LabelStudioClient, client))
+        assert len(result.errors) == 1 and result.errors[0].startswith("task 100")
+    assert (result.ingested, result.unchanged) == (0, 1)
+    assert client.asked[1] < datetime(2026, 1, 2, 3, tzinfo=UTC)
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, first).status == "queued"
+        assert pool_volumes.get_crop(session, second).status == "labeled"
+
+
+def test_the_cursor_rereads_a_window_so_late_commits_are_not_skipped(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("late") / "project", "smoke")
+    (_, shape), (late, _) = _queued_tasks(project, 2)
+    client = RecordingTasks(
+        [
+            {
+                "id": 100,
+                "updated_at": "2026-01-02T04:00:00Z",
+                "annotations": [_answer(shape, 1, "2026-01-02T04:00:00Z")],
+            }
+        ]
+    )
+    assert ingest_annotations(project, client=cast(LabelStudioClient, client)).ingested == 1
+    # a task stamped a second before the cursor, committed after the first listing
+    client.tasks = [
+        *client.tasks,
+        {
+            "id": 101,
+            "updated_at": "2026-01-02T03:59:59Z",
+            "annotations": [_answer(shape, 2, "2026-01-02T03:59:59Z")],
+        },
+    ]
+    again = ingest_annotations(project, client=cast(LabelStudioClient, client))
+    assert (again.ingested, again.unchanged) == (1, 1)
+    assert client.asked[1] <= datetime(2026, 1, 2, 3, 59, 59, tzinfo=UTC)
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, late).status == "labeled"
