@@ -18,7 +18,6 @@ A crop label group (one per ingested annotation)::
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +181,12 @@ class CropLabels:
 
 def write_crop_labels(path: Path, labels: CropLabels) -> None:
     """Write a crop's labels as a zarr group; the group appears complete and on disk, or not
-    at all. Callers hold the project's ingest lock and never pass a path the ledger holds."""
+    at all. A group already at ``path`` is kept: writes are renamed into place whole, and each
+    caller names a version by what determines its content (an annotation and its time, a task
+    answered from ground truth), so it holds these labels already. Nothing is deleted."""
+    if path.exists():
+        return
     partial = partial_name(path)
-    if path.exists():  # a leftover of an attempt that crashed before it was recorded
-        shutil.rmtree(path)
     root = zarr.open_group(partial, mode="w-")
     root.create_array("labels", data=labels.labels.astype(np.uint32))
     root.create_array("mask", data=labels.mask.astype(bool))

@@ -34,7 +34,9 @@ from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CropInfo, TaskInfo, VolumeInfo
-from activeseg.workflows.ingest import ingest_annotations
+from activeseg.workflows.ingest import LOCK as INGEST_LOCK
+from activeseg.workflows.ingest import LOCK_WAIT_SECONDS, ingest_annotations
+from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 from activeseg.workflows.push import push_selected, relabel_shown
 from activeseg.workflows.score import analysis_path, plan_slices, read_analysis, selected_crops
@@ -152,6 +154,13 @@ def answer_open_tasks(
     annotator had to repaint on the shown slices, and their fraction of the shown voxels,
     over the tasks that came with a pre-annotation (None when none did).
     """
+    with hold_lock(project.root, INGEST_LOCK, wait_seconds=LOCK_WAIT_SECONDS):
+        return _answer_open_tasks(project, round_number, noise)
+
+
+def _answer_open_tasks(
+    project: Project, round_number: int | None, noise: AnnotatorNoise | None
+) -> IngestOutput:
     open_tasks = _open_tasks(project)
     efforts: list[tuple[int, int]] = []
     for task, crop, volume in open_tasks:

@@ -13,9 +13,13 @@ from activeseg.errors import ConfigError, InputError, StateError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CheckpointInfo
+from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
+
+LOCK = "train"
+LOCK_WAIT_SECONDS = 24 * 3600.0
 
 
 def training_crops(project: Project) -> list[TrainingCrop]:
@@ -81,7 +85,17 @@ def train_project(
     round_number: int | None = None,
     progress: Progress | None = None,
 ) -> CheckpointInfo:
-    """Train on the pool's labeled crops (warm start from the newest checkpoint) and record it."""
+    """Train on the pool's labeled crops (warm start from the newest checkpoint) and record it.
+
+    Trainings of one project take turns (the ``train`` lock): each gets its own folder.
+    """
+    with hold_lock(project.root, LOCK, wait_seconds=LOCK_WAIT_SECONDS):
+        return _train_project(project, round_id, round_number, progress)
+
+
+def _train_project(
+    project: Project, round_id: int | None, round_number: int | None, progress: Progress | None
+) -> CheckpointInfo:
     crops = training_crops(project)
     init_from = warm_start_from(project) if project.config.train.warm_start else None
     out = checkpoint_dir(project, round_number)

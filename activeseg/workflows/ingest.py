@@ -37,12 +37,16 @@ from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import TaskInfo
+from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 from activeseg.workflows.push import PROJECT_SETTING
 
 log = logging.getLogger(__name__)
 
 SINCE_SETTING = "labelstudio.ingested_until"
+# Writers of labels (ingest, ingest --from-file, the simulated annotator) take turns.
+LOCK = "ingest"
+LOCK_WAIT_SECONDS = 600.0
 # How far before the cursor each ingest reads again (Label Studio's timestamps are the server's).
 REREAD_WINDOW = timedelta(minutes=10)
 # Strokes drawn in the browser are anti-aliased: a pixel counts when its alpha is at least this.
@@ -138,7 +142,8 @@ def ingest_annotations(
     owned = client is None
     client = client or LabelStudioClient.from_env(project.root / ".env")
     try:
-        return _ingest(project, round_number, client)
+        with hold_lock(project.root, LOCK, wait_seconds=LOCK_WAIT_SECONDS):
+            return _ingest(project, round_number, client)
     finally:
         if owned:
             client.close()
@@ -296,6 +301,11 @@ def ingest_file(
     activeseg writes them) or a single integer (Z, Y, X) array, taken as fully annotated. Its
     shape must be the crop's. The labels are copied into the project.
     """
+    with hold_lock(project.root, LOCK, wait_seconds=LOCK_WAIT_SECONDS):
+        return _ingest_file(project, crop_id, path, round_number)
+
+
+def _ingest_file(project: Project, crop_id: int, path: Path, round_number: int | None) -> str:
     with project.session() as session:
         crop = pool_volumes.get_crop(session, crop_id)
         active = [t for t in pool_tasks.list_tasks(session, active=True) if t.crop_id == crop_id]
