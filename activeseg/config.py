@@ -126,6 +126,8 @@ class TrainConfig(Section):
     # full budget (see BENCHMARKS.md, Session 11).
     contact_fraction: float = Field(0.0, ge=0.0, le=1.0)
     seed: int = 0
+    # Labels the annotator marked "unsure" stay out of training unless "include".
+    unsure: Literal["exclude", "include"] = "exclude"
     warm_start: bool = True
     threads: int = Field(2, ge=1)
     # "auto" trains on the GPU when torch sees one; the checkpoint is the same either way.

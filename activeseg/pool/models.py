@@ -248,6 +248,8 @@ class Annotation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     label_path: Mapped[str | None] = mapped_column(String(1000))
     was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The annotator's status choice ("done", "unsure"); unsure labels stay out of training.
+    status: Mapped[str | None] = mapped_column(String(20))
     # Superseded versions stay as history; exactly the newest one is current.
     current: Mapped[bool] = mapped_column(Boolean, default=True)
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

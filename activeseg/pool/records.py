@@ -134,6 +134,7 @@ class AnnotationInfo:
     label_path: str | None
     was_cancelled: bool
     current: bool
+    status: str | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def _annotation_info(row: Annotation) -> AnnotationInfo:
         label_path=row.label_path,
         was_cancelled=row.was_cancelled,
         current=row.current,
+        status=row.status,
     )
 
 
@@ -102,6 +103,16 @@ def current_annotation(session: Session, task_id: int) -> AnnotationInfo | None:
     return None if row is None else _annotation_info(row)
 
 
+def unsure_crop_ids(session: Session) -> set[int]:
+    """Return the crops whose current annotation the annotator marked unsure."""
+    query = (
+        select(Task.crop_id)
+        .join(Annotation, Annotation.task_id == Task.id)
+        .where(Annotation.current.is_(True), Annotation.status == "unsure")
+    )
+    return set(session.scalars(query))
+
+
 def annotation_history(session: Session, task_id: int) -> list[AnnotationInfo]:
     """Return every ingested version of a task's annotations, oldest first."""
     query = select(Annotation).where(Annotation.task_id == task_id).order_by(Annotation.id)
@@ -120,6 +131,7 @@ def record_annotation(
     was_cancelled: bool,
     round_number: int | None,
     skip_reason: str | None = None,
+    status: str | None = None,
 ) -> tuple[AnnotationInfo, bool]:
     """Record an annotation version and move its crop to labeled or skipped.
 
@@ -148,7 +160,7 @@ def record_annotation(
         row = Annotation(task_id=task_id, ls_annotation_id=ls_annotation_id, updated_at=updated_at)
         session.add(row)
     row.annotator, row.lead_time, row.label_path = annotator, lead_time, label_path
-    row.was_cancelled, row.current = was_cancelled, True
+    row.was_cancelled, row.current, row.status = was_cancelled, True, status
     _settle_crop(session.get_one(Crop, task.crop_id), row, round_number, skip_reason)
     session.flush()
     return _annotation_info(row), True
@@ -166,16 +178,20 @@ def _settle_crop(
 
 
 def withdraw_annotations(session: Session, task_id: int) -> bool:
-    """Mark a task's annotations withdrawn (deleted in Label Studio); its crop is queued again.
-
-    Returns whether anything changed.
+    """Mark a task's Label Studio annotations withdrawn (deleted there); its crop is queued
+    again. Labels that came from elsewhere (``ingest --from-file``) are not Label Studio's to
+    withdraw and stay. Returns whether anything changed.
     """
     task = session.get(Task, task_id)
     if task is None:
         raise NotFoundError(f"no task with id {task_id} in this project")
     rows = list(
         session.scalars(
-            select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
+            select(Annotation).where(
+                Annotation.task_id == task_id,
+                Annotation.current.is_(True),
+                Annotation.ls_annotation_id.is_not(None),
+            )
         )
     )
     for row in rows:

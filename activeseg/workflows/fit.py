@@ -11,6 +11,7 @@ from activeseg.core.training import Progress, TrainingCrop, train_model
 from activeseg.data.volumes import read_crop_labels, read_raw
 from activeseg.errors import ConfigError, InputError, StateError
 from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CheckpointInfo
 from activeseg.workflows.locks import hold_lock
@@ -23,10 +24,14 @@ LOCK_WAIT_SECONDS = 24 * 3600.0
 
 
 def training_crops(project: Project) -> list[TrainingCrop]:
-    """Return the labeled crops of the pool split (never val or test) with their raw data."""
+    """Return the labeled crops of the pool split (never val or test) with their raw data;
+    crops whose labels the annotator marked unsure only with ``train.unsure: include``."""
     with project.session() as session:
         crops = pool_volumes.list_crops(session, status="labeled", split="pool")
         volumes = {v.id: v for v in pool_volumes.list_volumes(session)}
+        unsure = pool_tasks.unsure_crop_ids(session)
+    if project.config.train.unsure == "exclude":
+        crops = [crop for crop in crops if crop.id not in unsure]
     loaded = []
     for crop in crops:
         if crop.label_path is None:

@@ -256,6 +256,7 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
             was_cancelled=skipped,
             round_number=round_number,
             skip_reason=_skip_reason(annotation, status) if skipped else None,
+            status=status,
         )
     if skipped:
         return "skipped"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -398,3 +399,44 @@ def test_the_cursor_rereads_a_window_so_late_commits_are_not_skipped(
     assert client.asked[1] <= datetime(2026, 1, 2, 3, 59, 59, tzinfo=UTC)
     with project.session() as session:
         assert pool_volumes.get_crop(session, late).status == "labeled"
+
+
+def test_an_empty_labelstudio_task_does_not_withdraw_labels_from_a_file(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("keep") / "project", "smoke")
+    ((crop_id, shape),) = _queued_tasks(project, 1)
+    source = _label_group(tmp_path / "napari.zarr", shape)
+    assert ingest_file(project, crop_id, source) == "ingested"
+    client = ChangedTasks([{"id": 100, "updated_at": "2026-01-02T04:00:00Z", "annotations": []}])
+    result = ingest_annotations(project, client=cast(LabelStudioClient, client))
+    assert (result.withdrawn, result.unchanged) == (0, 1)
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, crop_id).status == "labeled"
+
+
+def test_unsure_labels_are_recorded_and_kept_out_of_training(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from activeseg.workflows.fit import training_crops
+
+    project = create_demo_project(tmp_path_factory.mktemp("unsure") / "project", "smoke")
+    (sure, shape), (doubtful, _) = _queued_tasks(project, 2)
+    unsure = _answer(shape, 2, "2026-01-02T04:00:00Z")
+    unsure["result"] = [*unsure["result"], status_result("unsure")]
+    client = ChangedTasks(
+        [
+            {"id": 100, "updated_at": "2026-01-02T04:00:00Z",
+             "annotations": [_answer(shape, 1, "2026-01-02T04:00:00Z")]},
+            {"id": 101, "updated_at": "2026-01-02T04:00:00Z", "annotations": [unsure]},
+        ]
+    )  # fmt: skip
+    assert ingest_annotations(project, client=cast(LabelStudioClient, client)).ingested == 2
+    with project.session() as session:
+        assert pool_tasks.unsure_crop_ids(session) == {doubtful}
+    assert [c.name for c in training_crops(project)] == [f"crop {sure}"]
+    included = replace(project, config=project.config.model_copy(update={
+        "train": project.config.train.model_copy(update={"unsure": "include"})}))  # fmt: skip
+    assert sorted(c.name for c in training_crops(included)) == sorted(
+        [f"crop {sure}", f"crop {doubtful}"]
+    )
