@@ -39,7 +39,7 @@ from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import TaskInfo
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
-from activeseg.workflows.push import PROJECT_SETTING
+from activeseg.workflows.push import PROJECT_SETTING, check_server
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def _ingest(project: Project, round_number: int | None, client: LabelStudioClien
     result = IngestResult()
     if stored is None:
         return result  # nothing was ever pushed
+    check_server(project, client)
     tasks = client.changed_tasks(int(stored), _reread_from(since))
     failed: list[Mapping[str, Any]] = []
     for task in tasks:

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from activeseg.data.volumes import read_raw
-from activeseg.errors import StateError
+from activeseg.errors import LabelStudioError, StateError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient, checked_id, chunks
 from activeseg.labelstudio.labeling import (
@@ -59,6 +59,7 @@ from activeseg.workflows.score import (
 log = logging.getLogger(__name__)
 
 PROJECT_SETTING = "labelstudio.project_id"
+SERVER_SETTING = "labelstudio.server"
 TASKS_PER_IMPORT = 100
 FLAG_NOTES = {
     "split": "may be split (part of a neuron)",
@@ -232,12 +233,28 @@ def project_id(project: Project, client: LabelStudioClient) -> int:
     with project.session() as session:
         stored = pool_settings.get_setting(session, PROJECT_SETTING)
     if stored is not None:
+        check_server(project, client)
         return client.ensure_project(settings.project_title, config, project_id=int(stored))
     title = f"{settings.project_title}: {project.root.name}"
     created = client.create_project(title, config)
     with project.session() as session:
         pool_settings.set_setting(session, PROJECT_SETTING, str(created))
+        pool_settings.set_setting(session, SERVER_SETTING, client.shown_url)
     return created
+
+
+def check_server(project: Project, client: LabelStudioClient) -> None:
+    """Raise LabelStudioError unless ``client`` talks to the server this project pushed to:
+    task ids of another server would map one crop's annotation onto another crop."""
+    with project.session() as session:
+        known = pool_settings.get_setting(session, SERVER_SETTING)
+        ls_project = pool_settings.get_setting(session, PROJECT_SETTING)
+    if known is not None and known != client.shown_url:
+        raise LabelStudioError(
+            f"this project's tasks are on the Label Studio server {known} (its project "
+            f"{ls_project}), but LABEL_STUDIO_URL points to {client.shown_url}; point it back "
+            f"to {known}"
+        )
 
 
 def push_selected(

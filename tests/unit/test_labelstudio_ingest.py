@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from activeseg.cli import app
 from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
-from activeseg.errors import AnnotationError, InputError
+from activeseg.errors import AnnotationError, InputError, LabelStudioError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
@@ -22,6 +22,7 @@ from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.ingest import (
+    SINCE_SETTING,
     annotator_name,
     ingest_annotations,
     ingest_file,
@@ -31,6 +32,7 @@ from activeseg.workflows.ingest import (
 from activeseg.workflows.project import Project, open_project
 from activeseg.workflows.push import (
     PROJECT_SETTING,
+    SERVER_SETTING,
     flagged_instances,
     relabel_shown,
     render_crop,
@@ -440,3 +442,18 @@ def test_unsure_labels_are_recorded_and_kept_out_of_training(
     assert sorted(c.name for c in training_crops(included)) == sorted(
         [f"crop {sure}", f"crop {doubtful}"]
     )
+
+
+def test_another_server_is_refused_before_its_task_ids_are_used(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("server") / "project", "smoke")
+    _queued_tasks(project, 1)
+    with project.session() as session:
+        pool_settings.set_setting(session, SERVER_SETTING, "http://127.0.0.1:8080")
+    other = ChangedTasks([{"id": 100, "updated_at": "2026-01-02T04:00:00Z", "annotations": []}])
+    other.shown_url = "http://127.0.0.1:9090"  # type: ignore[attr-defined]
+    with pytest.raises(LabelStudioError, match=r"points to http://127\.0\.0\.1:9090"):
+        ingest_annotations(project, client=cast(LabelStudioClient, other))
+    with project.session() as session:
+        assert pool_settings.get_setting(session, SINCE_SETTING) is None
