@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import pytest
 
 from activeseg.labelstudio.client import API_KEY_ENV, URL_ENV, LabelStudioClient
 from activeseg.labelstudio.server import RunningServer, start_server
+from activeseg.workflows.project import CONFIG_FILE, Project, open_project
+from activeseg.workflows.simulate import create_demo_project
 
 
 @dataclass(frozen=True)
@@ -58,3 +60,43 @@ def ls_client(ls_connection: Connection) -> Iterator[LabelStudioClient]:
 def server_log(ls_connection: Connection) -> Path | None:
     """Return the log of the server the tests started (None for an external one)."""
     return ls_connection.server.log_path if ls_connection.server else None
+
+
+@pytest.fixture(scope="module")
+def environment(ls_connection: Connection) -> Iterator[None]:
+    """Point the library at the test server through the environment, as users do."""
+    saved = {name: os.environ.get(name) for name in (URL_ENV, API_KEY_ENV)}
+    os.environ[URL_ENV], os.environ[API_KEY_ENV] = ls_connection.url, ls_connection.api_key
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# Enough updates of the smoke model to learn something from two sparsely labeled crops (80
+# were too few once the instance-mask loss was on: avF1 0.044; 120 give 0.18).
+LEARNING_STEPS = 120
+
+
+def _labelstudio_project(root: Path, images: str = "inline") -> Project:
+    """Return a synthetic smoke project whose annotators work in Label Studio."""
+    project = create_demo_project(root, "smoke")
+    config = project.config
+    config = config.model_copy(
+        update={
+            "loop": config.loop.model_copy(update={"annotator": "labelstudio"}),
+            "labelstudio": config.labelstudio.model_copy(update={"images": images}),
+            "train": config.train.model_copy(update={"steps": LEARNING_STEPS}),
+        }
+    )
+    (root / CONFIG_FILE).write_text(config.to_yaml())
+    project.engine.dispose()
+    return open_project(root)
+
+
+@pytest.fixture(scope="session")
+def labelstudio_project() -> Callable[..., Project]:
+    """Return a maker of synthetic smoke projects whose annotators work in Label Studio."""
+    return _labelstudio_project

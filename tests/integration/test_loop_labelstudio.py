@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from typer.testing import CliRunner
 from activeseg.cli import app
 from activeseg.data.volumes import read_crop_labels, read_ground_truth
 from activeseg.labelstudio.brush import instances_to_results, results_to_instances
-from activeseg.labelstudio.client import API_KEY_ENV, URL_ENV, LabelStudioClient
+from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
@@ -36,10 +35,9 @@ from activeseg.workflows import push as push_module
 from activeseg.workflows.annotators import answer_in_labelstudio
 from activeseg.workflows.ingest import SINCE_SETTING, ingest_annotations
 from activeseg.workflows.loop import run_round
-from activeseg.workflows.project import CONFIG_FILE, Project, open_project
+from activeseg.workflows.project import Project
 from activeseg.workflows.push import latest_round, push_selected, relabel_shown
 from activeseg.workflows.score import analysis_path, read_analysis
-from activeseg.workflows.simulate import create_demo_project
 
 
 def decode(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -49,40 +47,7 @@ def decode(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def environment(ls_connection: Any) -> Iterator[None]:
-    """Point the library at the test server through the environment, as users do."""
-    saved = {name: os.environ.get(name) for name in (URL_ENV, API_KEY_ENV)}
-    os.environ[URL_ENV], os.environ[API_KEY_ENV] = ls_connection.url, ls_connection.api_key
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-# Enough updates of the smoke model to learn something from two sparsely labeled crops (80
-# were too few once the instance-mask loss was on: avF1 0.044; 120 give 0.18).
-LEARNING_STEPS = 120
-
-
-def labelstudio_project(root: Path, images: str = "inline") -> Project:
-    """Return a synthetic smoke project whose annotators work in Label Studio."""
-    project = create_demo_project(root, "smoke")
-    config = project.config
-    config = config.model_copy(
-        update={
-            "loop": config.loop.model_copy(update={"annotator": "labelstudio"}),
-            "labelstudio": config.labelstudio.model_copy(update={"images": images}),
-            "train": config.train.model_copy(update={"steps": LEARNING_STEPS}),
-        }
-    )
-    (root / CONFIG_FILE).write_text(config.to_yaml())
-    project.engine.dispose()
-    return open_project(root)
+ProjectMaker = Callable[..., Project]
 
 
 def tasks_of_round(project: Project, number: int) -> list[TaskInfo]:
@@ -93,7 +58,10 @@ def tasks_of_round(project: Project, number: int) -> list[TaskInfo]:
 
 @pytest.fixture(scope="module")
 def looped(
-    environment: None, ls_client: LabelStudioClient, tmp_path_factory: pytest.TempPathFactory
+    environment: None,
+    ls_client: LabelStudioClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    labelstudio_project: ProjectMaker,
 ) -> Project:
     """Return the project after round 0, API annotation of its tasks, and round 1."""
     project = labelstudio_project(tmp_path_factory.mktemp("loop") / "project")
@@ -262,6 +230,7 @@ def test_push_interrupted_before_the_pool_records_is_recovered(
     ls_client: LabelStudioClient,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    labelstudio_project: ProjectMaker,
 ) -> None:
     project = labelstudio_project(tmp_path / "project", images="upload")
     run_round(project, until="select")
