@@ -17,12 +17,16 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from activeseg.errors import DatabaseRevisionError
+from activeseg.errors import DatabaseRevisionError, LockError
 from activeseg.resources import shipped_dir
 
 log = logging.getLogger(__name__)
+
+
+SQLITE_WAIT_SECONDS = 30.0
 
 
 def sqlite_url(path: Path) -> str:
@@ -32,7 +36,8 @@ def sqlite_url(path: Path) -> str:
 
 def make_engine(url: str) -> Engine:
     """Return an engine; on SQLite, foreign keys are enforced and writers wait for each other."""
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    sqlite = url.startswith("sqlite")
+    engine = create_engine(url, connect_args={"timeout": SQLITE_WAIT_SECONDS} if sqlite else {})
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -97,6 +102,18 @@ def check_revision(engine: Engine) -> None:
 
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yield a session in one transaction: committed on success, rolled back on error."""
-    with factory() as session, session.begin():
-        yield session
+    """Yield a session in one transaction: committed on success, rolled back on error.
+
+    A database another process keeps locked past the wait becomes a LockError (exit 75, try
+    again), not a traceback.
+    """
+    try:
+        with factory() as session, session.begin():
+            yield session
+    except OperationalError as exc:
+        if "locked" not in str(exc.orig):
+            raise
+        raise LockError(
+            f"the pool database is locked by another process (waited {SQLITE_WAIT_SECONDS} s); "
+            f"try again when it has finished"
+        ) from None

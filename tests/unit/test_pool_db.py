@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from activeseg.errors import DatabaseRevisionError
-from activeseg.pool import db
+from activeseg.errors import DatabaseRevisionError, LockError
+from activeseg.pool import db, settings
 from activeseg.pool.models import Base, ScoreCache
+from activeseg.workflows.project import Project
 
 TABLES = {
     "volume",
@@ -111,3 +113,21 @@ def test_the_score_cache_migration_keeps_a_ledger_and_cascades(tmp_path: Path) -
     assert left == 0
     db.downgrade(url, "0001")
     assert "score_cache" not in inspect(engine).get_table_names()
+
+
+def test_a_database_locked_by_another_process_is_a_lock_error(
+    smoke_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "SQLITE_WAIT_SECONDS", 0.2)
+    quick = db.make_engine(db.sqlite_url(smoke_project.root / "pool.db"))
+    holder = sqlite3.connect(smoke_project.root / "pool.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        refused = pytest.raises(LockError, match="locked by another process")
+        with refused as caught, db.session_scope(sessionmaker(quick)) as session:
+            settings.set_setting(session, "x", "1")
+        assert caught.value.exit_code == 75
+    finally:
+        holder.rollback()
+        holder.close()
+        quick.dispose()
