@@ -3,7 +3,7 @@
 For pools of 4, 8 and 16 synthetic MCFO-like volumes (one project each, same volumes), with a
 fixed ``acquisition.max_candidates``, a model saved untrained (its cost is the cost of any
 checkpoint of this architecture, its scores do not matter here), and the real score stage
-(``workflows.score.score_round``: predict, cluster every sample, uncertainty maps to zarr,
+(``workflows.score.score_pool``: predict, cluster every sample, uncertainty maps to zarr,
 scores to the ledger) followed by ``select_crops``:
 
 - round 1: the cold score stage (every candidate runs through the model) and the selection;
@@ -111,7 +111,7 @@ def timed_round(project: Project, model: Path) -> tuple[float, score.ScoreReport
     with project.session() as session:
         info = pool_rounds.start_round(session, strategy="instance", batch_size=4, config="")
     start = time.perf_counter()
-    report = score.score_round(project, info.id, info.number, model)
+    report = score.score_pool(project, info.id, info.number, model)
     return time.perf_counter() - start, report, info.id
 
 

@@ -170,7 +170,7 @@ def _evaluate(context: RoundContext) -> EvaluateOutput:
 def _score(context: RoundContext) -> ScoreOutput:
     model = _model_of(context)
     path = context.project.resolve(model) if model is not None else None
-    scored = score.score_pool(context.project, context.round.id, context.round.number, path)
+    scored = score.score_pool(context.project, context.round.id, context.round.number, path).scored
     return ScoreOutput(scored, model)
 
 

@@ -202,27 +202,11 @@ def score_pool(
     progress: Progress | None = None,
     *,
     commit_every: int = COMMIT_EVERY,
-) -> int:
-    """Score the round's candidate crops, store the scores; return how many the round has.
+) -> ScoreReport:
+    """Score the round's candidates not scored yet in it, in committed batches; report it.
 
     Without a model (round 0) only model-free parts are stored: raw-intensity descriptors.
     """
-    report = score_round(
-        project, round_id, round_number, model_path, progress, commit_every=commit_every
-    )
-    return report.scored
-
-
-def score_round(
-    project: Project,
-    round_id: int,
-    round_number: int,
-    model_path: Path | None,
-    progress: Progress | None = None,
-    *,
-    commit_every: int = COMMIT_EVERY,
-) -> ScoreReport:
-    """Score the round's candidates not scored yet in it, in committed batches; report it."""
     key = model_key(model_path, project.config) if model_path is not None else None
     with project.session() as session:
         crops = pool_volumes.list_crops(session, status="unlabeled", split="pool")

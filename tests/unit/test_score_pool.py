@@ -115,7 +115,7 @@ def test_the_budget_samples_unlabeled_crops_of_every_volume(pool: Path, tmp_path
     with project.session() as session:
         pool_volumes.set_crop_status(session, labeled.id, "labeled", label_path="l.zarr")
         pool_tasks.queue_crop(session, queued.id, round_id=round_id, slices=[1], pushed={})
-    assert score.score_pool(project, round_id, number, None) == 4
+    assert score.score_pool(project, round_id, number, None).scored == 4
     scored = set(_scores(project, round_id))
     assert labeled.id not in scored and queued.id not in scored
     by_volume = {c.id: c.volume_id for c in crops}
@@ -130,7 +130,7 @@ def test_the_budget_samples_unlabeled_crops_of_every_volume(pool: Path, tmp_path
 def test_without_a_budget_every_unlabeled_crop_is_scored(pool: Path, tmp_path: Path) -> None:
     project = _copy(pool, tmp_path)
     round_id, number = _round(project)
-    assert score.score_pool(project, round_id, number, None) == len(_pool_crops(project))
+    assert score.score_pool(project, round_id, number, None).scored == len(_pool_crops(project))
 
 
 # ------------------------------------------------------------------------ score cache
@@ -140,10 +140,10 @@ def test_an_unchanged_model_is_not_run_again(pool: Path, tmp_path: Path, fake: F
     project = _copy(pool, tmp_path)
     model = _checkpoint(project, "a", b"weights of model a")
     first_id, first = _round(project)
-    n = score.score_pool(project, first_id, first, model)
+    n = score.score_pool(project, first_id, first, model).scored
     assert fake.calls == n > 0
     second_id, second = _round(project)
-    report = score.score_round(project, second_id, second, model)
+    report = score.score_pool(project, second_id, second, model)
     assert fake.calls == n, "an unchanged model ran again"
     assert (report.cached, report.computed) == (n, 0)
     assert _scores(project, second_id) == _scores(project, first_id)
@@ -157,9 +157,9 @@ def test_a_new_checkpoint_invalidates_the_cache(
 ) -> None:
     project = _copy(pool, tmp_path)
     first_id, first = _round(project)
-    n = score.score_pool(project, first_id, first, _checkpoint(project, "a", b"model a"))
+    n = score.score_pool(project, first_id, first, _checkpoint(project, "a", b"model a")).scored
     second_id, second = _round(project)
-    report = score.score_round(project, second_id, second, _checkpoint(project, "b", b"model b"))
+    report = score.score_pool(project, second_id, second, _checkpoint(project, "b", b"model b"))
     assert fake.calls == 2 * n
     assert (report.cached, report.computed) == (0, n)
 
@@ -170,7 +170,7 @@ def test_a_changed_score_reduction_invalidates_the_cache(
     project = _copy(pool, tmp_path)
     model = _checkpoint(project, "a", b"model a")
     first_id, first = _round(project)
-    n = score.score_pool(project, first_id, first, model)
+    n = score.score_pool(project, first_id, first, model).scored
     data = project.config.model_dump()
     data["acquisition"]["reduction"] = "mean"
     changed = Project(project.root, Config.model_validate(data), project.engine)
@@ -187,7 +187,7 @@ def test_a_budget_prefers_crops_the_model_already_scored(
     first_id, first = _round(project)
     score.score_pool(project, first_id, first, model)
     second_id, second = _round(project)
-    report = score.score_round(project, second_id, second, model)
+    report = score.score_pool(project, second_id, second, model)
     assert fake.calls == 3 and report.cached == 3
     assert set(_scores(project, second_id)) == set(_scores(project, first_id))
 
@@ -202,7 +202,9 @@ def test_a_killed_score_stage_resumes_without_rescoring(
     reference = _copy(pool, tmp_path / "reference")
     monkeypatch.setattr(score, "predict_array", FakeModel())
     ref_id, ref_number = _round(reference)
-    n = score.score_pool(reference, ref_id, ref_number, _checkpoint(reference, "a", b"model"))
+    n = score.score_pool(
+        reference, ref_id, ref_number, _checkpoint(reference, "a", b"model")
+    ).scored
     assert n >= 6
 
     project = _copy(pool, tmp_path / "killed")
@@ -215,7 +217,7 @@ def test_a_killed_score_stage_resumes_without_rescoring(
 
     rerun = FakeModel()
     monkeypatch.setattr(score, "predict_array", rerun)
-    report = score.score_round(project, round_id, number, model, commit_every=2)
+    report = score.score_pool(project, round_id, number, model, commit_every=2)
     assert rerun.calls == n - 4
     assert (report.resumed, report.computed, report.scored) == (4, n - 4, n)
     assert _scores(project, round_id) == _scores(reference, ref_id)
@@ -241,5 +243,5 @@ def test_a_killed_model_free_round_resumes_too(
         score.score_pool(project, round_id, number, None, commit_every=1)
     calls.clear()
     limit[0] = -1
-    n = score.score_pool(project, round_id, number, None)
+    n = score.score_pool(project, round_id, number, None).scored
     assert len(calls) == n - 3
