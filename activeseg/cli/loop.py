@@ -196,7 +196,9 @@ def ingest_cmd(
 
 @command(app, "predict")
 def predict_cmd(
-    volume: Annotated[str, typer.Argument(help="A registered volume's name or a zarr path.")],
+    volume: Annotated[
+        str, typer.Argument(help="A registered volume's name or a file (any importable format).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output zarr group.")],
     samples: Annotated[
         str,
@@ -205,22 +207,35 @@ def predict_cmd(
             "('moments'), or decide by size ('auto')."
         ),
     ] = "auto",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="fisbe, zarr, tiff, hdf5 or activeseg (default: guess)."
+        ),
+    ] = None,
+    raw_key: Annotated[
+        str | None, typer.Option("--raw", help="Raw dataset inside a zarr/HDF5 file.")
+    ] = None,
     force: ForceOption = False,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Predict a volume with the newest model: foreground, embeddings and consensus instances.
+    """Predict a volume with the newest model: foreground, embeddings, uncertainty and consensus
+    instances (clustered block by block: memory does not grow with the volume).
 
     A non-empty --out is refused unless --force.
 
     Example: [bold]activeseg predict val0 --out val0-pred.zarr[/]
+    or [bold]activeseg predict fisbe-volume.zarr --out pred.zarr[/]
     """
     from activeseg.workflows.predict import predict_volume
     from activeseg.workflows.project import open_project
 
     project = open_project(project_dir)
     with console.status(f"predicting {volume}"):
-        result = predict_volume(project, volume, out, layout=samples, force=force)
+        result = predict_volume(
+            project, volume, out, layout=samples, force=force, fmt=fmt, raw_key=raw_key
+        )
     if as_json:
         emit_json(result)
     else:

@@ -23,6 +23,10 @@ Zarr output (a v3 group) has one of two layouts, recorded in its ``layout`` attr
     embedding_mean  (E, Z, Y, X) float16    embedding_var  (Z, Y, X) float32, summed over E
     aleatoric_var   (Z, Y, X) float32, the mean over samples, only for aleatoric models
 
+Both layouts also hold ``mutual_information`` (Z, Y, X) float32, the voxel BALD uncertainty of
+the foreground over the S samples (:func:`activeseg.core.uncertainty.mutual_information`),
+computed tile by tile.
+
 Chunks are the core boxes, so every tile writes whole chunks and memory does not grow with the
 volume.
 """
@@ -45,6 +49,7 @@ import zarr
 from activeseg.config import Triple
 from activeseg.core.models.checkpoint import TrainedModel
 from activeseg.core.models.unet import calibrating
+from activeseg.core.uncertainty import mutual_information
 from activeseg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,9 @@ SAMPLE_BUDGET_BYTES = 8 * 2**30
 # the volume; together about one default tile, so calibrating costs memory like one tile.
 CALIBRATION_BOX: Triple = (32, 128, 128)
 CALIBRATION_BOXES = 4
+
+# The voxel uncertainty map every zarr prediction holds.
+UNCERTAINTY = "mutual_information"
 
 Box = tuple[slice, slice, slice]
 Layout = Literal["auto", "samples", "moments"]
@@ -156,6 +164,7 @@ def predict_to_zarr(
     arrays = _create_arrays(group, trained, shape, tiling.core, chosen)
     for box, tile in iterate_tiles(trained, raw, tiling, seed):
         values = _named(tile) if chosen == "samples" else _moments(tile)
+        values[UNCERTAINTY] = mutual_information(tile.foreground)
         for name, value in values.items():
             arrays[name][(..., *box)] = value.astype(arrays[name].dtype)
     logger.info("predicted %s (%s) to %s", shape, chosen, out)
@@ -312,6 +321,7 @@ def _create_arrays(
             "embedding_var": ((), np.float32),
             "aleatoric_var": ((), np.float32),
         }
+    specs[UNCERTAINTY] = ((), np.float32)
     if not trained.config.model.aleatoric:
         specs.pop("aleatoric_var")
     return {
