@@ -246,8 +246,8 @@ def predict_cmd(
 
 @command(app, "evaluate")
 def evaluate_cmd(
-    pred: Annotated[str, typer.Argument(help="Prediction: zarr path or registered volume.")],
-    gt: Annotated[str, typer.Argument(help="Ground truth: zarr path or registered volume.")],
+    pred: Annotated[str, typer.Argument(help="Prediction: a labels file or registered volume.")],
+    gt: Annotated[str, typer.Argument(help="Ground truth: a labels file or registered volume.")],
     fisbe: Annotated[
         bool, typer.Option("--fisbe", help="FISBe protocol: drop predictions ≤ 800 voxels.")
     ] = False,
@@ -261,10 +261,21 @@ def evaluate_cmd(
         Path | None,
         typer.Option(help="With --uncertainty: draw the foreground reliability diagram (PNG)."),
     ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option("--labels", help="Ground-truth label dataset inside a zarr/HDF5 file."),
+    ] = None,
+    pred_labels_key: Annotated[
+        str | None,
+        typer.Option("--pred-labels", help="Predicted label dataset inside a zarr/HDF5 file."),
+    ] = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare a segmentation with ground truth: AP, FISBe avF1/C/S/FS/FM, VOI, ARAND.
+
+    Either may be a file that holds only labels: FISBe (volumes/gt_instances, with or without
+    raw), a zarr array or group, a TIFF, or an HDF5 file (name the dataset with --labels).
 
     Example: [bold]activeseg evaluate pred.zarr val0 --fisbe --json[/]
     or [bold]activeseg evaluate pred.zarr val0 --uncertainty --reliability calib.png[/]
@@ -287,6 +298,8 @@ def evaluate_cmd(
         uncertainty=uncertainty,
         cluster=cluster,
         reliability_plot=reliability,
+        labels_key=labels_key,
+        pred_labels_key=pred_labels_key,
     )
     if as_json:
         emit_json(result)

@@ -18,11 +18,13 @@ from activeseg.core.instances import Instances
 from activeseg.core.models.checkpoint import TrainedModel, load_model
 from activeseg.core.tiling import predict_array
 from activeseg.core.uncertainty import InstanceRisk, instance_uncertainty, mutual_information
-from activeseg.data.fisbe import read_fisbe
+from activeseg.data.fisbe import GT_INSTANCES
+from activeseg.data.sources import label_source
 from activeseg.data.volumes import GT_PATH, read_ground_truth, read_raw
 from activeseg.errors import InputError, VolumeFormatError
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import VolumeInfo
+from activeseg.workflows.predict import guess_format, resolve_volume
 from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
@@ -181,35 +183,87 @@ def uncertainty_report(
     }
 
 
-def load_instances(spec: str, project: Project | None) -> tuple[Instances, Path | None]:
-    """Return the instances named by ``spec`` and the zarr they came from.
+# Names of a label array inside a zarr or HDF5 file, tried in order when no key is given.
+LABEL_NAMES = ("consensus", "labels", "segmentation", "label", "gt_instances", "gt")
 
-    spec: a registered volume's name (its ground truth), a FISBe-layout zarr, an activeseg
-    volume, the output of ``activeseg predict`` (its consensus), or a zarr label image.
+
+def load_instances(
+    spec: str, project: Project | None, labels_key: str | None = None
+) -> tuple[Instances, Path | None]:
+    """Return the instances named by ``spec`` and the file they came from.
+
+    spec: a registered volume's name (its ground truth), or a file holding labels, with or
+    without an image: a FISBe-layout zarr (``volumes/gt_instances``), an activeseg volume, the
+    output of ``activeseg predict`` (its consensus), a zarr label array or group, a label TIFF,
+    or an HDF5 file. labels_key names the label dataset inside a zarr group or HDF5 file; a
+    4-D dataset is a stack of one mask per instance (as FISBe stores them).
     """
-    path = Path(spec)
-    if not path.exists():
-        if project is None:
-            raise InputError(f"{spec} is neither a file nor, outside a project, a volume name")
-        with project.session() as session:
-            path = project.resolve(pool_volumes.get_volume(session, spec).path)
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as exc:  # zarr raises several types for "not zarr"
-        raise VolumeFormatError(f"{path} is not a readable zarr array or group: {exc}") from exc
+    path = resolve_volume(project, spec)
+    return read_labels(path, labels_key), path
+
+
+def read_labels(path: Path, key: str | None = None) -> Instances:
+    """Return the instances stored in a labels file (see :func:`load_instances`)."""
+    if key and (key.startswith("/") or ".." in Path(key).parts):
+        raise InputError(f"dataset key {key!r} points outside {path}")
+    fmt = guess_format(path)
+    if fmt == "tiff":
+        return _whole(_tiff_labels(path), str(path))
+    if fmt == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                return _whole(_label_dataset(path, handle, key), f"{path}:{key or 'labels'}")
+        except OSError as exc:
+            raise VolumeFormatError(f"{path} is not a readable HDF5 file: {exc}") from exc
+    node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return Instances.from_labels(np.asarray(node[...])), path
-    if "volumes" in node or ".zgroup" in {p.name for p in path.iterdir()}:
-        return read_fisbe(path).instances, path
-    if f"{GT_PATH}/0" in node:
-        return read_ground_truth(path), path
-    for name in ("consensus", "labels", "segmentation", "label"):
-        if name in node:
-            return Instances.from_labels(np.asarray(zarr.open_array(path, path=name)[...])), path
+        return _whole(node, str(path))
+    if key is None and GT_INSTANCES in node:
+        return _whole(node[GT_INSTANCES], f"{path}:{GT_INSTANCES}")
+    if key is None and f"{GT_PATH}/0" in node:
+        return read_ground_truth(path)
+    return _whole(_label_dataset(path, node, key), f"{path}:{key or 'labels'}")
+
+
+def _label_dataset(path: Path, container: Any, key: str | None) -> Any:
+    """Return the label dataset ``key`` of a zarr group or HDF5 file, or the first of
+    LABEL_NAMES (at the top or under volumes/) it holds."""
+    names = [key] if key else [f"{p}{n}" for n in LABEL_NAMES for p in ("", "volumes/")]
+    for name in names:
+        node = container.get(name)
+        if node is not None and hasattr(node, "shape"):
+            return node
+    if key:
+        raise VolumeFormatError(f"{path} has no dataset {key!r}")
     raise VolumeFormatError(
-        f"{path} holds no instances: expected volumes/gt_instances (FISBe), {GT_PATH} "
-        f"(activeseg volume), consensus (activeseg predict) or a label array"
+        f"{path} holds no instances: expected {GT_INSTANCES} (FISBe), {GT_PATH} (activeseg "
+        f"volume), consensus (activeseg predict) or a label array; name it with --labels"
     )
+
+
+def _whole(array: Any, where: str) -> Instances:
+    """Return the instances of a stored (Z, Y, X) label image or (N, Z, Y, X) mask stack."""
+    shape = tuple(int(n) for n in array.shape)
+    if len(shape) not in (3, 4):
+        raise VolumeFormatError(f"{where}: labels must be (Z, Y, X) or (N, Z, Y, X), got {shape}")
+    source = label_source(array, shape[-3:], where)
+    return source.slab(0, source.shape[0])
+
+
+def _tiff_labels(path: Path) -> Any:
+    """Return a label TIFF's image: memory-mapped where it is stored uncompressed, else read."""
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError, tifffile.TiffFileError):
+        pass
+    try:
+        return np.asarray(tifffile.imread(path))
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise VolumeFormatError(f"{path} is not a readable TIFF file: {exc}") from exc
 
 
 def evaluate_files(
@@ -222,8 +276,11 @@ def evaluate_files(
     uncertainty: bool = False,
     cluster: ClusterConfig | None = None,
     reliability_plot: Path | None = None,
+    labels_key: str | None = None,
+    pred_labels_key: str | None = None,
 ) -> dict[str, Any]:
-    """Return the instance metrics of a prediction against ground truth, both named by spec.
+    """Return the instance metrics of a prediction against ground truth, both named by spec
+    (see :func:`load_instances`; labels_key and pred_labels_key name their label datasets).
 
     With ``uncertainty``, the prediction must be an ``activeseg predict`` output holding
     per-sample foreground and embeddings; uncertainty-quality metrics are added, and the
@@ -231,8 +288,8 @@ def evaluate_files(
     """
     if reliability_plot is not None and not uncertainty:
         raise InputError("a reliability diagram needs --uncertainty (per-sample foreground)")
-    pred, pred_path = load_instances(pred_spec, project)
-    gt, _ = load_instances(gt_spec, project)
+    pred, pred_path = load_instances(pred_spec, project, pred_labels_key)
+    gt, _ = load_instances(gt_spec, project, labels_key)
     if pred.shape != gt.shape:
         raise InputError(
             f"prediction {pred_spec} has shape {pred.shape}, ground truth {gt_spec} has {gt.shape}"

@@ -102,3 +102,57 @@ def test_a_reliability_diagram_needs_the_uncertainty_evaluation(tmp_path: Path) 
     assert answer.exit_code != 0
     assert "needs --uncertainty" in answer.output
     assert not (tmp_path / "x.png").exists()
+
+
+def _labels_in_every_format(folder: Path, truth: Instances) -> dict[str, list[str]]:
+    """Write ground truth that holds only labels, in every format; return evaluate's arguments."""
+    import h5py
+    import tifffile
+
+    ids, stack = truth.to_stack()
+    fisbe = folder / "gt-fisbe.zarr"  # FISBe layout without volumes/raw
+    group = zarr.open_group(fisbe, mode="w", zarr_format=2)
+    group.create_array("volumes/gt_instances", data=(stack * np.arange(1, len(ids) + 1)[:, None,
+                       None, None]).astype(np.uint8))  # fmt: skip
+    zarr.create_array(folder / "gt-array.zarr", data=truth.labels)
+    named = zarr.open_group(folder / "gt-group.zarr", mode="w")
+    named.create_array("annotations/neurons", data=truth.labels.astype(np.uint16))
+    tifffile.imwrite(folder / "gt.tif", truth.labels)
+    tifffile.imwrite(folder / "gt-stack.tiff", stack.astype(np.uint8))  # one mask per neuron
+    with h5py.File(folder / "gt.h5", "w") as handle:
+        handle["seg/neurons"] = truth.labels
+    return {
+        "fisbe without raw": [str(fisbe)],
+        "zarr array": [str(folder / "gt-array.zarr")],
+        "zarr group": [str(folder / "gt-group.zarr"), "--labels", "annotations/neurons"],
+        "tiff": [str(folder / "gt.tif")],
+        "tiff stack": [str(folder / "gt-stack.tiff")],
+        "hdf5": [str(folder / "gt.h5"), "--labels", "seg/neurons"],
+    }
+
+
+def test_ground_truth_that_holds_only_labels_is_read_in_every_format(
+    flylight_zarr: Path, tmp_path: Path
+) -> None:
+    truth = read_fisbe(flylight_zarr).instances
+    single = Instances.from_labels(truth.labels)  # the formats without overlaps
+    for name, arguments in _labels_in_every_format(tmp_path, single).items():
+        scores = _evaluate(str(flylight_zarr), *arguments)
+        assert scores["n_gt"] == 3, name
+        # the FlyLight neurons overlap: against their one-label-per-voxel image the
+        # prediction (which holds the overlaps) is nearly, not exactly, perfect
+        assert scores["avF1"] > 0.9 and scores["FM"] == scores["FS"] == 0, name
+        path, *key = arguments
+        as_prediction = ["--pred-labels", key[1]] if key else []
+        assert _evaluate(path, *arguments, *as_prediction)["avF1"] == 1.0, name
+
+
+def test_a_label_file_without_the_named_dataset_is_refused(tmp_path: Path) -> None:
+    gt = tmp_path / "gt.zarr"
+    zarr.open_group(gt, mode="w").create_array("other", data=np.ones((2, 4, 4), np.float32))
+    pred = tmp_path / "pred.zarr"
+    zarr.create_array(pred, data=np.ones((2, 4, 4), np.uint32))
+    for extra, message in (([], "--labels"), (["--labels", "missing"], "no dataset 'missing'"),
+                           (["--labels", "other"], "integers")):  # fmt: skip
+        answer = runner.invoke(app, ["evaluate", str(pred), str(gt), *extra])
+        assert answer.exit_code == 2 and message in answer.output, answer.output
