@@ -7,8 +7,10 @@ blocks (large enough for neurons to meet inside), each block is clustered with a
 context on every side, and instances are joined across block borders where two blocks agree:
 
 1. every block's *outer* box (its core plus ``margin``, clipped to the volume) is clustered on
-   its own (:func:`activeseg.core.cluster.mean_shift`); its labels get ids unique over the
-   volume and are kept in a :class:`LabelStore` (on disk for large volumes);
+   its own (:func:`activeseg.core.cluster.mean_shift`); parts of a cluster in foreground pieces
+   apart from its core part are dropped (:func:`anchored`: a look-alike of a neighbour's core,
+   clustered with a neuron of this one, must not join them); the labels get ids unique
+   over the volume and are kept in a :class:`LabelStore` (on disk for large volumes);
 2. blocks whose outer boxes intersect share a region of margin voxels that both clustered;
    label pairs ``(a, b)`` sharing at least ``min_shared`` voxels there, and at least
    ``agreement`` of the smaller of the two (within that region), are joined (union-find);
@@ -34,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import zarr
+from skimage.measure import label as label_components
 
 from activeseg.config import Triple
 from activeseg.core.cluster import Kernel, mean_shift
@@ -337,6 +340,25 @@ def cluster_block(
     return labels
 
 
+def anchored(labels: LabelImage, core: Box) -> LabelImage:
+    """Return labels (of an outer box) keeping, of every label, only the voxels in foreground
+    pieces (26-connected components of labels > 0) where that label reaches the core (a box of
+    labels); the rest becomes 0. Ids are kept; voxels of the core never change.
+
+    A cluster of a block may hold, besides its neuron, look-alikes that lie in the block's
+    margin apart from it: they belong to a neighbour's core, and must not join the two in
+    stitching. A neuron crossing the border, or continuing past another neuron that covers it
+    where they cross, lies in one foreground piece with its core part and stays.
+    """
+    if all(c.start == 0 and c.stop == n for c, n in zip(core, labels.shape, strict=True)):
+        return labels
+    pieces = label_components(labels > 0, background=0, connectivity=3).astype(np.int64)
+    scale = int(labels.max(initial=0)) + 1
+    keys = pieces * scale + labels
+    reaching = np.unique(keys[core])
+    return np.where(np.isin(keys, reaching), labels, 0).astype(np.uint32)
+
+
 def _cluster_blocks(
     maps: MeanMaps,
     blocks: list[Block],
@@ -349,7 +371,9 @@ def _cluster_blocks(
     offsets = np.zeros(len(blocks) + 1, np.int64)
     core_sizes = []
     for key, block in enumerate(blocks):
-        labels = cluster_block(maps, block.outer, cluster, device)
+        labels = anchored(
+            cluster_block(maps, block.outer, cluster, device), block.local(block.core)
+        )
         count = int(labels.max(initial=0))
         labels[labels > 0] += np.uint32(offsets[key])
         store.put(key, labels)

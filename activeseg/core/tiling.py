@@ -58,6 +58,11 @@ logger = logging.getLogger(__name__)
 # (14, 28, 28) a tile is (60, 184, 184) voxels, and predict's peak memory stays within its
 # budget (see BENCHMARKS.md, the summary table's peak RSS of predict).
 DEFAULT_CORE: Triple = (32, 128, 128)
+# A tile's voxels times the U-Net's full-resolution width stays under this (the default core
+# shrinks): activations take ~30 bytes per such feature voxel, so the forward pass stays near
+# 3 GiB. The demo U-Net's tile (32.5 M) fits; the flylight one's margin of 64 voxels would make
+# (160, 256, 256) x 16 = 168 M, so its core becomes (32, 64, 64).
+TILE_FEATURE_BUDGET = 96 * 2**20
 # Above this many bytes of per-sample output, predict_to_zarr stores moments instead.
 SAMPLE_BUDGET_BYTES = 8 * 2**30
 # Normalization statistics come from at most this many boxes of at most this size, spread over
@@ -109,13 +114,32 @@ def plan_tiling(
 ) -> Tiling:
     """Return the tiling of a (Z, Y, X) volume: core and margin rounded up to the pool divisor.
 
-    core defaults to DEFAULT_CORE (never larger than the volume needs); margin defaults to the
-    model's receptive-field radius, which makes tiled and single-pass predictions equal.
+    core defaults to DEFAULT_CORE (never larger than the volume needs), shrunk until a tile
+    fits TILE_FEATURE_BUDGET; margin defaults to the model's receptive-field radius, which
+    makes tiled and single-pass predictions equal.
     """
     divisor = trained.model.divisor()
-    wanted = core or tuple(min(c, n) for c, n in zip(DEFAULT_CORE, shape, strict=True))
-    context = margin or trained.model.context()
-    return Tiling(_round_up(wanted, divisor), _round_up(context, divisor))
+    context = _round_up(margin or trained.model.context(), divisor)
+    if core is not None:
+        return Tiling(_round_up(core, divisor), context)
+    wanted = _round_up(tuple(min(c, n) for c, n in zip(DEFAULT_CORE, shape, strict=True)), divisor)
+    return Tiling(_fit_budget(wanted, context, divisor, trained.config.model.widths[0]), context)
+
+
+def _fit_budget(core: Triple, margin: Triple, divisor: Triple, width: int) -> Triple:
+    """Return core, its largest axis halved (to a multiple of divisor) until a tile of it with
+    margin times width (the U-Net's full-resolution channels) fits TILE_FEATURE_BUDGET."""
+    sizes = list(core)
+
+    def tile_features() -> int:
+        return width * int(np.prod([c + 2 * m for c, m in zip(sizes, margin, strict=True)]))
+
+    while tile_features() > TILE_FEATURE_BUDGET:
+        axis = int(np.argmax([c / d for c, d in zip(sizes, divisor, strict=True)]))
+        if sizes[axis] <= divisor[axis]:
+            break
+        sizes[axis] = max(divisor[axis], -(-sizes[axis] // 2 // divisor[axis]) * divisor[axis])
+    return sizes[0], sizes[1], sizes[2]
 
 
 def predict_array(

@@ -38,9 +38,10 @@ from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
 
-# Predictions whose float32 samples (foreground and embedding) take at most this many bytes are
-# evaluated whole, as always; larger ones are predicted, clustered and judged chunk by chunk.
-IN_MEMORY_BYTES = 2**30
+# Predictions whose float32 samples (foreground and embedding) take at most this many bytes
+# (a demo volume: 151 MB) are evaluated whole, as always; larger ones are predicted, clustered
+# and judged chunk by chunk.
+IN_MEMORY_BYTES = 2**28
 # z-planes per slab of the chunk-by-chunk evaluation.
 SLAB_DEPTH = 16
 QUALITY_KEYS = ("voxel_error_auroc", "instance_error_auroc", "scored_instances",

@@ -328,3 +328,14 @@ def test_predict_names_what_it_cannot_read(smoke_project: Project, tmp_path: Pat
             ],
         )
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_default_core_shrinks_until_a_tile_fits_the_memory_budget() -> None:
+    # the flylight U-Net: a receptive-field margin of 64, 16 full-resolution channels
+    assert predict._fit_budget((32, 128, 128), (64, 64, 64), (8, 8, 8), 16) == (32, 64, 64)
+    # the demo U-Net's tile fits as it is
+    assert predict._fit_budget((32, 128, 128), (14, 28, 28), (4, 4, 4), 16) == (32, 128, 128)
+    # never below the pooling divisor, however large the margin
+    assert predict._fit_budget((8, 8, 8), (512, 512, 512), (8, 8, 8), 16) == (8, 8, 8)
+    trained = trained_model()
+    assert plan_tiling(trained, SHAPE, core=(6, 24, 24)).core == (6, 24, 24)  # asked: kept

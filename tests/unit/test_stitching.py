@@ -14,6 +14,7 @@ from activeseg.core.stitching import (
     StitchOptions,
     ZarrStore,
     agreeing_labels,
+    anchored,
     plan_blocks,
     segment_blockwise,
     segment_volume,
@@ -129,3 +130,25 @@ def _keywords(options: ClusterOptions) -> dict[str, object]:
         "kernel": options.kernel,
         "max_seeds": options.max_seeds,
     }
+
+
+def test_a_look_alike_in_a_neighbours_margin_does_not_join_the_two() -> None:
+    truth = np.zeros((8, 16, 32), np.uint32)
+    truth[3:5, 6:9, 2:10] = 1  # in the first block's core
+    truth[3:5, 6:9, 18:30] = 2  # in the second block's core, reaching into the first's margin
+    same = np.array([1.0, 0.0, 0.0])
+    fg, emb = oracle_maps(truth, {1: same, 2: same})
+    labels = segment_volume(fg, emb, OPTIONS, StitchOptions(block=(8, 16, 16), margin=(0, 4, 4)))
+    assert same_partition(labels, truth)
+
+
+def test_anchoring_keeps_of_each_label_the_foreground_pieces_where_it_reaches_the_core() -> None:
+    labels = np.zeros((1, 1, 12), np.uint32)
+    labels[0, 0, [0, 1, 4, 5, 6, 10, 11]] = [1, 1, 1, 1, 2, 1, 3]
+    core = (slice(0, 1), slice(0, 1), slice(3, 8))
+    assert anchored(labels, core)[0, 0].tolist() == [0, 0, 0, 0, 1, 1, 2, 0, 0, 0, 0, 0]
+    crossing = np.array([[[1, 2, 1, 0, 1]]], np.uint32)  # 1 continues past 2, where they cross
+    first = (slice(0, 1), slice(0, 1), slice(0, 1))
+    assert anchored(crossing, first)[0, 0].tolist() == [1, 0, 1, 0, 0]
+    whole = (slice(0, 1), slice(0, 1), slice(0, 12))
+    assert anchored(labels, whole) is labels
