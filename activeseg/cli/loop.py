@@ -206,7 +206,9 @@ def ingest_cmd(
 
 @command(app, "predict")
 def predict_cmd(
-    volume: Annotated[str, typer.Argument(help="A registered volume's name or a zarr path.")],
+    volume: Annotated[
+        str, typer.Argument(help="A registered volume's name or a file (any importable format).")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output zarr group.")],
     samples: Annotated[
         str,
@@ -215,22 +217,35 @@ def predict_cmd(
             "('moments'), or decide by size ('auto')."
         ),
     ] = "auto",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="fisbe, zarr, tiff, hdf5 or activeseg (default: guess)."
+        ),
+    ] = None,
+    raw_key: Annotated[
+        str | None, typer.Option("--raw", help="Raw dataset inside a zarr/HDF5 file.")
+    ] = None,
     force: ForceOption = False,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Predict a volume with the newest model: foreground, embeddings and consensus instances.
+    """Predict a volume with the newest model: foreground, embeddings, uncertainty and consensus
+    instances (clustered block by block: memory does not grow with the volume).
 
     A non-empty --out is refused unless --force.
 
     Example: [bold]activeseg predict val0 --out val0-pred.zarr[/]
+    or [bold]activeseg predict fisbe-volume.zarr --out pred.zarr[/]
     """
     from activeseg.workflows.predict import predict_volume
     from activeseg.workflows.project import open_project
 
     project = open_project(project_dir)
     with console.status(f"predicting {volume}"):
-        result = predict_volume(project, volume, out, layout=samples, force=force)
+        result = predict_volume(
+            project, volume, out, layout=samples, force=force, fmt=fmt, raw_key=raw_key
+        )
     if as_json:
         emit_json(result)
     else:
@@ -241,8 +256,8 @@ def predict_cmd(
 
 @command(app, "evaluate")
 def evaluate_cmd(
-    pred: Annotated[str, typer.Argument(help="Prediction: zarr path or registered volume.")],
-    gt: Annotated[str, typer.Argument(help="Ground truth: zarr path or registered volume.")],
+    pred: Annotated[str, typer.Argument(help="Prediction: a labels file or registered volume.")],
+    gt: Annotated[str, typer.Argument(help="Ground truth: a labels file or registered volume.")],
     fisbe: Annotated[
         bool, typer.Option("--fisbe", help="FISBe protocol: drop predictions ≤ 800 voxels.")
     ] = False,
@@ -256,10 +271,21 @@ def evaluate_cmd(
         Path | None,
         typer.Option(help="With --uncertainty: draw the foreground reliability diagram (PNG)."),
     ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option("--labels", help="Ground-truth label dataset inside a zarr/HDF5 file."),
+    ] = None,
+    pred_labels_key: Annotated[
+        str | None,
+        typer.Option("--pred-labels", help="Predicted label dataset inside a zarr/HDF5 file."),
+    ] = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare a segmentation with ground truth: AP, FISBe avF1/C/S/FS/FM, VOI, ARAND.
+
+    Either may be a file that holds only labels: FISBe (volumes/gt_instances, with or without
+    raw), a zarr array or group, a TIFF, or an HDF5 file (name the dataset with --labels).
 
     Example: [bold]activeseg evaluate pred.zarr val0 --fisbe --json[/]
     or [bold]activeseg evaluate pred.zarr val0 --uncertainty --reliability calib.png[/]
@@ -282,6 +308,8 @@ def evaluate_cmd(
         uncertainty=uncertainty,
         cluster=cluster,
         reliability_plot=reliability,
+        labels_key=labels_key,
+        pred_labels_key=pred_labels_key,
     )
     if as_json:
         emit_json(result)

@@ -23,6 +23,10 @@ Zarr output (a v3 group) has one of two layouts, recorded in its ``layout`` attr
     embedding_mean  (E, Z, Y, X) float16    embedding_var  (Z, Y, X) float32, summed over E
     aleatoric_var   (Z, Y, X) float32, the mean over samples, only for aleatoric models
 
+Both layouts also hold ``mutual_information`` (Z, Y, X) float32, the voxel BALD uncertainty of
+the foreground over the S samples (:func:`activeseg.core.uncertainty.mutual_information`),
+computed tile by tile.
+
 Chunks are the core boxes, so every tile writes whole chunks and memory does not grow with the
 volume.
 """
@@ -45,6 +49,7 @@ import zarr
 from activeseg.config import Triple
 from activeseg.core.models.checkpoint import TrainedModel
 from activeseg.core.models.unet import calibrating
+from activeseg.core.uncertainty import mutual_information
 from activeseg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -53,12 +58,20 @@ logger = logging.getLogger(__name__)
 # (14, 28, 28) a tile is (60, 184, 184) voxels, and predict's peak memory stays within its
 # budget (see BENCHMARKS.md, the summary table's peak RSS of predict).
 DEFAULT_CORE: Triple = (32, 128, 128)
+# A tile's voxels times the U-Net's full-resolution width stays under this (the default core
+# shrinks): activations take ~30 bytes per such feature voxel, so the forward pass stays near
+# 3 GiB. The demo U-Net's tile (32.5 M) fits; the flylight one's margin of 64 voxels would make
+# (160, 256, 256) x 16 = 168 M, so its core becomes (32, 64, 64).
+TILE_FEATURE_BUDGET = 96 * 2**20
 # Above this many bytes of per-sample output, predict_to_zarr stores moments instead.
 SAMPLE_BUDGET_BYTES = 8 * 2**30
 # Normalization statistics come from at most this many boxes of at most this size, spread over
 # the volume; together about one default tile, so calibrating costs memory like one tile.
 CALIBRATION_BOX: Triple = (32, 128, 128)
 CALIBRATION_BOXES = 4
+
+# The voxel uncertainty map every zarr prediction holds.
+UNCERTAINTY = "mutual_information"
 
 Box = tuple[slice, slice, slice]
 Layout = Literal["auto", "samples", "moments"]
@@ -101,13 +114,32 @@ def plan_tiling(
 ) -> Tiling:
     """Return the tiling of a (Z, Y, X) volume: core and margin rounded up to the pool divisor.
 
-    core defaults to DEFAULT_CORE (never larger than the volume needs); margin defaults to the
-    model's receptive-field radius, which makes tiled and single-pass predictions equal.
+    core defaults to DEFAULT_CORE (never larger than the volume needs), shrunk until a tile
+    fits TILE_FEATURE_BUDGET; margin defaults to the model's receptive-field radius, which
+    makes tiled and single-pass predictions equal.
     """
     divisor = trained.model.divisor()
-    wanted = core or tuple(min(c, n) for c, n in zip(DEFAULT_CORE, shape, strict=True))
-    context = margin or trained.model.context()
-    return Tiling(_round_up(wanted, divisor), _round_up(context, divisor))
+    context = _round_up(margin or trained.model.context(), divisor)
+    if core is not None:
+        return Tiling(_round_up(core, divisor), context)
+    wanted = _round_up(tuple(min(c, n) for c, n in zip(DEFAULT_CORE, shape, strict=True)), divisor)
+    return Tiling(_fit_budget(wanted, context, divisor, trained.config.model.widths[0]), context)
+
+
+def _fit_budget(core: Triple, margin: Triple, divisor: Triple, width: int) -> Triple:
+    """Return core, its largest axis halved (to a multiple of divisor) until a tile of it with
+    margin times width (the U-Net's full-resolution channels) fits TILE_FEATURE_BUDGET."""
+    sizes = list(core)
+
+    def tile_features() -> int:
+        return width * int(np.prod([c + 2 * m for c, m in zip(sizes, margin, strict=True)]))
+
+    while tile_features() > TILE_FEATURE_BUDGET:
+        axis = int(np.argmax([c / d for c, d in zip(sizes, divisor, strict=True)]))
+        if sizes[axis] <= divisor[axis]:
+            break
+        sizes[axis] = max(divisor[axis], -(-sizes[axis] // 2 // divisor[axis]) * divisor[axis])
+    return sizes[0], sizes[1], sizes[2]
 
 
 def predict_array(
@@ -156,6 +188,7 @@ def predict_to_zarr(
     arrays = _create_arrays(group, trained, shape, tiling.core, chosen)
     for box, tile in iterate_tiles(trained, raw, tiling, seed):
         values = _named(tile) if chosen == "samples" else _moments(tile)
+        values[UNCERTAINTY] = mutual_information(tile.foreground)
         for name, value in values.items():
             arrays[name][(..., *box)] = value.astype(arrays[name].dtype)
     logger.info("predicted %s (%s) to %s", shape, chosen, out)
@@ -312,6 +345,7 @@ def _create_arrays(
             "embedding_var": ((), np.float32),
             "aleatoric_var": ((), np.float32),
         }
+    specs[UNCERTAINTY] = ((), np.float32)
     if not trained.config.model.aleatoric:
         specs.pop("aleatoric_var")
     return {

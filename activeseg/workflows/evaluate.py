@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,35 @@ from activeseg.core import metrics
 from activeseg.core.cluster import segment_consensus, segment_samples
 from activeseg.core.instances import Instances
 from activeseg.core.models.checkpoint import TrainedModel, load_model
-from activeseg.core.tiling import predict_array
+from activeseg.core.stitching import Box
+from activeseg.core.streaming_metrics import UncertaintyTables
+from activeseg.core.tiling import UNCERTAINTY, predict_array, predict_to_zarr
 from activeseg.core.uncertainty import InstanceRisk, instance_uncertainty, mutual_information
-from activeseg.data.fisbe import read_fisbe
-from activeseg.data.volumes import GT_PATH, read_ground_truth, read_raw
+from activeseg.data.fisbe import GT_INSTANCES
+from activeseg.data.sources import label_source
+from activeseg.data.volumes import GT_PATH, raw_array, read_ground_truth, read_raw
 from activeseg.errors import InputError, VolumeFormatError
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import VolumeInfo
+from activeseg.workflows.predict import (
+    CONSENSUS,
+    guess_format,
+    prediction_maps,
+    resolve_volume,
+    write_consensus,
+)
 from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
+
+# Predictions whose float32 samples (foreground and embedding) take at most this many bytes
+# (a demo volume: 151 MB) are evaluated whole, as always; larger ones are predicted, clustered
+# and judged chunk by chunk.
+IN_MEMORY_BYTES = 2**28
+# z-planes per slab of the chunk-by-chunk evaluation.
+SLAB_DEPTH = 16
+QUALITY_KEYS = ("voxel_error_auroc", "instance_error_auroc", "scored_instances",
+                "erroneous_instances")  # fmt: skip
 
 
 def evaluate_project(project: Project, model_path: Path) -> dict[str, Any]:
@@ -39,12 +59,12 @@ def evaluate_project(project: Project, model_path: Path) -> dict[str, Any]:
     if not volumes:
         return {"skipped": "no validation volume with ground truth"}
     trained = load_model(model_path)
-    pairs, quality = [], []
-    for volume in volumes:
+    scores, quality = [], []
+    for volume in volumes:  # scored one at a time: no two volumes' labels are held at once
         prediction, truth, uncertainty = _predict_volume(project, trained, volume)
-        pairs.append((prediction, truth))
+        scores.append(metrics.score_volume(prediction, truth))
         quality.append(uncertainty)
-    result: dict[str, Any] = metrics.evaluate_volumes(pairs)
+    result: dict[str, Any] = metrics.summarize(scores)
     for key in ("voxel_error_auroc", "instance_error_auroc"):
         values = [q[key] for q in quality if np.isfinite(q[key])]
         result[key] = float(np.mean(values)) if values else float("nan")
@@ -52,10 +72,20 @@ def evaluate_project(project: Project, model_path: Path) -> dict[str, Any]:
     return result
 
 
+def fits_in_memory(trained: TrainedModel, shape: tuple[int, ...]) -> bool:
+    """Return whether the float32 samples (foreground and embedding) of a (Z, Y, X) volume
+    fit IN_MEMORY_BYTES: such volumes are evaluated whole, larger ones slab by slab."""
+    per_voxel = trained.model.n_samples * (trained.config.model.embed_dim + 1) * 4
+    return int(np.prod(shape)) * per_voxel <= IN_MEMORY_BYTES
+
+
 def _predict_volume(
     project: Project, trained: TrainedModel, volume: VolumeInfo
 ) -> tuple[Instances, Instances, dict[str, float]]:
     path = project.resolve(volume.path)
+    raw = raw_array(path)
+    if not fits_in_memory(trained, tuple(raw.shape[1:])):
+        return _predict_volume_streamed(project, trained, path, volume.name)
     prediction = predict_array(trained, read_raw(path))
     options = project.config.cluster.options()
     shared = trained.config.model.shared_embedding
@@ -70,6 +100,72 @@ def _predict_volume(
     quality = uncertainty_quality(consensus, truth.labels, mi, risks)
     log.info("evaluated %s", volume.name)
     return predicted, truth, quality
+
+
+def _predict_volume_streamed(
+    project: Project, trained: TrainedModel, path: Path, name: str
+) -> tuple[Instances, Instances, dict[str, float]]:
+    """Return what _predict_volume does for a volume too large for memory: predicted to a
+    scratch zarr tile by tile, clustered block by block, its uncertainty judged slab by slab.
+    The instance-risk AUROC needs every sample clustered over the whole volume: it is NaN."""
+    with tempfile.TemporaryDirectory(prefix=".evaluate-", dir=project.root) as scratch:
+        out = Path(scratch) / "prediction.zarr"
+        predict_to_zarr(trained, raw_array(path), out)
+        shared = trained.config.model.shared_embedding
+        write_consensus(out, project.config.cluster, shared=shared)
+        group = zarr.open_group(str(out), mode="r")
+        consensus = np.asarray(zarr.open_array(str(out), path=CONSENSUS, mode="r")[...], np.uint32)
+        truth = read_ground_truth(path)
+        report = streamed_uncertainty(group, consensus, truth.labels)
+    quality = {key: report[key] for key in QUALITY_KEYS}
+    log.info("evaluated %s slab by slab", name)
+    return Instances.from_labels(consensus), truth, quality
+
+
+def streamed_uncertainty(
+    group: zarr.Group, consensus: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]
+) -> dict[str, Any]:
+    """Return uncertainty_report's metrics of a prediction group, read z-slab by z-slab.
+
+    group: an ``activeseg predict`` output (samples or moments; its mutual_information map, or
+    per-sample foreground to compute it); consensus, truth: (Z, Y, X) label images. Voxel
+    AUROC and PAvPU thresholds come from histograms (see core.streaming_metrics); instance
+    risks are not computed (their AUROC is NaN, ``instance_risk`` says why). The reliability
+    diagram is returned under ``_reliability``.
+    """
+    lookup = _matched_truth(consensus, truth)
+    maps = prediction_maps(group)
+    tables = UncertaintyTables()
+    depth, height, width = consensus.shape
+    for z0 in range(0, depth, SLAB_DEPTH):
+        box = (slice(z0, min(z0 + SLAB_DEPTH, depth)), slice(0, height), slice(0, width))
+        labels = consensus[box]
+        tables.add(lookup[labels], truth[box], _uncertainty_slab(group, box), maps.foreground(box),
+                   labels)  # fmt: skip
+    errors = _erroneous_instances(consensus, truth)
+    return {
+        "voxel_error_auroc": tables.voxel_auroc(),
+        "instance_error_auroc": float("nan"),
+        "scored_instances": 0.0,
+        "erroneous_instances": float(sum(errors.values())),
+        "instance_risk": "not computed for a volume evaluated slab by slab",
+        **_pavpu_entries(tables.pavpu()),
+        "ECE": tables.ece(),
+        "_reliability": tables.reliability(),
+    }
+
+
+def _uncertainty_slab(group: zarr.Group, box: Box) -> npt.NDArray[np.float32]:
+    """Return the voxel mutual information of a box: stored, or from per-sample foreground."""
+    if UNCERTAINTY in group:
+        return np.asarray(group[UNCERTAINTY][box], dtype=np.float32)  # type: ignore[index]
+    if "foreground" in group:
+        samples = group["foreground"][(slice(None), *box)]  # type: ignore[index]
+        return mutual_information(np.asarray(samples, dtype=np.float32))
+    raise InputError(
+        f"{group.store_path} holds neither an uncertainty map ({UNCERTAINTY}) nor per-sample "
+        f"foreground: predict it again with `activeseg predict`"
+    )
 
 
 def _matched_truth(
@@ -168,8 +264,15 @@ def uncertainty_report(
     accurate = _matched_truth(consensus, truth)[consensus] == truth
     thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
     curve = metrics.pavpu(accurate, mi, thresholds, relevant=(consensus > 0) | (truth > 0))
+    return (
+        quality | _pavpu_entries(curve) | {"ECE": metrics.ece(foreground.mean(axis=0), truth > 0)}
+    )
+
+
+def _pavpu_entries(curve: metrics.PavpuCurve) -> dict[str, Any]:
+    """Return the report's PAvPU entries: the best threshold of the sweep, and the sweep."""
     best = int(np.nanargmax(curve.pavpu))
-    return quality | {
+    return {
         "PAvPU": float(curve.pavpu[best]),
         "PAvPU_threshold": float(curve.thresholds[best]),
         "p_accurate_given_certain": float(curve.p_accurate_given_certain[best]),
@@ -177,39 +280,90 @@ def uncertainty_report(
         "PAvPU_sweep": {
             f"{t:.4g}": float(v) for t, v in zip(curve.thresholds, curve.pavpu, strict=True)
         },
-        "ECE": metrics.ece(foreground.mean(axis=0), truth > 0),
     }
 
 
-def load_instances(spec: str, project: Project | None) -> tuple[Instances, Path | None]:
-    """Return the instances named by ``spec`` and the zarr they came from.
+# Names of a label array inside a zarr or HDF5 file, tried in order when no key is given.
+LABEL_NAMES = ("consensus", "labels", "segmentation", "label", "gt_instances", "gt")
 
-    spec: a registered volume's name (its ground truth), a FISBe-layout zarr, an activeseg
-    volume, the output of ``activeseg predict`` (its consensus), or a zarr label image.
+
+def load_instances(
+    spec: str, project: Project | None, labels_key: str | None = None
+) -> tuple[Instances, Path | None]:
+    """Return the instances named by ``spec`` and the file they came from.
+
+    spec: a registered volume's name (its ground truth), or a file holding labels, with or
+    without an image: a FISBe-layout zarr (``volumes/gt_instances``), an activeseg volume, the
+    output of ``activeseg predict`` (its consensus), a zarr label array or group, a label TIFF,
+    or an HDF5 file. labels_key names the label dataset inside a zarr group or HDF5 file; a
+    4-D dataset is a stack of one mask per instance (as FISBe stores them).
     """
-    path = Path(spec)
-    if not path.exists():
-        if project is None:
-            raise InputError(f"{spec} is neither a file nor, outside a project, a volume name")
-        with project.session() as session:
-            path = project.resolve(pool_volumes.get_volume(session, spec).path)
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as exc:  # zarr raises several types for "not zarr"
-        raise VolumeFormatError(f"{path} is not a readable zarr array or group: {exc}") from exc
+    path = resolve_volume(project, spec)
+    return read_labels(path, labels_key), path
+
+
+def read_labels(path: Path, key: str | None = None) -> Instances:
+    """Return the instances stored in a labels file (see :func:`load_instances`)."""
+    if key and (key.startswith("/") or ".." in Path(key).parts):
+        raise InputError(f"dataset key {key!r} points outside {path}")
+    fmt = guess_format(path)
+    if fmt == "tiff":
+        return _whole(_tiff_labels(path), str(path))
+    if fmt == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                return _whole(_label_dataset(path, handle, key), f"{path}:{key or 'labels'}")
+        except OSError as exc:
+            raise VolumeFormatError(f"{path} is not a readable HDF5 file: {exc}") from exc
+    node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return Instances.from_labels(np.asarray(node[...])), path
-    if "volumes" in node or ".zgroup" in {p.name for p in path.iterdir()}:
-        return read_fisbe(path).instances, path
-    if f"{GT_PATH}/0" in node:
-        return read_ground_truth(path), path
-    for name in ("consensus", "labels", "segmentation", "label"):
-        if name in node:
-            return Instances.from_labels(np.asarray(zarr.open_array(path, path=name)[...])), path
+        return _whole(node, str(path))
+    if key is None and GT_INSTANCES in node:
+        return _whole(node[GT_INSTANCES], f"{path}:{GT_INSTANCES}")
+    if key is None and f"{GT_PATH}/0" in node:
+        return read_ground_truth(path)
+    return _whole(_label_dataset(path, node, key), f"{path}:{key or 'labels'}")
+
+
+def _label_dataset(path: Path, container: Any, key: str | None) -> Any:
+    """Return the label dataset ``key`` of a zarr group or HDF5 file, or the first of
+    LABEL_NAMES (at the top or under volumes/) it holds."""
+    names = [key] if key else [f"{p}{n}" for n in LABEL_NAMES for p in ("", "volumes/")]
+    for name in names:
+        node = container.get(name)
+        if node is not None and hasattr(node, "shape"):
+            return node
+    if key:
+        raise VolumeFormatError(f"{path} has no dataset {key!r}")
     raise VolumeFormatError(
-        f"{path} holds no instances: expected volumes/gt_instances (FISBe), {GT_PATH} "
-        f"(activeseg volume), consensus (activeseg predict) or a label array"
+        f"{path} holds no instances: expected {GT_INSTANCES} (FISBe), {GT_PATH} (activeseg "
+        f"volume), consensus (activeseg predict) or a label array; name it with --labels"
     )
+
+
+def _whole(array: Any, where: str) -> Instances:
+    """Return the instances of a stored (Z, Y, X) label image or (N, Z, Y, X) mask stack."""
+    shape = tuple(int(n) for n in array.shape)
+    if len(shape) not in (3, 4):
+        raise VolumeFormatError(f"{where}: labels must be (Z, Y, X) or (N, Z, Y, X), got {shape}")
+    source = label_source(array, shape[-3:], where)
+    return source.slab(0, source.shape[0])
+
+
+def _tiff_labels(path: Path) -> Any:
+    """Return a label TIFF's image: memory-mapped where it is stored uncompressed, else read."""
+    import tifffile
+
+    try:
+        return tifffile.memmap(path, mode="r")
+    except (ValueError, OSError, tifffile.TiffFileError):
+        pass
+    try:
+        return np.asarray(tifffile.imread(path))
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise VolumeFormatError(f"{path} is not a readable TIFF file: {exc}") from exc
 
 
 def evaluate_files(
@@ -222,8 +376,11 @@ def evaluate_files(
     uncertainty: bool = False,
     cluster: ClusterConfig | None = None,
     reliability_plot: Path | None = None,
+    labels_key: str | None = None,
+    pred_labels_key: str | None = None,
 ) -> dict[str, Any]:
-    """Return the instance metrics of a prediction against ground truth, both named by spec.
+    """Return the instance metrics of a prediction against ground truth, both named by spec
+    (see :func:`load_instances`; labels_key and pred_labels_key name their label datasets).
 
     With ``uncertainty``, the prediction must be an ``activeseg predict`` output holding
     per-sample foreground and embeddings; uncertainty-quality metrics are added, and the
@@ -231,8 +388,8 @@ def evaluate_files(
     """
     if reliability_plot is not None and not uncertainty:
         raise InputError("a reliability diagram needs --uncertainty (per-sample foreground)")
-    pred, pred_path = load_instances(pred_spec, project)
-    gt, _ = load_instances(gt_spec, project)
+    pred, pred_path = load_instances(pred_spec, project, pred_labels_key)
+    gt, _ = load_instances(gt_spec, project, labels_key)
     if pred.shape != gt.shape:
         raise InputError(
             f"prediction {pred_spec} has shape {pred.shape}, ground truth {gt_spec} has {gt.shape}"
@@ -251,6 +408,12 @@ def _uncertainty_report(
     path: Path, pred: Instances, gt: Instances, cluster: ClusterConfig, plot: Path | None
 ) -> dict[str, Any]:
     group = zarr.open_group(path, mode="r")
+    if not _samples_fit_in_memory(group):
+        report = streamed_uncertainty(group, pred.labels, gt.labels)
+        diagram = report.pop("_reliability")
+        if plot is not None:
+            report["reliability_plot"] = str(plot_reliability(diagram, report["ECE"], plot))
+        return report
     if "foreground" not in group or "embedding" not in group:
         raise InputError(
             f"{path} holds no per-sample foreground/embedding: predict it with "
@@ -269,6 +432,21 @@ def _uncertainty_report(
         diagram = metrics.reliability(fg.mean(axis=0), gt.labels > 0)
         report["reliability_plot"] = str(plot_reliability(diagram, report["ECE"], plot))
     return report
+
+
+def _samples_fit_in_memory(group: zarr.Group) -> bool:
+    """Return whether a prediction group holds per-sample arrays small enough (as float32)
+    to be evaluated whole; a moments prediction never does."""
+    if "foreground" not in group or "embedding" not in group:
+        return UNCERTAINTY not in group  # old moments predictions: refused as before
+    stored = sum(_size(group, name) for name in ("foreground", "embedding"))
+    return stored * 4 <= IN_MEMORY_BYTES
+
+
+def _size(group: zarr.Group, name: str) -> int:
+    """Return the number of entries of an array of a group."""
+    node = group[name]
+    return int(np.prod(node.shape)) if isinstance(node, zarr.Array) else 0
 
 
 def plot_reliability(diagram: metrics.Reliability, ece: float, path: Path) -> Path:

@@ -1,20 +1,45 @@
-"""Predicting a whole volume with the project's newest model: samples, then consensus instances."""
+"""Predicting a whole volume with the project's newest model: samples, then consensus instances.
+
+Everything streams: tiles are predicted into a zarr group (samples or moments, and a voxel
+uncertainty map), and the consensus instances are clustered block by block from it and
+stitched across block borders (:mod:`activeseg.core.stitching`), so memory holds a tile or a
+block at a time, never the volume. The volume is a registered volume's name, an activeseg
+volume, or a file in any format ``activeseg import`` reads.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
+import numpy.typing as npt
 import zarr
 
-from activeseg.core.cluster import segment
+from activeseg.config import ClusterConfig
 from activeseg.core.models.checkpoint import load_model
-from activeseg.core.tiling import predict_to_zarr
-from activeseg.data.volumes import raw_array
+from activeseg.core.stitching import (
+    ArrayMaps,
+    Box,
+    ClusterOptions,
+    LabelStore,
+    MeanMaps,
+    MemoryStore,
+    SampleMaps,
+    StitchOptions,
+    ZarrStore,
+    plan_blocks,
+    segment_blockwise,
+)
+from activeseg.core.tiling import UNCERTAINTY, predict_to_zarr
+from activeseg.data.importers import FORMATS, read_source
+from activeseg.data.sources import RawSource, raw_source
+from activeseg.data.volumes import RAW_PATH, raw_array
 from activeseg.durable import claim_output
-from activeseg.errors import InputError
+from activeseg.errors import InputError, VolumeFormatError
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.fit import latest_model_path
 from activeseg.workflows.project import Project
@@ -22,59 +47,167 @@ from activeseg.workflows.project import Project
 log = logging.getLogger(__name__)
 
 CONSENSUS = "consensus"
+TIFF_SUFFIXES = (".tif", ".tiff")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
-def resolve_volume(project: Project, volume: str) -> Path:
-    """Return the zarr path of a registered volume's name, or of an activeseg volume path."""
+def resolve_volume(project: Project | None, volume: str) -> Path:
+    """Return the path of a file, or the zarr path of a registered volume's name."""
     path = Path(volume)
     if path.exists():
         return path
+    if project is None:
+        raise InputError(f"{volume} is neither a file nor, outside a project, a volume name")
     with project.session() as session:
         return project.resolve(pool_volumes.get_volume(session, volume).path)
 
 
-def predict_volume(
-    project: Project, volume: str, out: Path, layout: str = "auto", *, force: bool = False
-) -> dict[str, Any]:
-    """Predict a volume into ``out`` (samples or moments) and add its consensus instances.
+def guess_format(path: Path) -> str:
+    """Return the format of a file: tiff or hdf5 by suffix; for zarr, "fisbe" (volumes/...),
+    "activeseg" (a volume group with raw at "0") or "zarr" (any other group or array)."""
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for "not zarr"
+        raise VolumeFormatError(
+            f"{path} is not a readable zarr, TIFF (.tif) or HDF5 (.h5) file: {exc}"
+        ) from exc
+    if isinstance(node, zarr.Array):
+        return "zarr"
+    if "volumes" in node:
+        return "fisbe"
+    return "activeseg" if isinstance(node.get(RAW_PATH), zarr.Array) else "zarr"
 
+
+def open_raw(
+    project: Project | None, volume: str, fmt: str | None = None, raw_key: str | None = None
+) -> Any:
+    """Return the lazy raw (C, Z, Y, X) array of a registered volume or of a file.
+
+    fmt: one of FORMATS, "activeseg", or None to guess it (:func:`guess_format`); raw_key: the
+    raw dataset inside a zarr or HDF5 file (default "raw"). Nothing is read yet.
+    """
+    path = resolve_volume(project, volume)
+    chosen = fmt or guess_format(path)
+    if chosen == "activeseg":
+        return raw_array(path)
+    if chosen not in FORMATS:
+        raise InputError(f"unknown format {chosen!r}; use one of activeseg, {', '.join(FORMATS)}")
+    if chosen == "zarr" and isinstance(zarr.open(str(path), mode="r"), zarr.Array):
+        return SourceArray(raw_source(zarr.open_array(str(path), mode="r"), str(path)))
+    return SourceArray(read_source(path, chosen, raw_key=raw_key).raw)
+
+
+@dataclass(frozen=True)
+class SourceArray:
+    """A raw source of any stored layout seen as a (C, Z, Y, X) array that tiles can slice."""
+
+    source: RawSource
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Return the (C, Z, Y, X) shape."""
+        return self.source.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Return the stored dtype."""
+        return self.source.dtype
+
+    def __getitem__(self, key: tuple[slice, slice, slice, slice]) -> npt.NDArray[Any]:
+        """Return raw[channels, z, y, x] (channels first), refusing NaN or infinities."""
+        channels, *spatial = key
+        stored, axis = self.source.array, self.source.channel_axis
+        if axis is None:
+            data = np.asarray(stored[tuple(spatial)])[None][channels]
+        elif axis == 0:
+            data = np.asarray(stored[(channels, *spatial)])
+        else:
+            data = np.moveaxis(np.asarray(stored[(*spatial, channels)]), -1, 0)
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise VolumeFormatError(f"{self.source.where}: raw holds NaN or infinite values")
+        return data
+
+
+def predict_volume(
+    project: Project,
+    volume: str,
+    out: Path,
+    layout: str = "auto",
+    *,
+    force: bool = False,
+    fmt: str | None = None,
+    raw_key: str | None = None,
+    stitch: StitchOptions | None = None,
+) -> dict[str, Any]:
+    """Predict a volume into ``out`` (samples or moments, uncertainty) and add its consensus
+    instances, clustered block by block; return a summary.
+
+    volume: a registered volume's name or a file (fmt and raw_key as in :func:`open_raw`).
     An existing, non-empty ``out`` is refused unless ``force`` (see durable.claim_output).
     """
     if layout not in ("auto", "samples", "moments"):
         raise InputError(f"--samples must be auto, samples or moments; got {layout!r}")
     claim_output(out, force=force)
+    raw = open_raw(project, volume, fmt, raw_key)
     trained = load_model(latest_model_path(project))
-    raw = raw_array(resolve_volume(project, volume))
     chosen = predict_to_zarr(
         trained, raw, out, layout=cast(Literal["auto", "samples", "moments"], layout)
     )
-    foreground, embedding = _mean_maps(out, chosen, trained.config.model.shared_embedding)
-    consensus = segment(
-        foreground,
-        embedding,
-        **project.config.cluster.options(),
-    )
-    zarr.open_group(out, mode="a").create_array(CONSENSUS, data=consensus, overwrite=True)
-    n = len(np.unique(consensus[consensus > 0]))
+    shared = trained.config.model.shared_embedding
+    if chosen == "moments" and not shared:
+        log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
+    n = write_consensus(out, project.config.cluster, shared=shared, stitch=stitch)
     log.info("predicted %s: %d instances", volume, n)
     return {
         "out": str(out),
         "layout": chosen,
         "instances": n,
+        "uncertainty": UNCERTAINTY,
         "samples": trained.model.n_samples,
         "checkpoint": str(trained.path),
     }
 
 
-def _mean_maps(out: Path, layout: str, shared: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Return the mean foreground and the embedding to cluster it in (see segment_consensus)."""
+def prediction_maps(group: zarr.Group, shared: bool = True) -> MeanMaps:
+    """Return the mean maps of a prediction group to cluster (see segment_consensus): sample
+    means of a samples layout (the first sample's embedding unless shared), or the moments."""
+    if group.attrs.get("layout") == "samples" or "embedding" in group:
+        return SampleMaps(group["foreground"], group["embedding"], shared)
+    if "foreground_mean" in group and "embedding_mean" in group:
+        return ArrayMaps(group["foreground_mean"], group["embedding_mean"])
+    raise VolumeFormatError(
+        f"{group.store_path} holds neither samples (foreground, embedding) nor moments "
+        f"(foreground_mean, embedding_mean)"
+    )
 
-    def read(name: str) -> np.ndarray:
-        return np.asarray(zarr.open_array(out, path=name, mode="r")[...], dtype=np.float32)
 
-    if layout == "samples":
-        embedding = read("embedding")
-        return read("foreground").mean(axis=0), embedding.mean(axis=0) if shared else embedding[0]
-    if not shared:
-        log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
-    return read("foreground_mean"), read("embedding_mean")
+def write_consensus(
+    out: Path, cluster: ClusterConfig, *, shared: bool = True, stitch: StitchOptions | None = None
+) -> int:
+    """Return the number of consensus instances written to ``out``/consensus (uint32).
+
+    The prediction group's mean maps are clustered block by block and stitched; blocks' labels
+    wait in a scratch zarr beside ``out`` (removed afterwards) when there is more than one.
+    """
+    group = zarr.open_group(str(out), mode="a")
+    maps = prediction_maps(group, shared)
+    stitch = stitch or StitchOptions()
+    chunks = tuple(min(b, n) for b, n in zip(stitch.block, maps.shape, strict=True))
+    labels = group.create_array(
+        CONSENSUS, shape=maps.shape, chunks=chunks, dtype=np.uint32, fill_value=0, overwrite=True
+    )
+
+    def write(box: Box, block: npt.NDArray[np.uint32]) -> None:
+        labels[box] = block
+
+    options = ClusterOptions(**cluster.options())
+    if len(plan_blocks(maps.shape, stitch.block, stitch.margin)) == 1:
+        return segment_blockwise(maps, write, options, stitch, store=MemoryStore())
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.blocks-", dir=out.parent) as scratch:
+        store: LabelStore = ZarrStore(Path(scratch) / "blocks.zarr")
+        return segment_blockwise(maps, write, options, stitch, store=store)

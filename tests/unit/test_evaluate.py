@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from typer.testing import CliRunner
 
 from activeseg.cli import app
+from activeseg.config import ClusterConfig
+from activeseg.core import metrics
 from activeseg.core.instances import Instances
+from activeseg.core.streaming_metrics import PAVPU_QUANTILES, UncertaintyTables
 from activeseg.data.fisbe import read_fisbe, write_fisbe
+from activeseg.data.synthetic import generate_mcfo
+from activeseg.workflows import evaluate
+from activeseg.workflows.importing import import_volume
+from activeseg.workflows.project import Project
+from tests.unit.test_predict import trained_model
 
 runner = CliRunner()
 
@@ -102,3 +112,123 @@ def test_a_reliability_diagram_needs_the_uncertainty_evaluation(tmp_path: Path) 
     assert answer.exit_code != 0
     assert "needs --uncertainty" in answer.output
     assert not (tmp_path / "x.png").exists()
+
+
+def _labels_in_every_format(folder: Path, truth: Instances) -> dict[str, list[str]]:
+    """Write ground truth that holds only labels, in every format; return evaluate's arguments."""
+    import h5py
+    import tifffile
+
+    ids, stack = truth.to_stack()
+    fisbe = folder / "gt-fisbe.zarr"  # FISBe layout without volumes/raw
+    group = zarr.open_group(fisbe, mode="w", zarr_format=2)
+    group.create_array("volumes/gt_instances", data=(stack * np.arange(1, len(ids) + 1)[:, None,
+                       None, None]).astype(np.uint8))  # fmt: skip
+    zarr.create_array(folder / "gt-array.zarr", data=truth.labels)
+    named = zarr.open_group(folder / "gt-group.zarr", mode="w")
+    named.create_array("annotations/neurons", data=truth.labels.astype(np.uint16))
+    tifffile.imwrite(folder / "gt.tif", truth.labels)
+    tifffile.imwrite(folder / "gt-stack.tiff", stack.astype(np.uint8))  # one mask per neuron
+    with h5py.File(folder / "gt.h5", "w") as handle:
+        handle["seg/neurons"] = truth.labels
+    return {
+        "fisbe without raw": [str(fisbe)],
+        "zarr array": [str(folder / "gt-array.zarr")],
+        "zarr group": [str(folder / "gt-group.zarr"), "--labels", "annotations/neurons"],
+        "tiff": [str(folder / "gt.tif")],
+        "tiff stack": [str(folder / "gt-stack.tiff")],
+        "hdf5": [str(folder / "gt.h5"), "--labels", "seg/neurons"],
+    }
+
+
+def test_ground_truth_that_holds_only_labels_is_read_in_every_format(
+    flylight_zarr: Path, tmp_path: Path
+) -> None:
+    truth = read_fisbe(flylight_zarr).instances
+    single = Instances.from_labels(truth.labels)  # the formats without overlaps
+    for name, arguments in _labels_in_every_format(tmp_path, single).items():
+        scores = _evaluate(str(flylight_zarr), *arguments)
+        assert scores["n_gt"] == 3, name
+        # the FlyLight neurons overlap: against their one-label-per-voxel image the
+        # prediction (which holds the overlaps) is nearly, not exactly, perfect
+        assert scores["avF1"] > 0.9 and scores["FM"] == scores["FS"] == 0, name
+        path, *key = arguments
+        as_prediction = ["--pred-labels", key[1]] if key else []
+        assert _evaluate(path, *arguments, *as_prediction)["avF1"] == 1.0, name
+
+
+def test_a_label_file_without_the_named_dataset_is_refused(tmp_path: Path) -> None:
+    gt = tmp_path / "gt.zarr"
+    zarr.open_group(gt, mode="w").create_array("other", data=np.ones((2, 4, 4), np.float32))
+    pred = tmp_path / "pred.zarr"
+    zarr.create_array(pred, data=np.ones((2, 4, 4), np.uint32))
+    for extra, message in (([], "--labels"), (["--labels", "missing"], "no dataset 'missing'"),
+                           (["--labels", "other"], "integers")):  # fmt: skip
+        answer = runner.invoke(app, ["evaluate", str(pred), str(gt), *extra])
+        assert answer.exit_code == 2 and message in answer.output, answer.output
+
+
+def test_a_large_prediction_is_judged_slab_by_slab_like_the_whole_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = np.zeros((20, 16, 16), np.uint32)  # more z-planes than one slab
+    truth[:, 6:9, 2:14] = 1
+    truth[:, 11:14, 2:14] = 2
+    gt = tmp_path / "gt.zarr"
+    zarr.open_group(gt, mode="w").create_array("labels", data=truth)
+    pred = tmp_path / "pred.zarr"
+    _prediction_with_samples(pred, truth)
+    whole = _evaluate(str(pred), str(gt), "--uncertainty")
+    monkeypatch.setattr(evaluate, "IN_MEMORY_BYTES", 0)
+    picture = tmp_path / "calibration.png"
+    slabs = _evaluate(str(pred), str(gt), "--uncertainty", "--reliability", str(picture))
+    for key in ("voxel_error_auroc", "PAvPU", "p_accurate_given_certain",
+                "p_uncertain_given_inaccurate", "ECE", "AP50", "avF1"):  # fmt: skip
+        assert slabs[key] == pytest.approx(whole[key], abs=1e-3), key
+    assert slabs["instance_error_auroc"] is None and "instance_risk" in slabs  # NaN: null
+    assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_uncertainty_tables_summed_over_slabs_match_the_whole_volume_metrics() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, (10, 12, 12)).astype(np.uint32)
+    mapped = np.where(rng.random(truth.shape) < 0.2, 0, truth)
+    mi = np.clip(rng.random(truth.shape) * 0.5 + 0.4 * (mapped != truth), 0, 1)
+    fg = rng.random(truth.shape)
+    tables = UncertaintyTables()
+    for z0 in range(0, 10, 3):
+        part = slice(z0, z0 + 3)
+        tables.add(mapped[part], truth[part], mi[part], fg[part], mapped[part])
+    wrong = mapped != truth
+    assert tables.voxel_auroc() == pytest.approx(metrics.auroc(mi, wrong), abs=1e-4)
+    np.testing.assert_allclose(
+        tables.thresholds(),
+        np.quantile(mi, PAVPU_QUANTILES),
+        atol=1e-3,  # 1440 voxels
+    )
+    relevant = (mapped > 0) | (truth > 0)
+    expected = metrics.pavpu(~wrong, mi, tables.thresholds(), relevant=relevant)
+    np.testing.assert_allclose(tables.pavpu().pavpu, expected.pavpu)
+    assert tables.ece() == pytest.approx(metrics.ece(fg, truth > 0), abs=1e-12)
+
+
+def test_round_evaluation_of_a_large_volume_streams_and_scores_like_the_whole_volume(
+    smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = generate_mcfo((16, 48, 48), 3, seed=2)
+    write_fisbe(tmp_path / "val.zarr", volume.raw, volume.instances)
+    import_volume(smoke_project, tmp_path / "val.zarr", "fisbe", split="val")
+    trained = trained_model()
+    monkeypatch.setattr(evaluate, "load_model", lambda _: trained)
+    cluster = ClusterConfig(foreground_threshold=0.5, bandwidth=0.1, min_size=20)
+    config = smoke_project.config.model_copy(update={"cluster": cluster})  # finds instances
+    project = dataclasses.replace(smoke_project, config=config)
+    whole = evaluate.evaluate_project(project, tmp_path)
+    monkeypatch.setattr(evaluate, "IN_MEMORY_BYTES", 0)
+    slabs = evaluate.evaluate_project(project, tmp_path)
+    # the streamed samples are stored as float16: the same instances up to rounding
+    assert whole["n_pred"] > 0
+    for key in ("n_pred", "n_gt", "AP50", "voxel_error_auroc"):
+        assert slabs[key] == pytest.approx(whole[key], abs=0.02), key
+    assert np.isnan(slabs["instance_error_auroc"])
+    assert not list(smoke_project.root.glob(".evaluate-*"))

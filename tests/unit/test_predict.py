@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from typer.testing import CliRunner
 
-from activeseg.config import Config, load_config
+from activeseg.cli import app
+from activeseg.config import ClusterConfig, Config, load_config
 from activeseg.core import tiling as predict
+from activeseg.core.cluster import segment
 from activeseg.core.models.checkpoint import TrainedModel
 from activeseg.core.models.normalization import Normalization
 from activeseg.core.models.probabilistic import ProbabilisticModel
 from activeseg.core.models.unet import CalibratedGroupNorm
+from activeseg.core.stitching import ClusterOptions, StitchOptions, segment_volume
 from activeseg.core.tiling import (
     Tiling,
     calibration_starts,
@@ -23,8 +28,13 @@ from activeseg.core.tiling import (
     predict_array,
     predict_to_zarr,
 )
+from activeseg.core.uncertainty import mutual_information
 from activeseg.errors import InputError
+from activeseg.workflows import predict as predict_workflow
+from activeseg.workflows.predict import write_consensus
+from activeseg.workflows.project import Project
 
+runner = CliRunner()
 SHAPE = (12, 40, 36)  # not a multiple of the tiles, nor of the pooling divisor in y, x
 
 
@@ -165,6 +175,7 @@ def test_zarr_moments_layout_holds_the_statistics_over_samples(tmp_path: Path) -
         "foreground_var",
         "embedding_mean",
         "embedding_var",
+        "mutual_information",
     }
     samples = predict_array(trained, raw)
     np.testing.assert_allclose(
@@ -181,3 +192,150 @@ def test_raw_with_the_wrong_channels_is_refused() -> None:
         predict_array(trained_model(), np.zeros((2, *SHAPE), np.uint16))
     with pytest.raises(InputError, match="4-D"):
         predict_array(trained_model(), np.zeros(SHAPE, np.uint16))
+
+
+# --------------------------------------------------------------------------- the predict workflow
+
+
+def _old_mean_maps(out: Path, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the mean maps as `predict` built them before clustering streamed: whole arrays."""
+
+    def whole(name: str) -> np.ndarray:
+        return np.asarray(zarr.open_array(out, path=name, mode="r")[...], dtype=np.float32)
+
+    if layout == "samples":
+        return whole("foreground").mean(axis=0), whole("embedding").mean(axis=0)
+    return whole("foreground_mean"), whole("embedding_mean")
+
+
+def _cluster_config(fg: np.ndarray, emb: np.ndarray) -> ClusterConfig:
+    """Return settings that find several clusters in an untrained model's mean maps."""
+    threshold = float(np.quantile(fg, 0.7))
+    spread = float(emb[:, fg > threshold].std(axis=1).mean())
+    return ClusterConfig(foreground_threshold=threshold, bandwidth=spread / 3, min_size=3)
+
+
+@pytest.mark.parametrize("budget", [predict.SAMPLE_BUDGET_BYTES, 1000])
+def test_streamed_consensus_of_one_block_is_the_one_pass_clustering(
+    tmp_path: Path, budget: int
+) -> None:
+    trained = trained_model()
+    out = tmp_path / "pred.zarr"
+    layout = predict_to_zarr(trained, volume(), out, sample_budget_bytes=budget)
+    fg, emb = _old_mean_maps(out, layout)
+    cluster = _cluster_config(fg, emb)
+    count = write_consensus(out, cluster)
+    expected = segment(fg, emb, **cluster.options())
+    stored = read(zarr.open_group(out, mode="r"), "consensus")
+    np.testing.assert_array_equal(stored, expected)
+    assert count == expected.max() > 1
+
+
+def test_consensus_of_many_blocks_is_written_block_by_block_with_unique_ids(
+    tmp_path: Path,
+) -> None:
+    trained = trained_model()
+    out = tmp_path / "pred.zarr"
+    predict_to_zarr(trained, volume(), out)
+    fg, emb = _old_mean_maps(out, "samples")
+    cluster = _cluster_config(fg, emb)
+    blocks = StitchOptions(block=(6, 20, 18), margin=(2, 4, 4))
+    count = write_consensus(out, cluster, stitch=blocks)
+    stored = read(zarr.open_group(out, mode="r"), "consensus")
+    options = ClusterOptions(**cluster.options())
+    np.testing.assert_array_equal(stored, segment_volume(fg, emb, options, blocks))
+    assert count == stored.max() and set(np.unique(stored)) == set(range(count + 1))
+    assert not list(tmp_path.glob(".pred.zarr.blocks-*"))  # the scratch labels are gone
+
+
+def test_the_uncertainty_map_is_the_mutual_information_of_the_samples(tmp_path: Path) -> None:
+    trained = trained_model()
+    raw = volume()
+    one_pass = predict_array(trained, raw, core=(12, 40, 36))
+    for budget in (predict.SAMPLE_BUDGET_BYTES, 1000):
+        out = tmp_path / f"pred{budget}.zarr"
+        predict_to_zarr(trained, raw, out, core=(6, 24, 24), sample_budget_bytes=budget)
+        tiled = read(zarr.open_group(out, mode="r"), "mutual_information")
+        expected = mutual_information(one_pass.foreground)
+        np.testing.assert_allclose(tiled, expected, atol=1e-4)
+        assert tiled.max() > 0.01
+
+
+def _write_formats(folder: Path, raw: np.ndarray) -> dict[str, list[str]]:
+    """Write raw (C, Z, Y, X) in every importable layout; return the predict arguments of each."""
+    import h5py
+    import tifffile
+
+    from activeseg.core.instances import Instances
+    from activeseg.data.fisbe import write_fisbe
+
+    labels = np.zeros(raw.shape[1:], np.uint32)
+    labels[2:5, 3:9, 3:9] = 1
+    write_fisbe(folder / "fisbe.zarr", raw, Instances.from_labels(labels))
+    group = zarr.open_group(folder / "plain.zarr", mode="w")
+    group.create_array("image", data=raw)
+    zarr.create_array(folder / "array.zarr", data=raw)
+    tifffile.imwrite(folder / "raw.tif", np.moveaxis(raw, 0, -1))  # channels last
+    with h5py.File(folder / "raw.h5", "w") as handle:
+        handle["data/raw"] = raw
+    return {
+        "fisbe": [str(folder / "fisbe.zarr")],
+        "zarr group": [str(folder / "plain.zarr"), "--raw", "image"],
+        "zarr array": [str(folder / "array.zarr")],
+        "tiff": [str(folder / "raw.tif")],
+        "hdf5": [str(folder / "raw.h5"), "--raw", "data/raw", "--format", "hdf5"],
+    }
+
+
+def test_predict_reads_every_importable_format(
+    smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained = trained_model()
+    monkeypatch.setattr(predict_workflow, "latest_model_path", lambda _: tmp_path)
+    monkeypatch.setattr(predict_workflow, "load_model", lambda _: trained)
+    raw = volume()
+    expected = predict_array(trained, raw).foreground
+    for name, arguments in _write_formats(tmp_path, raw).items():
+        out = tmp_path / f"pred-{name.replace(' ', '-')}.zarr"
+        result = runner.invoke(
+            app,
+            ["predict", *arguments, "--out", str(out), "-p", str(smoke_project.root), "--json"],
+        )
+        assert result.exit_code == 0, (name, result.output)
+        report = json.loads(result.stdout)
+        assert report["layout"] == "samples" and report["uncertainty"] == "mutual_information"
+        group = zarr.open_group(out, mode="r")
+        np.testing.assert_allclose(read(group, "foreground"), expected, atol=1e-3, err_msg=name)
+        assert read(group, "consensus").shape == SHAPE
+
+
+def test_predict_names_what_it_cannot_read(smoke_project: Project, tmp_path: Path) -> None:
+    labels_only = tmp_path / "gt.zarr"
+    group = zarr.open_group(labels_only, mode="w", zarr_format=2)
+    group.create_array("volumes/gt_instances", data=np.zeros((1, *SHAPE), np.uint8))
+    text = tmp_path / "notes.txt"
+    text.write_text("no image")
+    for path, message in ((labels_only, "volumes/raw"), (text, "not a readable zarr")):
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                str(path),
+                "--out",
+                str(tmp_path / "p.zarr"),
+                "-p",
+                str(smoke_project.root),
+            ],
+        )
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_default_core_shrinks_until_a_tile_fits_the_memory_budget() -> None:
+    # the flylight U-Net: a receptive-field margin of 64, 16 full-resolution channels
+    assert predict._fit_budget((32, 128, 128), (64, 64, 64), (8, 8, 8), 16) == (32, 64, 64)
+    # the demo U-Net's tile fits as it is
+    assert predict._fit_budget((32, 128, 128), (14, 28, 28), (4, 4, 4), 16) == (32, 128, 128)
+    # never below the pooling divisor, however large the margin
+    assert predict._fit_budget((8, 8, 8), (512, 512, 512), (8, 8, 8), 16) == (8, 8, 8)
+    trained = trained_model()
+    assert plan_tiling(trained, SHAPE, core=(6, 24, 24)).core == (6, 24, 24)  # asked: kept
