@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from test_predict import trained_model
 from typer.testing import CliRunner
 
 from activeseg.cli import app
@@ -21,7 +22,6 @@ from activeseg.data.synthetic import generate_mcfo
 from activeseg.workflows import evaluate
 from activeseg.workflows.importing import import_volume
 from activeseg.workflows.project import Project
-from tests.unit.test_predict import trained_model
 
 runner = CliRunner()
 
