@@ -400,8 +400,37 @@ def select_crops(project: Project, round_id: int, strategy: str, batch_size: int
     picked = rank_crops(scores, strategy, **options) if ordered else []
     ranking = [ordered[p.index].crop_id for p in picked]
     with project.session() as session:
+        crops = {c.id: c for c in pool_volumes.list_crops(session, split="pool")}
+        ranking = apart_first(ranking, crops)
         pool_rounds.record_selection(session, round_id, ranking, batch_size)
     return ranking[:batch_size]
+
+
+def boxes_overlap(a: CropInfo, b: CropInfo) -> bool:
+    """Return whether two crops of the same volume share a voxel."""
+    return a.volume_id == b.volume_id and all(
+        a0 < b1 and b0 < a1 for a0, a1, b0, b1 in zip(a.origin, a.end, b.origin, b.end, strict=True)
+    )
+
+
+def apart_first(ranking: Sequence[int], crops: dict[int, CropInfo]) -> list[int]:
+    """Return the ranking with crops that overlap a better-ranked kept crop moved to the end.
+
+    Taken in rank order, a crop is kept when it shares no voxel with a crop kept before it;
+    the others follow in their order. Any prefix of the result is then as free of overlaps
+    as the pool allows: annotators never label the same voxels twice in one round.
+    """
+    kept: list[CropInfo] = []
+    later: list[int] = []
+    for crop_id in ranking:
+        crop = crops.get(crop_id)
+        if crop is not None and any(boxes_overlap(crop, other) for other in kept):
+            later.append(crop_id)
+        elif crop is not None:
+            kept.append(crop)
+        else:
+            later.append(crop_id)
+    return [c.id for c in kept] + later
 
 
 def _crop_scores(parts: Sequence[dict[str, Any]]) -> CropScores:
@@ -424,13 +453,17 @@ def selected_crops(project: Project, round_id: int) -> list[CropInfo]:
 def plan_slices(project: Project, round_number: int, crop: CropInfo) -> tuple[list[int], str]:
     """Return the z-slices (crop coordinates) a task shows, and why those.
 
-    With a model: the slices where it is most unsure (mutual information). Round 0: evenly
-    spaced slices.
+    With a model: the slices where it is most unsure (mutual information), never the crop's
+    first or last slice when others are left (at the crop's z edge the data is often noise).
+    Round 0: evenly spaced slices.
     """
     n = min(project.config.labelstudio.slices, crop.shape[0])
     path = analysis_path(project, round_number, crop.id)
     if path.exists():
         uncertainty = read_analysis(path, "mutual_information")
-        return choose_slices(uncertainty, n), "slices where the model is most unsure"
+        edge = 1 if crop.shape[0] - 2 >= n else 0
+        inner = uncertainty[edge : crop.shape[0] - edge]
+        chosen = [z + edge for z in choose_slices(inner, n)]
+        return chosen, "slices where the model is most unsure"
     spaced = np.linspace(0, crop.shape[0] - 1, n + 2)[1:-1].round().astype(int)
     return sorted({int(z) for z in spaced}), "evenly spaced slices (no model yet)"
