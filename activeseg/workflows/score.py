@@ -450,6 +450,61 @@ def selected_crops(project: Project, round_id: int) -> list[CropInfo]:
     return [c for c in crops if c.status == "unlabeled"]
 
 
+@dataclass(frozen=True)
+class PushPlan:
+    """What a push of a round can take: crops waiting, crops added to the selection, and why
+    fewer than asked (None when the request is met)."""
+
+    waiting: int
+    added: int
+    shortfall: str | None = None
+
+
+def widen_selection(
+    project: Project, round_id: int, round_number: int, limit: int | None
+) -> PushPlan:
+    """Return the round's push plan, first selecting more ranked crops if ``limit`` asks so.
+
+    The selection grows in rank order, by the unlabeled crops past it, until ``limit`` crops
+    wait for a task (without ``limit``: nothing is added). ``shortfall`` says exactly why
+    fewer than asked can go: how many were ranked, and how many of those are already pushed,
+    labeled or skipped.
+    """
+    with project.session() as session:
+        scores = pool_rounds.round_scores(session, round_id)
+        status = {c.id: c.status for c in pool_volumes.list_crops(session)}
+        ranking = [s.crop_id for s in scores if s.rank is not None]
+        chosen = sum(s.selected for s in scores)
+        free = [c for c in ranking if status.get(c) == "unlabeled"]
+        waiting = [s.crop_id for s in scores if s.selected and status.get(s.crop_id) == "unlabeled"]
+        want = len(waiting) if limit is None else limit
+        extra = [c for c in free if c not in set(waiting)][: max(want - len(waiting), 0)]
+        if extra:
+            last = max(ranking.index(c) for c in extra)
+            pool_rounds.record_selection(session, round_id, ranking, max(chosen, last + 1))
+    count = len(waiting) + len(extra)
+    if limit is None and count == 0:
+        return PushPlan(0, 0, _shortfall(round_number, ranking, status, chosen))
+    if limit is not None and count < limit:
+        return PushPlan(count, len(extra), _shortfall(round_number, ranking, status, chosen))
+    return PushPlan(count, len(extra))
+
+
+def _shortfall(
+    round_number: int, ranking: Sequence[int], status: dict[int, str], chosen: int
+) -> str:
+    """Return why a round has fewer crops to push than asked, in numbers."""
+    states: dict[str, int] = {}
+    for crop_id in ranking:
+        states[status.get(crop_id, "gone")] = states.get(status.get(crop_id, "gone"), 0) + 1
+    left = states.pop("unlabeled", 0)
+    taken = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none taken"
+    return (
+        f"round {round_number} ranked {len(ranking)} crops ({chosen} selected); "
+        f"{taken}; {left} still unlabeled to push"
+    )
+
+
 def plan_slices(project: Project, round_number: int, crop: CropInfo) -> tuple[list[int], str]:
     """Return the z-slices (crop coordinates) a task shows, and why those.
 

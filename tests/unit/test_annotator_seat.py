@@ -36,6 +36,7 @@ from activeseg.labelstudio.render import (
     text_mask,
 )
 from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import tasks as pool_tasks
 from activeseg.pool.records import CropInfo
 from activeseg.workflows.ingest import labels_from_results
 from activeseg.workflows.loop import run_round
@@ -51,10 +52,12 @@ from activeseg.workflows.push import (
 )
 from activeseg.workflows.score import (
     CropAnalysis,
+    PushPlan,
     analysis_path,
     apart_first,
     plan_slices,
     selected_crops,
+    widen_selection,
     write_analysis,
 )
 from activeseg.workflows.simulate import create_demo_project
@@ -348,3 +351,43 @@ def test_task_with_a_model_opens_on_the_flagged_page_with_its_regions(
     assert by_id == {f"z{z0 + late}-n2": 0, f"z{z0 + early}-n1": task.pages.index(early)}
     assert len(task.data["labels"]) == 2 + 4
     assert f"n2 (z {z0 + late}): may be split" in task.data["caption"]
+
+
+# --- push --limit ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def round_zero(tmp_path: Path) -> tuple[Project, Any]:
+    """Return a smoke project whose round 0 is scored and selected (batch of 2), and the round."""
+    project = create_demo_project(tmp_path / "project", "smoke")
+    return project, run_round(project, until="select")
+
+
+def test_a_limit_beyond_the_batch_selects_the_next_ranked_crops(
+    round_zero: tuple[Project, Any],
+) -> None:
+    project, info = round_zero
+    before = [c.id for c in selected_crops(project, info.id)]
+    plan = widen_selection(project, info.id, info.number, 3)
+    after = [c.id for c in selected_crops(project, info.id)]
+    assert (plan.waiting, plan.added, plan.shortfall) == (3, 1, None)
+    assert after[:2] == before and len(after) == 3
+    with project.session() as session:
+        ranked = [s.crop_id for s in pool_rounds.round_scores(session, info.id)]
+    assert after == ranked[:3]  # the top 3 of the ranking, in order
+    # Asking again changes nothing.
+    assert widen_selection(project, info.id, info.number, 3) == PushPlan(3, 0)
+
+
+def test_fewer_than_asked_says_why_in_numbers(round_zero: tuple[Project, Any]) -> None:
+    project, info = round_zero
+    for chosen in selected_crops(project, info.id):
+        with project.session() as session:
+            pool_tasks.queue_crop(session, chosen.id, round_id=info.id, slices=[1], pushed={})
+    with project.session() as session:
+        ranked = sum(s.rank is not None for s in pool_rounds.round_scores(session, info.id))
+    nothing = widen_selection(project, info.id, info.number, None)
+    assert nothing.waiting == 0 and nothing.shortfall is not None
+    assert f"ranked {ranked} crops (2 selected); 2 queued; {ranked - 2} still" in nothing.shortfall
+    plan = widen_selection(project, info.id, info.number, ranked + 5)
+    assert plan.waiting == ranked - 2 and plan.shortfall is not None
