@@ -4,11 +4,11 @@ A task shows a contiguous block of a crop's z-slices as one multi-page image (``
 the page shows a "1 of N" pager; every region carries ``item_index``, the position of its page
 in the list). Some pages are *label pages* (the slices whose labels are kept, chosen where the
 model is most unsure); the others are *context*, there to follow a neurite up and down in z.
-Every page has its absolute z burned into its top-left corner: black on white on a label page,
-grey on black on a context page. The model's doubts are drawn into the same pages (corner
-marks around unsure places), so there is one pager only. Beside the pages, a still overview
-(max-intensity projections of the crop, the label slices marked) and a napari command line
-that opens the crop in 3-D at that place.
+Every page has its absolute z burned into its top-left corner (digits): black on white on a
+label page, grey on black on a context page. The model's doubts are drawn into the same
+pages (corner marks around unsure places), so there is one pager only. Beside the pages, a
+still overview (max-intensity projections of the crop, the label slices marked) and a napari
+command line that opens the crop in 3-D at that place.
 
 Each neuron is one brush label value ``n<id>``, so it keeps its identity (and colour) across
 pages. The labels are *dynamic*: each task lists only those its crop needs plus a few spare
@@ -43,9 +43,9 @@ STATUS_CHOICES = ("done", "unsure")
 LEGACY_SKIP_CHOICE = "skip"
 LABEL_PREFIX = "n"
 GUIDE = (
-    "Paint every neuron on the pages whose z tag is white (grey-tag pages are context, not "
-    "saved). One label per neuron on all pages; a new neuron takes the next free label; "
-    "labels may overlap. White corners mark where the model is unsure."
+    "Paint every neuron on the pages whose z number (top left) is on white; pages with a grey "
+    "number are context, not saved. One label per neuron on all pages; a new neuron takes the "
+    "next free label; labels may overlap. White corners mark where the model is unsure."
 )
 # Hues of the instance colours, in degrees: halfway between the data's red, yellow, green,
 # cyan, blue and magenta (0, 60, ..., 300), ordered so that neighbouring ids differ most.

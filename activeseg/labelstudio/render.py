@@ -206,13 +206,13 @@ def _paint_mask(
 def page_tag(rgb: npt.ArrayLike, z: int, labeled: bool) -> npt.NDArray[np.uint8]:
     """Return an (H, W, 3) page with its absolute ``z`` burned into the top-left corner.
 
-    A label page gets black digits on white, a context page grey on black, so the two kinds
-    differ at a glance (and in a screenshot).
+    Digits only (a crop may be 32 pixels wide): black on white on a label page, grey on
+    black on a context page, so the two kinds differ at a glance (and in a screenshot).
     """
     image = np.asarray(rgb, dtype=np.uint8)
     if labeled:
-        return burn_text(image, f"z{z}", 1, 1, BLACK, WHITE)
-    return burn_text(image, f"z{z}", 1, 1, GREY, BLACK)
+        return burn_text(image, str(z), 1, 1, BLACK, WHITE)
+    return burn_text(image, str(z), 1, 1, GREY, BLACK)
 
 
 def doubt_marks(

@@ -23,6 +23,7 @@ and records them instead of importing them again.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -268,16 +269,17 @@ def napari_command(volume: Path, crop: CropInfo, z: int, consensus: Path | None 
     (z0, y0, x0), (z1, y1, x1) = crop.origin, crop.end
     y0, x0 = max(0, y0 - NAPARI_MARGIN), max(0, x0 - NAPARI_MARGIN)
     box = f"{z0}:{z1}, {y0}:{y1 + NAPARI_MARGIN}, {x0}:{x1 + NAPARI_MARGIN}"
+    # Python strings in double quotes: the shell quoting around the program stays plain.
     code = [
         "import napari, zarr",
-        f"a = zarr.open_array({str(volume / RAW_PATH)!r}, mode='r')[:, {box}]",
+        f'a = zarr.open_array({json.dumps(str(volume / RAW_PATH))}, mode="r")[:, {box}]',
         "v = napari.Viewer(ndisplay=3)",
-        f"v.add_image(a, channel_axis=0, blending='additive', translate=({z0}, {y0}, {x0}))",
+        f'v.add_image(a, channel_axis=0, blending="additive", translate=({z0}, {y0}, {x0}))',
     ]
     if consensus is not None:
-        model = str(consensus / "consensus")
+        model = json.dumps(str(consensus / "consensus"))
         code.append(
-            f"v.add_labels(zarr.open_array({model!r}, mode='r')[...], name='model', "
+            f'v.add_labels(zarr.open_array({model}, mode="r")[...], name="model", '
             f"translate={tuple(crop.origin)!r})"
         )
     code += [f"v.dims.set_point(0, {z})", "napari.run()"]
@@ -406,8 +408,8 @@ def _caption(
     labels = ", ".join(str(z0 + z) for z in slices)
     text = (
         f"Crop {crop.id} of {volume} (z y x {box}), round {round_number}, {standing}. "
-        f"Label z = {labels} (white tags; the {reason}); z {z0 + min(pages)}-{z0 + max(pages)} "
-        f"to step through, from z {z0 + pages[0]}."
+        f"Label z = {labels} (numbers on white; the {reason}); "
+        f"z {z0 + min(pages)}-{z0 + max(pages)} to step through, from z {z0 + pages[0]}."
     )
     if flagged:
         text += " Check " + "; ".join(flagged) + "."

@@ -75,7 +75,7 @@ def crop(ident: int, volume: int, origin: tuple[int, int, int], size: int = 8) -
 def test_page_tag_burns_the_absolute_z_into_the_corner_only() -> None:
     page = np.full((32, 32, 3), 90, np.uint8)
     tagged = page_tag(page, 107, labeled=True)
-    text = text_mask("z107")
+    text = text_mask("107")
     assert tagged.shape == page.shape
     # The digits sit at (1, 1) in black on a white box one pixel wider all around.
     corner = tagged[1 : 1 + text.shape[0], 1 : 1 + text.shape[1]]
@@ -229,9 +229,10 @@ def test_napari_command_is_one_shell_line_of_valid_python_at_the_task_z() -> Non
     program, flag, code = shlex.split(line)
     assert (program, flag) == ("python", "-c")
     ast.parse(code)
-    assert "'/data/my vol.zarr/0'" in code and "[:, 10:26, 24:72, 0:37]" in code
+    assert '"/data/my vol.zarr/0"' in code and "[:, 10:26, 24:72, 0:37]" in code
+    assert line.startswith("python -c 'import napari") and "'\"'\"'" not in line
     assert "translate=(10, 24, 0)" in code and "set_point(0, 17)" in code
-    assert "'/p/crop-1.zarr/consensus'" in code
+    assert '"/p/crop-1.zarr/consensus"' in code
 
 
 def test_priority_is_in_zero_one_and_falls_with_rank() -> None:
