@@ -1,17 +1,17 @@
 """Push a round's selected crops to Label Studio as tasks with the model's neurons and doubts.
 
 One task per crop, in one numbering (the absolute z of the volume) everywhere: page corners,
-caption, region ids and the Data Manager. A task pages through a contiguous block of the
-crop's z-slices; the *label pages* (the slices where the model is most unsure; in round 0
-evenly spaced ones) are the only slices whose labels are kept (``task.slices``), the others
-are context to follow a neurite up and down. The block starts on the label page with the most
-flagged neurons and continues upwards, the slices below it come after. The model's doubts are
-drawn into the pages (corner marks, on a fixed scale); beside them a still overview (top and
-side projections, label slices marked, the doubt's side view with its legend) and a napari
-command line that opens the crop in 3-D there. The model's instances on the label pages are a
-brush pre-annotation whose ``score`` is the crop's priority in [0, 1] (1 = ranked first; the
-default Data Manager view sorts by it), and the task offers only the brush labels its crop
-needs plus a few spare.
+caption, region ids and the Data Manager. A task pages through the crop's z-slices (all of
+them by default, ``CONTEXT_SLICES``); the *label pages* (the slices where the model is most
+unsure; in round 0 evenly spaced ones) are the only slices whose labels are kept
+(``task.slices``), the others are context to follow a neurite up and down. The pages start
+on the label page with the most flagged neurons and go up in z; the slices below it follow.
+The model's doubts are drawn into the pages (corner marks, on a fixed scale); beside them a
+still overview (top and side projections, label slices marked, the doubt's side view with its
+legend) and a napari command line that opens the crop in 3-D there. The model's instances on
+the label pages are a brush pre-annotation whose ``score`` is the crop's priority in [0, 1]
+(1 = ranked first; the default Data Manager view sorts by it), and the task offers only the
+brush labels its crop needs plus a few spare.
 
 The push is safe to re-run. Images go up first (an orphaned upload is harmless); tasks are
 imported with their predictions inline in one call per batch, so a task never lacks its
@@ -80,8 +80,9 @@ FLAG_NOTES = {
     "merge": "may be merged (several neurons)",
     "unstable": "unstable across samples",
 }
-# Context pages on each side of the label slices (the block is clipped to the crop).
-CONTEXT_SLICES = 3
+# Context pages on each side of the label slices (the block is clipped to the crop); None:
+# every slice of the crop (crops are 16-32 slices deep: a neuron can be followed through all).
+CONTEXT_SLICES: int | None = None
 # Brush labels offered beyond the pre-annotated neurons, and in round 0 (no model) in all.
 SPARE_LABELS = 4
 ROUND0_LABELS = 8
@@ -190,20 +191,21 @@ def start_page(shown: npt.NDArray[np.uint32], slices: Sequence[int], flagged: se
 
 
 def plan_pages(
-    depth: int, slices: Sequence[int], first: int, context: int = CONTEXT_SLICES
+    depth: int, slices: Sequence[int], first: int, context: int | None = CONTEXT_SLICES
 ) -> list[int]:
     """Return the crop z of each page: a contiguous block around the label ``slices``.
 
     The block runs from ``context`` slices below the lowest label slice to ``context`` above
-    the highest (clipped to the crop's ``depth``). Label Studio opens a task on its first page
-    and cannot be told another, so the block starts at ``first`` (the label page to open on)
-    and goes up; the slices below ``first`` follow, in order.
+    the highest (clipped to the crop's ``depth``; None: the whole crop). Label Studio opens a
+    task on its first page and cannot be told another, so the block starts at ``first`` (the
+    label page to open on) and goes up; the slices below ``first`` follow, in order.
     """
     if not slices:
         raise ValueError("a task needs at least one label slice")
     if first not in slices:
         raise ValueError(f"the first page {first} is not one of the label slices {list(slices)}")
-    low, high = max(0, min(slices) - context), min(depth - 1, max(slices) + context)
+    reach = depth if context is None else context
+    low, high = max(0, min(slices) - reach), min(depth - 1, max(slices) + reach)
     block = list(range(low, high + 1))
     at = block.index(first)
     return block[at:] + block[:at]
