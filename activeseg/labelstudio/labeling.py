@@ -17,7 +17,9 @@ mixtures magenta, yellow, cyan). The status is one required choice, done or unsu
 Studio's own Skip button skips a task.
 
 Task data keys: ``images`` (page URLs), ``labels`` (the brush labels offered), ``overview``
-(an image URL), ``caption`` and ``napari`` (lines of text).
+(a list of one image URL), ``caption`` and ``napari`` (lines of text). Only ``labels`` is read
+through a ``value`` attribute of a named tag: Label Studio's direct file upload (how images
+go up) refuses a config with more than one such data key.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ IMAGE_NAME = "image"
 OVERVIEW_NAME = "overview"
 BRUSH_NAME = "instances"
 STATUS_NAME = "status"
-NAPARI_NAME = "napari"
 IMAGES_KEY = "images"
 LABELS_KEY = "labels"
 OVERVIEW_KEY = "overview"
@@ -123,12 +124,13 @@ def labeling_config() -> str:
             'zoomControl="true" smoothing="false"/>',
             "    </View>",
             '    <View style="flex: 1;">',
-            f'      <Image name="{OVERVIEW_NAME}" value="${OVERVIEW_KEY}" smoothing="false"/>',
+            # A list of one image: direct file upload needs at most one data key in `value`s.
+            f'      <Image name="{OVERVIEW_NAME}" valueList="${OVERVIEW_KEY}" smoothing="false"/>',
             "    </View>",
             "  </View>",
             brush_labels_xml(),
             status_choices_xml(),
-            f'  <Text name="{NAPARI_NAME}" value="${NAPARI_KEY}"/>',
+            f'  <Header value="${NAPARI_KEY}" size="6" underline="false"/>',
             "</View>",
         ]
     )

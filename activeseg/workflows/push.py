@@ -529,7 +529,7 @@ def upload_and_import(
 def _task_json(task: CropTask, urls: dict[str, str]) -> Json:
     data = task.data | {
         IMAGES_KEY: [urls[name] for name in task.images],
-        OVERVIEW_KEY: next((urls[name] for name in task.overview), ""),
+        OVERVIEW_KEY: [urls[name] for name in task.overview],
     }
     json: Json = {"data": data}
     if task.prediction is not None:

@@ -186,9 +186,10 @@ def test_labeling_config_pages_one_image_with_dynamic_labels_and_a_required_stat
     images = {
         tag.get("name"): tag.get("valueList") or tag.get("value") for tag in root.iter("Image")
     }
-    # One paged image to paint on, and a still overview: no second pager.
+    # One paged image to paint on, and the overview (a list of one image: no second pager).
     assert images == {IMAGE_NAME: "$images", OVERVIEW_NAME: "$overview"}
-    assert [tag.get("name") for tag in root.iter("Image") if tag.get("valueList")] == [IMAGE_NAME]
+    # Label Studio's file upload needs at most one data key read through `value`.
+    assert [t.get("value") for t in root.iter() if t.get("name") and t.get("value")] == ["$labels"]
     brush = root.find(".//BrushLabels")
     assert brush is not None
     assert (brush.get("name"), brush.get("toName")) == (BRUSH_NAME, IMAGE_NAME)
