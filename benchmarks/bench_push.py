@@ -1,10 +1,11 @@
 """Benchmark: push 100 crops to Label Studio, then ingest 100 annotated tasks.
 
 Each task is built the way ``activeseg push`` builds it (``activeseg.workflows.push``): 4
-z-slices of a 3-channel 64x64 crop as RGB PNGs, 4 uncertainty overlays, a caption and brush
-pre-annotations of ~5 instances per slice, imported with the predictions inline. The push
-(image upload + task import) is compared with a 5 s target; rendering is reported apart. The
-ingest times ``changed_tasks`` plus turning every annotation into the crop's sparse labels.
+z-slices of a 3-channel 64x64 crop as RGB PNGs with doubt marks burned in, an overview image,
+a caption and brush pre-annotations of ~5 instances per slice, imported with the predictions
+inline. The push (image upload + task import) is compared with a 5 s target; rendering is
+reported apart. The ingest times ``changed_tasks`` plus turning every annotation into the
+crop's sparse labels.
 
 Uses the server at LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY when both are set, otherwise starts
 one from .venv-ls on a free port with a temporary data directory (its startup is not timed).
@@ -28,9 +29,10 @@ import numpy as np
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient, latest_update
 from activeseg.labelstudio.labeling import labeling_config, status_result
+from activeseg.labelstudio.render import channel_limits, overview_image, png_bytes
 from activeseg.labelstudio.server import LabelStudioServer
 from activeseg.workflows.ingest import labels_from_results
-from activeseg.workflows.push import CropTask, relabel_shown, render_crop, upload_and_import
+from activeseg.workflows.push import CropTask, relabel_shown, render_pages, upload_and_import
 
 PUSH_TARGET_S = 5.0
 INSTANCES = 5
@@ -64,11 +66,14 @@ def synthetic_crop(rng: np.random.Generator, slices: int, size: int) -> dict[str
 
 def crop_task(crop: dict[str, np.ndarray], number: int, slices: list[int]) -> CropTask:
     """Return one crop as the task the product pushes."""
-    images, overlays = render_crop(crop["raw"], slices, crop["uncertainty"], None, f"c{number}")
+    raw = crop["raw"]
+    images = render_pages(raw, slices, slices, crop["uncertainty"], 1.0, 0, f"c{number}")
+    view = overview_image(raw, channel_limits(raw), slices, slices, 0, crop["uncertainty"])
+    overview = {f"c{number}_overview.png": png_bytes(view)}
     shown, _ = relabel_shown(crop["labels"][slices], 32)
     prediction = {"result": instances_to_results(shown), "score": 1.0 / (1 + number)}
     data = {"caption": f"crop {number}", "crop_id": number, "round": 0, "slices": slices}
-    return CropTask(number, slices, images, overlays, data, prediction, {})
+    return CropTask(number, slices, slices, images, overview, data, prediction, {})
 
 
 def timed(label: str, times: dict[str, float]) -> Any:
@@ -98,7 +103,7 @@ def main() -> None:
     slices = list(range(args.slices))
     times: dict[str, float] = {}
     with connection() as client:
-        project = client.create_project(f"bench {uuid.uuid4().hex[:8]}", labeling_config(32))
+        project = client.create_project(f"bench {uuid.uuid4().hex[:8]}", labeling_config())
         with timed("render + encode", times):
             tasks = [crop_task(crop, t, slices) for t, crop in enumerate(crops)]
         with timed("push", times):
@@ -121,7 +126,7 @@ def main() -> None:
                         task=changed_task["id"],
                         allow_empty=False,
                     )
-    n_images = sum(len(t.images) + len(t.overlays) for t in tasks)
+    n_images = sum(len(t.images) + len(t.overview) for t in tasks)
     report(times, n_images, len(changed), args)
 
 

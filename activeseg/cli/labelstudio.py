@@ -23,13 +23,16 @@ def labelstudio_serve_cmd(
     """Start Label Studio on 127.0.0.1 with a pre-created user and API token; block until stopped.
 
     The token is LABEL_STUDIO_API_KEY (user: LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD).
-    SIGTERM or Ctrl-C stops the server cleanly.
+    The server's log goes to the terminal (and to <data dir>/server.log). SIGTERM or Ctrl-C
+    stops the server cleanly.
 
     Example: [bold]activeseg labelstudio serve --port 8080 --data-dir ls-data[/]
     """
+    import sys
+
     from activeseg.labelstudio.server import serve_forever
 
-    serve_forever(port, data_dir)
+    serve_forever(port, data_dir, echo=sys.stdout)
 
 
 @command(labelstudio_app, "annotate")

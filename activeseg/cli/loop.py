@@ -132,7 +132,10 @@ def score_cmd(
 @command(app, "push")
 def push_cmd(
     limit: Annotated[
-        int | None, typer.Option(min=1, help="Push at most this many crops (best first).")
+        int | None,
+        typer.Option(
+            min=1, help="Push the top N ranked crops (selecting more than the batch if needed)."
+        ),
     ] = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
@@ -140,24 +143,34 @@ def push_cmd(
     """Push the newest round's selected crops to Label Studio, pre-annotated by the model.
 
     Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (environment or .env). Safe to re-run:
-    crops already pushed are not pushed twice.
+    crops already pushed are not pushed twice. With --limit N, the round's top N ranked
+    crops not pushed yet go out, beyond the round's batch if N is larger; fewer only when the
+    round has no more, and then it says why.
 
     Example: [bold]activeseg push --limit 10 --json[/]
     """
     from activeseg.workflows.project import open_project
     from activeseg.workflows.push import latest_round, push_selected
+    from activeseg.workflows.score import widen_selection
 
     project = open_project(project_dir)
     newest = latest_round(project)
+    plan = widen_selection(project, newest.id, newest.number, limit)
     with progress_bar("rendering crops", as_json) as progress:
         result = push_selected(project, newest, limit=limit, progress=progress)
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(
+            result.as_dict() | {"added_to_selection": plan.added, "shortfall": plan.shortfall}
+        )
         return
     console.print(
         f"pushed {result.pushed} crops to Label Studio project {result.project_id}"
         + (f" ({result.recovered} recovered from an interrupted push)" if result.recovered else "")
+        + (f"; {plan.added} more selected for --limit" if plan.added else "")
     )
+    if plan.shortfall:
+        lead = f"fewer than the {limit} asked" if limit else "nothing to push"
+        console.print(f"[yellow]{lead}[/]: {plan.shortfall}")
 
 
 @command(app, "ingest")

@@ -176,6 +176,42 @@ def stored_name(path: str) -> str:
     return path.rsplit("/", 1)[-1].split("-", 1)[-1]
 
 
+# The Data Manager view every project gets: most informative crops first, no image columns.
+DEFAULT_VIEW_TITLE = "activeseg: by priority"
+# Built-in columns that only clutter an annotator's queue.
+CLUTTER_COLUMNS = (
+    "annotations_results",
+    "annotations_ids",
+    "predictions_results",
+    "predictions_model_versions",
+    "file_upload",
+    "storage_filename",
+    "created_at",
+    "updated_at",
+    "avg_lead_time",
+    "draft_exists",
+)
+
+
+def default_view_data(hidden_data: Sequence[str]) -> Json:
+    """Return the ``data`` of the default Data Manager view (for ``POST /api/dm/views/``).
+
+    Sorted by prediction score, highest first, with the score column shown; the task data
+    keys ``hidden_data`` (images, long text) and clutter columns hidden in both the table
+    and the labeling stream.
+    """
+    hidden = [f"tasks:data.{key}" for key in hidden_data]
+    hidden += [f"tasks:{column}" for column in CLUTTER_COLUMNS]
+    return {
+        "title": DEFAULT_VIEW_TITLE,
+        "type": "list",
+        "target": "tasks",
+        "ordering": ["-tasks:predictions_score"],
+        "hiddenColumns": {"explore": hidden, "labeling": hidden},
+        "filters": {"conjunction": "and", "items": []},
+    }
+
+
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """Yield consecutive slices of ``items`` of at most ``size`` elements."""
     for start in range(0, len(items), size):
@@ -365,6 +401,22 @@ class LabelStudioClient:
             project = self._sdk.projects.create(title=title, label_config=label_config)
         log.info("created Label Studio project %d %r", project.id, title)
         return int(project.id or 0)
+
+    def ensure_default_view(self, project_id: int, hidden_data: Sequence[str]) -> int:
+        """Return the id of the project's default Data Manager view, created if missing.
+
+        See :func:`default_view_data`; a view of that title the annotators changed is kept.
+        """
+        with self.calling(f"listing the Data Manager views of project {project_id}"):
+            views = self.request("GET", "/api/dm/views/", params={"project": project_id}).json()
+        for view in views:
+            if (view.get("data") or {}).get("title") == DEFAULT_VIEW_TITLE:
+                return checked_id(view.get("id"), "a Data Manager view")
+        body = {"project": project_id, "data": default_view_data(hidden_data)}
+        with self.calling(f"creating the default Data Manager view of project {project_id}"):
+            created = self.request("POST", "/api/dm/views/", json=body).json()
+        log.info("created the Data Manager view %r of project %d", DEFAULT_VIEW_TITLE, project_id)
+        return checked_id(created.get("id"), "the new Data Manager view")
 
     def upload_images(self, project_id: int, images: Mapping[str, bytes]) -> dict[str, str]:
         """Return {name: task URL} after uploading images (PNG/JPEG bytes) to a project.

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from activeseg.errors import LabelStudioError
 from activeseg.labelstudio.envfile import default_env_file, read_env_file, strip_credentials
@@ -380,8 +381,49 @@ def stop_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def echo_log(path: Path, out: TextIO | None, every: float = 0.5) -> Iterator[None]:
+    """Copy what ``path`` gains while the block runs to ``out``, line by line (None: nothing).
+
+    A daemon thread polls the file (it may not exist yet) from its size at the start, so an
+    older server's log in the same data directory is not repeated; passwords in URLs are cut.
+    """
+    if out is None:
+        yield
+        return
+    done = threading.Event()
+    start = path.stat().st_size if path.exists() else 0
+
+    def follow() -> None:
+        position = start
+        while True:
+            finished = done.wait(every)
+            if path.exists():
+                with path.open("rb") as stream:
+                    stream.seek(position)
+                    chunk = stream.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1] if not finished else chunk
+                if complete:
+                    out.write(strip_credentials(complete.decode(errors="replace")))
+                    out.flush()
+                    position += len(complete)
+            if finished:
+                return
+
+    thread = threading.Thread(target=follow, name="label-studio-log", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5.0)
+
+
 def serve_forever(
-    port: int | None = None, data_dir: Path | str | None = None, env_file: Path | None = None
+    port: int | None = None,
+    data_dir: Path | str | None = None,
+    env_file: Path | None = None,
+    echo: TextIO | None = None,
 ) -> int | None:
     """Return the server's exit code after running it until SIGTERM or SIGINT arrives.
 
@@ -392,10 +434,18 @@ def serve_forever(
     (mode 0600; the log says where). Unset variables are read from ``env_file`` (default:
     ``.env`` in the current directory only; it must be yours and not group/other-writable).
     User, password and token are applied only when the data directory is new (made with
-    mode 0700). Raises LabelStudioError if the server exits on its own.
+    mode 0700). ``echo``: where the server's log also goes, as it is written (the terminal;
+    None: only ``<data dir>/server.log``). Raises LabelStudioError if the server exits on
+    its own.
     """
-    with stop_signals() as stop:
-        server = start_server(port, data_dir, env_file=env_file)
+    data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="ls-data-"))
+    with stop_signals() as stop, echo_log(data / LOG_NAME, echo):
+        server = start_server(port, data, env_file=env_file)
+        if echo is not None:
+            echo.write(
+                f"Label Studio is up at {server.url} (data in {server.data_dir}, log "
+                f"{server.log_path}); Ctrl-C stops it\n"
+            )
         try:
             while not stop.wait(1.0):
                 if server.process.poll() is not None:

@@ -38,7 +38,7 @@ from activeseg.workflows.ingest import LOCK as INGEST_LOCK
 from activeseg.workflows.ingest import LOCK_WAIT_SECONDS, ingest_annotations
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
-from activeseg.workflows.push import push_selected, relabel_shown
+from activeseg.workflows.push import page_results, push_selected, relabel_shown
 from activeseg.workflows.score import analysis_path, plan_slices, read_analysis, selected_crops
 from activeseg.workflows.stages import CorrectionEffort, IngestOutput, PushOutput, RoundContext
 
@@ -203,9 +203,10 @@ def answer_in_labelstudio(
 ) -> int:
     """Annotate every open pushed task through the Label Studio API, as a person would.
 
-    The truth on the task's slices becomes brush regions (one label per neuron, kept across
-    slices) with the status "done". A task that already has an annotation in Label Studio
-    (answered before a crash, not ingested yet) is left alone. Returns how many were answered.
+    The truth on the task's label slices becomes brush regions on their pages (one label per
+    neuron, kept across slices) with the status "done". A task that already has an annotation
+    in Label Studio (answered before a crash, not ingested yet) is left alone. Returns how
+    many were answered.
     """
     answered = 0
     max_instances = project.config.labelstudio.max_instances
@@ -215,7 +216,9 @@ def answer_in_labelstudio(
         truth = read_ground_truth(project.resolve(volume.path), crop.box)
         labels = sparse_labels(truth, task.slices, noise, seed=task.id)
         shown, _ = relabel_shown(labels.labels[list(task.slices)], max_instances)
-        result = [*instances_to_results(shown), status_result("done")]
+        pages = task.pushed.get("pages") or list(task.slices)
+        regions = page_results(instances_to_results(shown), task.slices, pages, crop.origin[0])
+        result = [*regions, status_result("done")]
         client.create_annotation(task.ls_task_id, result)
         answered += 1
     log.info("simulated annotator answered %d tasks in Label Studio", answered)

@@ -3,10 +3,11 @@
 Only tasks updated since the last ingest are read (Label Studio's ``updated_at`` filter, with
 the server's own timestamps). For each task the newest annotation is the one in force:
 
-- brush regions → the crop's sparse labels: every shown slice is annotated (an empty slice is
-  background), the other slices are masked out; written to a new zarr per version, so an
-  updated annotation supersedes the older one without erasing it;
-- a skip (``was_cancelled``, or the status choice "skip") marks the crop ``skipped``;
+- brush regions → the crop's sparse labels: every label slice is annotated (an empty slice is
+  background), the other slices (context pages too) are masked out; written to a new zarr
+  per version, so an updated annotation supersedes the older one without erasing it;
+- a skip (``was_cancelled``: Label Studio's Skip button; or the "skip" choice older tasks
+  offered) marks the crop ``skipped``;
 - no annotation left (deleted) returns the crop to ``queued``.
 
 Ingesting the same state twice changes nothing. A bad annotation (unknown label, region on a
@@ -31,7 +32,7 @@ from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labe
 from activeseg.errors import AnnotationError, InputError, StateError
 from activeseg.labelstudio.brush import results_to_instances
 from activeseg.labelstudio.client import LabelStudioClient, checked_id, latest_update, parse_time
-from activeseg.labelstudio.labeling import task_status
+from activeseg.labelstudio.labeling import LEGACY_SKIP_CHOICE, task_status
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
@@ -77,30 +78,38 @@ def labels_from_results(
     *,
     task: int | str,
     allow_empty: bool,
+    pages: Sequence[int] | None = None,
 ) -> CropLabels:
     """Return a crop's sparse labels from one annotation's results.
 
-    ``slices``: the crop's z-indices the task showed (``item_index`` i is ``slices[i]``);
-    ``shape``: the crop's (Z, Y, X). Every shown slice becomes annotated; a voxel painted for
-    two neurons is kept as an overlap (both memberships). An annotation
-    without a single region is an AnnotationError unless ``allow_empty`` (the annotator said
-    "done": the shown slices hold no neuron).
+    ``slices``: the crop's z-indices whose labels count (the label slices); ``pages``: the
+    crop z of each page the task showed (``item_index`` i is ``pages[i]``; None: the pages
+    are the ``slices``). Every label slice becomes annotated, regions on other pages (context)
+    are left out; ``shape``: the crop's (Z, Y, X). A voxel painted for two neurons is kept as
+    an overlap (both memberships). An annotation without a single region on a label slice is
+    an AnnotationError unless ``allow_empty`` (the annotator said "done": the label slices
+    hold no neuron).
     """
     depth, height, width = (int(n) for n in shape)
+    shown_z = list(slices) if pages is None else [int(z) for z in pages]
+    keep = [i for i, z in enumerate(shown_z) if z in set(slices)]
+    if len(keep) != len(set(slices)):
+        raise AnnotationError(f"task {task}: label slices {list(slices)} not all among the pages")
     shown, has_regions = results_to_instances(
-        results, len(slices), height, width, ALPHA_THRESHOLD, task=task
+        results, len(shown_z), height, width, ALPHA_THRESHOLD, task=task
     )
-    if not has_regions.any() and not allow_empty:
+    if not has_regions[keep].any() and not allow_empty:
         raise AnnotationError(
-            f"task {task}: the annotation has no brush region (and no 'done' choice): "
-            f"nothing to ingest"
+            f"task {task}: the annotation has no brush region on a label slice (and no 'done' "
+            f"choice): nothing to ingest"
         )
+    kept_z = [shown_z[i] for i in keep]
     labels = np.zeros((depth, height, width), np.uint32)
     mask = np.zeros((depth, height, width), bool)
-    labels[list(slices)] = shown.labels
-    mask[list(slices)] = True
-    overlaps = shown.overlaps.copy()
-    overlaps[:, 0] = np.asarray(slices, np.int64)[overlaps[:, 0]]
+    labels[kept_z] = shown.labels[keep]
+    mask[kept_z] = True
+    overlaps = shown.overlaps[np.isin(shown.overlaps[:, 0], keep)].copy()
+    overlaps[:, 0] = np.asarray(shown_z, np.int64)[overlaps[:, 0]]
     return CropLabels(labels, mask, overlaps)
 
 
@@ -242,7 +251,7 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
     if not isinstance(results, list):
         raise AnnotationError(f"task {ls_id}: the annotation's result is not a list of regions")
     status = task_status(results)
-    skipped = bool(annotation.get("was_cancelled")) or status == "skip"
+    skipped = bool(annotation.get("was_cancelled")) or status == LEGACY_SKIP_CHOICE
     label_path = None if skipped else _write_labels(project, pooled, annotation, ls_id)
     lead_time = annotation.get("lead_time")
     with project.session() as session:
@@ -275,6 +284,7 @@ def _write_labels(
         pooled.pushed.get("shape") or _crop_shape(project, pooled),
         task=f"{ls_id} (crop {pooled.crop_id}, annotation {annotation['id']})",
         allow_empty=task_status(results) == "done",
+        pages=pooled.pushed.get("pages"),
     )
     stamp = parse_time(str(annotation["updated_at"])).strftime("%Y%m%dT%H%M%S%f")
     path = project.crop_label_path(pooled.crop_id, f"ls-{annotation['id']}-{stamp}")
@@ -285,7 +295,7 @@ def _write_labels(
 
 def _skip_reason(annotation: Mapping[str, Any], status: str | None) -> str:
     who = annotator_name(annotation) or "the annotator"
-    how = "chose 'skip'" if status == "skip" else "skipped the task"
+    how = "chose 'skip'" if status == LEGACY_SKIP_CHOICE else "skipped the task"
     return f"{who} {how} in Label Studio (annotation {annotation['id']})"
 
 

@@ -1,9 +1,17 @@
 """Push a round's selected crops to Label Studio as tasks with the model's neurons and doubts.
 
-One task per crop: a few z-slices (where the model is most unsure) as RGB images, the same
-slices with the uncertainty painted over them, a caption saying why these slices and which
-neurons to check, and the model's instances on those slices as a brush pre-annotation whose
-``score`` is the crop's acquisition score (sort the Data Manager by it, highest first).
+One task per crop, in one numbering (the absolute z of the volume) everywhere: page corners,
+caption, region ids and the Data Manager. A task pages through the crop's z-slices (all of
+them by default, ``CONTEXT_SLICES``); the *label pages* (the slices where the model is most
+unsure; in round 0 evenly spaced ones) are the only slices whose labels are kept
+(``task.slices``), the others are context to follow a neurite up and down. The pages start
+on the label page with the most flagged neurons and go up in z; the slices below it follow.
+The model's doubts are drawn into the pages (corner marks, on a fixed scale); beside them a
+still overview (top and side projections, label slices marked, the doubt's side view with its
+legend) and a napari command line that opens the crop in 3-D there. The model's instances on
+the label pages are a brush pre-annotation whose ``score`` is the crop's priority in [0, 1]
+(1 = ranked first; the default Data Manager view sorts by it), and the task offers only the
+brush labels its crop needs plus a few spare.
 
 The push is safe to re-run. Images go up first (an orphaned upload is harmless); tasks are
 imported with their predictions inline in one call per batch, so a task never lacks its
@@ -15,30 +23,37 @@ and records them instead of importing them again.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Sequence
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from activeseg.data.volumes import read_raw
+from activeseg.data.volumes import RAW_PATH, read_raw
 from activeseg.errors import LabelStudioError, StateError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient, checked_id, chunks
 from activeseg.labelstudio.labeling import (
     CAPTION_KEY,
     IMAGES_KEY,
-    OVERLAYS_KEY,
+    LABELS_KEY,
+    NAPARI_KEY,
+    OVERVIEW_KEY,
     instance_label,
     labeling_config,
+    offered_labels,
 )
 from activeseg.labelstudio.render import (
     channel_limits,
-    composite,
     data_uri,
-    overlay_rgba,
+    doubt_marks,
+    overview_image,
+    page_tag,
     png_bytes,
     render_rgb,
 )
@@ -66,6 +81,19 @@ FLAG_NOTES = {
     "merge": "may be merged (several neurons)",
     "unstable": "unstable across samples",
 }
+# Context pages on each side of the label slices (the block is clipped to the crop); None:
+# every slice of the crop (crops are 16-32 slices deep: a neuron can be followed through all).
+CONTEXT_SLICES: int | None = None
+# Brush labels offered beyond the pre-annotated neurons, and in round 0 (no model) in all.
+SPARE_LABELS = 4
+ROUND0_LABELS = 8
+# The doubt scale's top in bits of mutual information (at most 1 bit for a yes/no voxel),
+# unless labelstudio.overlay_vmax says otherwise: fixed, so marks compare across tasks.
+DOUBT_VMAX = 0.5
+# Voxels around the crop in y and x that the napari command line also opens.
+NAPARI_MARGIN = 16
+# Task data the Data Manager should not show as columns (images, long text).
+HIDDEN_DATA = (IMAGES_KEY, OVERVIEW_KEY, LABELS_KEY, NAPARI_KEY, CAPTION_KEY, "flagged")
 Json = dict[str, Any]
 Progress = Callable[[int, int], None]
 
@@ -86,12 +114,17 @@ class PushResult:
 
 @dataclass(frozen=True)
 class CropTask:
-    """One crop rendered as a task: images by name, task data and the pre-annotation."""
+    """One crop rendered as a task: page and overview images by name, data, pre-annotation.
+
+    ``slices``: the label slices (crop z) whose labels ingest keeps; ``pages``: the crop z of
+    every page, in page order (``item_index`` i is ``pages[i]``).
+    """
 
     crop_id: int
     slices: list[int]
+    pages: list[int]
     images: dict[str, bytes]
-    overlays: dict[str, bytes]
+    overview: dict[str, bytes]
     data: Json
     prediction: Json | None
     pushed: Json
@@ -119,41 +152,179 @@ def relabel_shown(
     return lookup[consensus], {new: int(old) for new, old in enumerate(kept, start=1)}
 
 
-def flagged_instances(risks: Sequence[Json], model_to_label: dict[int, int]) -> list[str]:
-    """Return 'n3: may be merged (several neurons)' notes for the flagged instances shown."""
+def flagged_instances(
+    risks: Sequence[Json],
+    model_to_label: dict[int, int],
+    seen_on: Mapping[int, Sequence[int]] | None = None,
+) -> list[str]:
+    """Return 'n3 (z 26, 28): may be merged (several neurons)' notes for the flagged shown.
+
+    ``seen_on``: {label id: absolute z of the label pages it is on}; without it the notes
+    name no pages.
+    """
     notes = []
     for risk in risks:
         new = model_to_label.get(int(risk["id"]))
         if new is not None and risk.get("flags"):
             flags = ", ".join(FLAG_NOTES.get(flag, flag) for flag in risk["flags"])
-            notes.append(f"{instance_label(new)}: {flags}")
+            where = list((seen_on or {}).get(new, []))
+            pages = f" (z {', '.join(str(z) for z in where)})" if where else ""
+            notes.append(f"{instance_label(new)}{pages}: {flags}")
     return notes
 
 
-def render_crop(
+def flagged_labels(risks: Sequence[Json], model_to_label: dict[int, int]) -> set[int]:
+    """Return the label ids (1..K) of the shown instances the model flags."""
+    return {
+        model_to_label[int(r["id"])]
+        for r in risks
+        if r.get("flags") and int(r["id"]) in model_to_label
+    }
+
+
+def start_page(shown: npt.NDArray[np.uint32], slices: Sequence[int], flagged: set[int]) -> int:
+    """Return the label slice (crop z) with the most flagged neurons (ties: the lowest z).
+
+    ``shown``: the (N, H, W) labels on the N label ``slices``; ``flagged``: label ids.
+    """
+    counts = [len(flagged & {int(v) for v in np.unique(plane)}) for plane in shown]
+    return int(slices[int(np.argmax(counts))]) if len(slices) else 0
+
+
+def plan_pages(
+    depth: int, slices: Sequence[int], first: int, context: int | None = CONTEXT_SLICES
+) -> list[int]:
+    """Return the crop z of each page: a contiguous block around the label ``slices``.
+
+    The block runs from ``context`` slices below the lowest label slice to ``context`` above
+    the highest (clipped to the crop's ``depth``; None: the whole crop). Label Studio opens a
+    task on its first page and cannot be told another, so the block starts at ``first`` (the
+    label page to open on) and goes up; the slices below ``first`` follow, in order.
+    """
+    if not slices:
+        raise ValueError("a task needs at least one label slice")
+    if first not in slices:
+        raise ValueError(f"the first page {first} is not one of the label slices {list(slices)}")
+    reach = depth if context is None else context
+    low, high = max(0, min(slices) - reach), min(depth - 1, max(slices) + reach)
+    block = list(range(low, high + 1))
+    at = block.index(first)
+    return block[at:] + block[:at]
+
+
+def render_pages(
     raw: npt.ArrayLike,
+    pages: Sequence[int],
     slices: Sequence[int],
     uncertainty: npt.ArrayLike | None,
-    vmax: float | None,
+    vmax: float,
+    z_origin: int,
     prefix: str,
-) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """Return ({name: PNG} of the slices, {name: PNG} of the overlays), in slice order.
+) -> dict[str, bytes]:
+    """Return {name: PNG} of the pages, in page order, named by absolute z.
 
-    ``raw``: (C, Z, Y, X), contrast set once per crop; ``uncertainty``: (Z, Y, X) or None (no
-    model yet: the overlays show the bare slices); ``vmax``: uncertainty at full colour (None:
-    the crop's maximum).
+    ``raw``: (C, Z, Y, X), contrast set once per crop; each page gets its absolute z
+    (``z_origin`` + z) in the corner, black on white on a label slice, grey on black on
+    context; ``uncertainty``: (Z, Y, X) or None (no model: no doubt marks), drawn as marks on
+    the fixed scale 0..``vmax``.
     """
     data = np.asarray(raw)
     limits = channel_limits(data)
     doubt = None if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
-    top = vmax or (float(doubt.max()) if doubt is not None else 0.0) or 1.0
-    images, overlays = {}, {}
-    for z in slices:
+    label_set = set(slices)
+    images = {}
+    for z in pages:
         rgb = render_rgb(data[:, z], limits)
-        images[f"{prefix}_z{z}.png"] = png_bytes(rgb)
-        shown = rgb if doubt is None else composite(rgb, overlay_rgba(doubt[z], top))
-        overlays[f"{prefix}_u{z}.png"] = png_bytes(shown)
-    return images, overlays
+        if doubt is not None:
+            rgb = doubt_marks(rgb, doubt[z], vmax)
+        images[f"{prefix}_z{z_origin + z}.png"] = png_bytes(
+            page_tag(rgb, z_origin + z, z in label_set)
+        )
+    return images
+
+
+def page_results(
+    results: Sequence[Json], slices: Sequence[int], pages: Sequence[int], z_origin: int
+) -> list[Json]:
+    """Return brush results made over the label ``slices`` moved onto their ``pages``.
+
+    ``results``: from :func:`instances_to_results` of the labels on the label slices
+    (``item_index`` i is ``slices[i]``). Each comes back with the index of its page and the
+    id ``z<absolute z>-<label>``, the numbering the annotator sees.
+    """
+    position = {z: i for i, z in enumerate(pages)}
+    moved = []
+    for result in results:
+        z = slices[int(result["item_index"])]
+        label = result["value"]["brushlabels"][0]
+        moved.append(result | {"item_index": position[z], "id": f"z{z_origin + z}-{label}"})
+    return moved
+
+
+def napari_command(volume: Path, crop: CropInfo, z: int, consensus: Path | None = None) -> str:
+    """Return a shell command line that opens a crop in napari, in 3-D, at absolute ``z``.
+
+    It reads the crop's z range with a margin of ``NAPARI_MARGIN`` voxels in y and x from
+    the volume's OME-Zarr raw array, places it at its volume coordinates (so napari's z is the
+    task's), and adds the model's consensus instances when ``consensus`` (the crop's analysis
+    zarr) is given.
+    """
+    (z0, y0, x0), (z1, y1, x1) = crop.origin, crop.end
+    y0, x0 = max(0, y0 - NAPARI_MARGIN), max(0, x0 - NAPARI_MARGIN)
+    box = f"{z0}:{z1}, {y0}:{y1 + NAPARI_MARGIN}, {x0}:{x1 + NAPARI_MARGIN}"
+    # Python strings in double quotes: the shell quoting around the program stays plain.
+    code = [
+        "import napari, zarr",
+        f'a = zarr.open_array({json.dumps(str(volume / RAW_PATH))}, mode="r")[:, {box}]',
+        "v = napari.Viewer(ndisplay=3)",
+        f'v.add_image(a, channel_axis=0, blending="additive", translate=({z0}, {y0}, {x0}))',
+    ]
+    if consensus is not None:
+        model = json.dumps(str(consensus / "consensus"))
+        code.append(
+            f'v.add_labels(zarr.open_array({model}, mode="r")[...], name="model", '
+            f"translate={tuple(crop.origin)!r})"
+        )
+    code += [f"v.dims.set_point(0, {z})", "napari.run()"]
+    return "python -c " + shlex.quote("; ".join(code))
+
+
+def priority(rank: int | None, ranked: int, score: float) -> float:
+    """Return a crop's priority in [0, 1]: 1 for the first of ``ranked`` crops, falling by rank.
+
+    Without a rank, the score squashed into [0, 1) (``s / (1 + s)``, 0 for s <= 0).
+    """
+    if rank is not None and ranked > 0:
+        return round(1.0 - rank / ranked, 4)
+    return round(max(score, 0.0) / (1.0 + max(score, 0.0)), 4)
+
+
+@dataclass
+class _Model:
+    """What the model says about a crop's label slices, as the task shows it."""
+
+    shown: npt.NDArray[np.uint32]
+    label_ids: dict[int, int]
+    notes: list[str]
+    first: int
+
+
+def _read_model(
+    path: Path, slices: Sequence[int], z0: int, max_instances: int, shape: Sequence[int]
+) -> _Model:
+    """Return the model's instances on the label slices, flags and the page to open on."""
+    if not path.exists():
+        return _Model(np.zeros((0, *shape[1:]), np.uint32), {}, [], slices[0])
+    shown, label_ids = relabel_shown(read_analysis(path, "consensus")[list(slices)], max_instances)
+    model_to_label = {old: new for new, old in label_ids.items()}
+    risks = read_instance_risks(path)
+    seen_on = {
+        k: [z0 + z for z, plane in zip(slices, shown, strict=True) if (plane == k).any()]
+        for k in label_ids
+    }
+    notes = flagged_instances(risks, model_to_label, seen_on)
+    first = start_page(shown, slices, flagged_labels(risks, model_to_label))
+    return _Model(shown, label_ids, notes, first)
 
 
 def build_task(
@@ -163,63 +334,85 @@ def build_task(
     settings = project.config.labelstudio
     with project.session() as session:
         volume = next(v for v in pool_volumes.list_volumes(session) if v.id == crop.volume_id)
+        ranked = sum(s.rank is not None for s in pool_rounds.round_scores(session, round_info.id))
     raw = read_raw(project.resolve(volume.path), crop.box)
     slices, reason = plan_slices(project, round_info.number, crop)
     path = analysis_path(project, round_info.number, crop.id)
     has_model = path.exists()
+    z0 = crop.origin[0]
+    model = _read_model(path, slices, z0, settings.max_instances, crop.shape)
+    pages = plan_pages(crop.shape[0], slices, model.first)
     uncertainty = read_analysis(path, "mutual_information") if has_model else None
+    vmax = settings.overlay_vmax or DOUBT_VMAX
     prefix = f"crop{crop.id}_r{round_info.number}"
-    images, overlays = render_crop(raw, slices, uncertainty, settings.overlay_vmax, prefix)
-    flagged: list[str] = []
+    images = render_pages(raw, pages, slices, uncertainty, vmax, z0, prefix)
+    view = overview_image(raw, channel_limits(raw), slices, pages, z0, uncertainty, vmax)
+    share = priority(rank, ranked, score)
     prediction: Json | None = None
-    label_ids: dict[int, int] = {}
     if has_model:
-        consensus = read_analysis(path, "consensus")[slices]
-        shown, label_ids = relabel_shown(consensus, settings.max_instances)
-        model_to_label = {old: new for new, old in label_ids.items()}
-        flagged = flagged_instances(read_instance_risks(path), model_to_label)
         prediction = {
-            "result": instances_to_results(shown),
-            "score": score,
+            "result": page_results(instances_to_results(model.shown), slices, pages, z0),
+            "score": share,
             "model_version": f"round-{round_info.number}",
         }
-    caption = _caption(crop, volume.name, round_info.number, score, slices, reason, flagged)
+    offered = len(model.label_ids) + SPARE_LABELS if has_model else ROUND0_LABELS
+    place = f"rank {rank + 1} of {ranked}, " if rank is not None and ranked else ""
     data = {
-        CAPTION_KEY: caption,
+        CAPTION_KEY: _caption(
+            crop,
+            volume.name,
+            round_info.number,
+            place + f"priority {share:.2f}",
+            slices,
+            pages,
+            reason,
+            model.notes,
+        ),
+        NAPARI_KEY: napari_command(
+            project.resolve(volume.path), crop, z0 + model.first, path if has_model else None
+        ),
+        LABELS_KEY: offered_labels(min(offered, settings.max_instances)),
         "crop_id": crop.id,
         "round": round_info.number,
+        "priority": share,
         "score": score,
         "rank": rank,
-        "slices": slices,
-        "flagged": flagged,
+        "slices": [z0 + z for z in slices],
+        "pages": f"z {z0 + min(pages)}-{z0 + max(pages)}",
+        "flagged": model.notes,
     }
     pushed = {
         "reason": reason,
         "score": score,
+        "priority": share,
         "rank": rank,
-        "flagged": flagged,
+        "flagged": model.notes,
         "shape": list(crop.shape),
-        "instances": {instance_label(new): old for new, old in label_ids.items()},
+        "pages": pages,
+        "instances": {instance_label(new): old for new, old in model.label_ids.items()},
         "model_version": prediction["model_version"] if prediction else None,
     }
-    return CropTask(crop.id, slices, images, overlays, data, prediction, pushed)
+    overview = {f"{prefix}_overview.png": png_bytes(view)}
+    return CropTask(crop.id, slices, pages, images, overview, data, prediction, pushed)
 
 
 def _caption(
     crop: CropInfo,
     volume: str,
     round_number: int,
-    score: float,
+    standing: str,
     slices: Sequence[int],
+    pages: Sequence[int],
     reason: str,
     flagged: Sequence[str],
 ) -> str:
+    z0 = crop.origin[0]
     box = " ".join(f"{a}:{b}" for a, b in zip(crop.origin, crop.end, strict=True))
-    shown = ", ".join(str(crop.origin[0] + z) for z in slices)
+    labels = ", ".join(str(z0 + z) for z in slices)
     text = (
-        f"Crop {crop.id} of {volume} (z y x {box}), round {round_number}, score {score:.3g}. "
-        f"Shown: z = {shown}, the {reason}. Label every neuron on every shown slice; "
-        f"keep one label per neuron across slices."
+        f"Crop {crop.id} of {volume} (z y x {box}), round {round_number}, {standing}. "
+        f"Label z = {labels} (numbers on white; the {reason}); "
+        f"z {z0 + min(pages)}-{z0 + max(pages)} to step through, from z {z0 + pages[0]}."
     )
     if flagged:
         text += " Check " + "; ".join(flagged) + "."
@@ -227,20 +420,24 @@ def _caption(
 
 
 def project_id(project: Project, client: LabelStudioClient) -> int:
-    """Return this project's Label Studio project, created on first use (id kept in the pool)."""
+    """Return this project's Label Studio project, created on first use (id kept in the pool).
+
+    The project also gets its default Data Manager view (by priority, no image columns).
+    """
     settings = project.config.labelstudio
-    config = labeling_config(settings.max_instances)
+    config = labeling_config()
     with project.session() as session:
         stored = pool_settings.get_setting(session, PROJECT_SETTING)
     if stored is not None:
         check_server(project, client)
-        return client.ensure_project(settings.project_title, config, project_id=int(stored))
-    title = f"{settings.project_title}: {project.root.name}"
-    created = client.create_project(title, config)
-    with project.session() as session:
-        pool_settings.set_setting(session, PROJECT_SETTING, str(created))
-        pool_settings.set_setting(session, SERVER_SETTING, client.shown_url)
-    return created
+        found = client.ensure_project(settings.project_title, config, project_id=int(stored))
+    else:
+        found = client.create_project(f"{settings.project_title}: {project.root.name}", config)
+        with project.session() as session:
+            pool_settings.set_setting(session, PROJECT_SETTING, str(found))
+            pool_settings.set_setting(session, SERVER_SETTING, client.shown_url)
+    client.ensure_default_view(found, HIDDEN_DATA)
+    return found
 
 
 def check_server(project: Project, client: LabelStudioClient) -> None:
@@ -335,7 +532,7 @@ def upload_and_import(
 
     ``images_as``: "upload" (files on the server) or "inline" (data URIs in the task data).
     """
-    images = {name: png for t in tasks for name, png in (t.images | t.overlays).items()}
+    images = {name: png for t in tasks for name, png in (t.images | t.overview).items()}
     if images_as == "upload":
         urls = client.upload_images(ls_project, images)
     else:
@@ -349,7 +546,7 @@ def upload_and_import(
 def _task_json(task: CropTask, urls: dict[str, str]) -> Json:
     data = task.data | {
         IMAGES_KEY: [urls[name] for name in task.images],
-        OVERLAYS_KEY: [urls[name] for name in task.overlays],
+        OVERVIEW_KEY: [urls[name] for name in task.overview],
     }
     json: Json = {"data": data}
     if task.prediction is not None:

@@ -384,8 +384,37 @@ def select_crops(project: Project, round_id: int, strategy: str, batch_size: int
     picked = rank_crops(scores, strategy, **options) if ordered else []
     ranking = [ordered[p.index].crop_id for p in picked]
     with project.session() as session:
+        crops = {c.id: c for c in pool_volumes.list_crops(session, split="pool")}
+        ranking = apart_first(ranking, crops)
         pool_rounds.record_selection(session, round_id, ranking, batch_size)
     return ranking[:batch_size]
+
+
+def boxes_overlap(a: CropInfo, b: CropInfo) -> bool:
+    """Return whether two crops of the same volume share a voxel."""
+    return a.volume_id == b.volume_id and all(
+        a0 < b1 and b0 < a1 for a0, a1, b0, b1 in zip(a.origin, a.end, b.origin, b.end, strict=True)
+    )
+
+
+def apart_first(ranking: Sequence[int], crops: dict[int, CropInfo]) -> list[int]:
+    """Return the ranking with crops that overlap a better-ranked kept crop moved to the end.
+
+    Taken in rank order, a crop is kept when it shares no voxel with a crop kept before it;
+    the others follow in their order. Any prefix of the result is then as free of overlaps
+    as the pool allows: annotators never label the same voxels twice in one round.
+    """
+    kept: list[CropInfo] = []
+    later: list[int] = []
+    for crop_id in ranking:
+        crop = crops.get(crop_id)
+        if crop is not None and any(boxes_overlap(crop, other) for other in kept):
+            later.append(crop_id)
+        elif crop is not None:
+            kept.append(crop)
+        else:
+            later.append(crop_id)
+    return [c.id for c in kept] + later
 
 
 def _crop_scores(parts: Sequence[dict[str, Any]]) -> CropScores:
@@ -405,16 +434,75 @@ def selected_crops(project: Project, round_id: int) -> list[CropInfo]:
     return [c for c in crops if c.status == "unlabeled"]
 
 
+@dataclass(frozen=True)
+class PushPlan:
+    """What a push of a round can take: crops waiting, crops added to the selection, and why
+    fewer than asked (None when the request is met)."""
+
+    waiting: int
+    added: int
+    shortfall: str | None = None
+
+
+def widen_selection(
+    project: Project, round_id: int, round_number: int, limit: int | None
+) -> PushPlan:
+    """Return the round's push plan, first selecting more ranked crops if ``limit`` asks so.
+
+    The selection grows in rank order, by the unlabeled crops past it, until ``limit`` crops
+    wait for a task (without ``limit``: nothing is added). ``shortfall`` says exactly why
+    fewer than asked can go: how many were ranked, and how many of those are already pushed,
+    labeled or skipped.
+    """
+    with project.session() as session:
+        scores = pool_rounds.round_scores(session, round_id)
+        status = {c.id: c.status for c in pool_volumes.list_crops(session)}
+        ranking = [s.crop_id for s in scores if s.rank is not None]
+        chosen = sum(s.selected for s in scores)
+        free = [c for c in ranking if status.get(c) == "unlabeled"]
+        waiting = [s.crop_id for s in scores if s.selected and status.get(s.crop_id) == "unlabeled"]
+        want = len(waiting) if limit is None else limit
+        extra = [c for c in free if c not in set(waiting)][: max(want - len(waiting), 0)]
+        if extra:
+            last = max(ranking.index(c) for c in extra)
+            pool_rounds.record_selection(session, round_id, ranking, max(chosen, last + 1))
+    count = len(waiting) + len(extra)
+    if limit is None and count == 0:
+        return PushPlan(0, 0, _shortfall(round_number, ranking, status, chosen))
+    if limit is not None and count < limit:
+        return PushPlan(count, len(extra), _shortfall(round_number, ranking, status, chosen))
+    return PushPlan(count, len(extra))
+
+
+def _shortfall(
+    round_number: int, ranking: Sequence[int], status: dict[int, str], chosen: int
+) -> str:
+    """Return why a round has fewer crops to push than asked, in numbers."""
+    states: dict[str, int] = {}
+    for crop_id in ranking:
+        states[status.get(crop_id, "gone")] = states.get(status.get(crop_id, "gone"), 0) + 1
+    left = states.pop("unlabeled", 0)
+    taken = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none taken"
+    return (
+        f"round {round_number} ranked {len(ranking)} crops ({chosen} selected); "
+        f"{taken}; {left} still unlabeled to push"
+    )
+
+
 def plan_slices(project: Project, round_number: int, crop: CropInfo) -> tuple[list[int], str]:
     """Return the z-slices (crop coordinates) a task shows, and why those.
 
-    With a model: the slices where it is most unsure (mutual information). Round 0: evenly
-    spaced slices.
+    With a model: the slices where it is most unsure (mutual information), never the crop's
+    first or last slice when others are left (at the crop's z edge the data is often noise).
+    Round 0: evenly spaced slices.
     """
     n = min(project.config.labelstudio.slices, crop.shape[0])
     path = analysis_path(project, round_number, crop.id)
     if path.exists():
         uncertainty = read_analysis(path, "mutual_information")
-        return choose_slices(uncertainty, n), "slices where the model is most unsure"
+        edge = 1 if crop.shape[0] - 2 >= n else 0
+        inner = uncertainty[edge : crop.shape[0] - edge]
+        chosen = [z + edge for z in choose_slices(inner, n)]
+        return chosen, "slices where the model is most unsure"
     spaced = np.linspace(0, crop.shape[0] - 1, n + 2)[1:-1].round().astype(int)
     return sorted({int(z) for z in spaced}), "evenly spaced slices (no model yet)"

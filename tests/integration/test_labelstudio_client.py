@@ -16,8 +16,8 @@ from activeseg.labelstudio.client import (
     deleted_annotations,
     latest_update,
 )
-from activeseg.labelstudio.labeling import labeling_config, task_status
-from activeseg.labelstudio.render import channel_limits, overlay_rgba, png_bytes, render_rgb
+from activeseg.labelstudio.labeling import labeling_config, offered_labels, task_status
+from activeseg.labelstudio.render import channel_limits, doubt_heat, png_bytes, render_rgb
 
 
 def decode(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def crop_labels(seed: int) -> np.ndarray:
 
 
 def slice_images(seed: int, prefix: str) -> dict[str, bytes]:
-    """Return {name: PNG} of the RGB slices and uncertainty overlays of a synthetic crop."""
+    """Return {name: PNG} of the RGB slices and of a single-hue doubt image of a crop."""
     rng = np.random.default_rng(seed)
     raw = rng.integers(0, 4096, (3, SLICES, HEIGHT, WIDTH)).astype(np.uint16)
     limits = channel_limits(raw)
@@ -49,14 +49,14 @@ def slice_images(seed: int, prefix: str) -> dict[str, bytes]:
     for z in range(SLICES):
         images[f"{prefix}_s{z}.png"] = png_bytes(render_rgb(raw[:, z], limits))
         uncertainty = rng.random((HEIGHT, WIDTH))
-        images[f"{prefix}_u{z}.png"] = png_bytes(overlay_rgba(uncertainty, 1.0))
+        images[f"{prefix}_u{z}.png"] = png_bytes(doubt_heat(uncertainty, 1.0))
     return images
 
 
 @pytest.fixture(scope="module")
 def project(ls_client: LabelStudioClient) -> int:
     """Return a fresh project with the activeseg labeling config."""
-    return ls_client.ensure_project(f"test {uuid.uuid4().hex[:8]}", labeling_config(8))
+    return ls_client.ensure_project(f"test {uuid.uuid4().hex[:8]}", labeling_config())
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,10 @@ def pushed(ls_client: LabelStudioClient, project: int) -> dict[str, Any]:
         {
             "data": {
                 "images": [urls[f"c{seed}_s{z}.png"] for z in range(SLICES)],
-                "overlays": [urls[f"c{seed}_u{z}.png"] for z in range(SLICES)],
+                "overview": [urls[f"c{seed}_u0.png"]],
+                "labels": offered_labels(8),
                 "caption": f"crop {seed}",
+                "napari": "napari",
             },
             "meta": {"crop": seed},
         }
@@ -89,10 +91,11 @@ def pushed(ls_client: LabelStudioClient, project: int) -> dict[str, Any]:
 def test_ensure_project_finds_the_project_again(ls_client: LabelStudioClient, project: int) -> None:
     title = ls_client.sdk.projects.get(id=project).title
     assert title is not None
-    assert ls_client.ensure_project(title, labeling_config(8)) == project
-    # A grown config (more instances) is applied to the same project.
-    assert ls_client.ensure_project(title, labeling_config(12), project_id=project) == project
-    assert 'value="n12"' in (ls_client.sdk.projects.get(id=project).label_config or "")
+    assert ls_client.ensure_project(title, labeling_config()) == project
+    # A changed config is applied to the same project.
+    changed = labeling_config().replace('size="5"', 'size="4"')
+    assert ls_client.ensure_project(title, changed, project_id=project) == project
+    assert 'size="4"' in (ls_client.sdk.projects.get(id=project).label_config or "")
 
 
 def test_uploaded_images_are_served_with_the_token(
@@ -131,7 +134,8 @@ def test_predictions_the_server_drops_are_an_error(
     ls_client: LabelStudioClient, project: int, pushed: dict[str, Any]
 ) -> None:
     result = instances_to_results(crop_labels(0))
-    result[0]["value"]["brushlabels"] = ["n99"]  # not in the labeling config
+    # Label values are the task's own (dynamic labels); a control the config lacks is dropped.
+    result[0]["from_name"] = "no_such_control"
     with pytest.raises(LabelStudioError, match="kept only 0"):
         ls_client.import_predictions(project, [{"task": pushed["task_ids"][0], "result": result}])
 

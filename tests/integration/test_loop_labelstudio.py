@@ -30,7 +30,7 @@ from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import TaskInfo
+from activeseg.pool.records import CropInfo, TaskInfo
 from activeseg.workflows import push as push_module
 from activeseg.workflows.annotators import answer_in_labelstudio
 from activeseg.workflows.ingest import SINCE_SETTING, ingest_annotations
@@ -71,6 +71,12 @@ def looped(
     return project
 
 
+def pool_crop(project: Project, crop_id: int) -> CropInfo:
+    """Return a crop of the pool."""
+    with project.session() as session:
+        return pool_volumes.get_crop(session, crop_id)
+
+
 def png_shape(client: LabelStudioClient, url: str) -> tuple[int, ...]:
     """Return the shape of the image behind a task URL (uploaded file or data URI)."""
     prefix = "data:image/png;base64,"
@@ -86,12 +92,14 @@ def test_round_zero_tasks_show_the_crop_without_pre_annotation(
     for task in tasks:
         remote = ls_client.get_task(int(task.ls_task_id or 0))
         assert remote["data"]["crop_id"] == task.crop_id
-        assert remote["data"]["slices"] == list(task.slices)
+        crop_z = pool_crop(looped, task.crop_id).origin[0]
+        assert remote["data"]["slices"] == [crop_z + z for z in task.slices]
         assert remote["predictions"] == []
-        images, overlays = remote["data"]["images"], remote["data"]["overlays"]
-        assert len(images) == len(overlays) == len(task.slices) == 2
-        # The smoke crops are 16 x 32 x 32: every image is one RGB slice of the crop.
-        assert {png_shape(ls_client, url) for url in images + overlays} == {(32, 32, 3)}
+        images = remote["data"]["images"]
+        assert len(task.slices) == 2 and len(images) == len(task.pushed["pages"]) == 16
+        # The smoke crops are 16 x 32 x 32: every page is one RGB slice of the crop.
+        assert {png_shape(ls_client, url) for url in images} == {(32, 32, 3)}
+        assert png_shape(ls_client, remote["data"]["overview"][0])[2] == 3
 
 
 def test_round_one_ingested_what_the_annotator_drew(looped: Project) -> None:
@@ -117,17 +125,19 @@ def test_round_one_pushes_pre_annotated_tasks_ranked_by_score(
     assert len(tasks) == 4
     with looped.session() as session:
         round_one = pool_rounds.get_round(session, 1)
-        scores = {s.crop_id: s.score for s in pool_rounds.round_scores(session, round_one.id)}
+        ranked = [s for s in pool_rounds.round_scores(session, round_one.id) if s.rank is not None]
+    ranks = {s.crop_id: s.rank or 0 for s in ranked}
     for task in tasks:
         remote = ls_client.get_task(int(task.ls_task_id or 0))
         (prediction,) = remote["predictions"]
-        assert prediction["score"] == pytest.approx(scores[task.crop_id])
+        assert prediction["score"] == pytest.approx(1 - ranks[task.crop_id] / len(ranked), abs=1e-4)
         assert prediction["model_version"] == "round-1"
         assert "most unsure" in remote["data"]["caption"]
         consensus = read_analysis(analysis_path(looped, 1, task.crop_id), "consensus")
         expected, mapping = relabel_shown(consensus[list(task.slices)], 32)
-        decoded, _ = decode(prediction["result"], len(task.slices), 32, 32)
-        assert np.array_equal(decoded, expected)
+        pages = task.pushed["pages"]
+        decoded, _ = decode(prediction["result"], len(pages), 32, 32)
+        assert np.array_equal(decoded[[pages.index(z) for z in task.slices]], expected)
         assert task.pushed["instances"] == {f"n{k}": v for k, v in mapping.items()}
 
 
@@ -145,7 +155,7 @@ def test_history_shows_both_rounds_and_the_labels_improved_the_model(looped: Pro
 
 
 def edited(prediction: list[dict[str, Any]], slices: int) -> list[dict[str, Any]]:
-    """Return an annotator's fix of a pre-annotation: one neuron painted on every slice."""
+    """Return an annotator's fix of a pre-annotation: one neuron painted on every page."""
     labels = np.zeros((slices, 32, 32), np.uint32)
     labels[:, 4:9, 2:30] = 1
     labels[:, 12:30, 20:24] = 2
@@ -162,7 +172,9 @@ def test_ingest_edits_skips_errors_updates_and_deletions(
     looped: Project, ls_client: LabelStudioClient
 ) -> None:
     good, skipped, wrong_slice, empty = tasks_of_round(looped, 1)
-    n = len(good.slices)
+    # Regions go on pages (item_index); only the label slices' pages are kept.
+    n = len(good.pushed["pages"])
+    on_labels = [good.pushed["pages"].index(z) for z in good.slices]
     ls = {t.crop_id: int(t.ls_task_id or 0) for t in (good, skipped, wrong_slice, empty)}
     first = ls_client.create_annotation(ls[good.crop_id], edited([], n))
     ls_client.create_annotation(ls[skipped.crop_id], [], was_cancelled=True)
@@ -184,7 +196,7 @@ def test_ingest_edits_skips_errors_updates_and_deletions(
             looped.resolve(str(pool_volumes.get_crop(session, good.crop_id).label_path))
         )
     expected, _ = decode(edited([], n), n, 32, 32)
-    assert np.array_equal(stored.labels[list(good.slices)], expected)
+    assert np.array_equal(stored.labels[list(good.slices)], expected[on_labels])
 
     # Nothing changed in Label Studio: ingesting again changes nothing (through the CLI).
     again = CliRunner().invoke(app, ["ingest", "--json", "-p", str(looped.root)])
@@ -216,7 +228,8 @@ def test_ingest_edits_skips_errors_updates_and_deletions(
     assert [a.current for a in history] == [False, True]
     assert all(looped.resolve(str(a.label_path)).exists() for a in history)
     assert np.array_equal(
-        read_crop_labels(looped.resolve(str(crop.label_path))).labels[list(good.slices)], corrected
+        read_crop_labels(looped.resolve(str(crop.label_path))).labels[list(good.slices)],
+        corrected[on_labels],
     )
 
     # Deleting the annotation in Label Studio returns the crop to the queue.
@@ -252,6 +265,6 @@ def test_push_interrupted_before_the_pool_records_is_recovered(
     remote = ls_client.list_task_data(result.project_id)
     assert len(remote) == 2
     for task in remote:  # uploaded files this time, served by Label Studio
-        urls = task["data"]["images"] + task["data"]["overlays"]
+        urls = [*task["data"]["images"], *task["data"]["overview"]]
         assert all(url.startswith("/data/upload/") for url in urls)
-        assert {png_shape(ls_client, url) for url in urls} == {(32, 32, 3)}
+        assert {png_shape(ls_client, url) for url in task["data"]["images"]} == {(32, 32, 3)}

@@ -18,7 +18,8 @@ from activeseg.labelstudio.brush import instances_to_results, results_to_instanc
 from activeseg.labelstudio.labeling import (
     BRUSH_NAME,
     IMAGE_NAME,
-    OVERLAY_NAME,
+    LABELS_KEY,
+    OVERVIEW_NAME,
     instance_id,
     labeling_config,
     task_status,
@@ -180,24 +181,24 @@ def test_instances_to_results_rejects_non_integer_labels() -> None:
         instances_to_results(np.zeros((1, 2, 2), dtype=np.float32))
 
 
-def test_labeling_config_has_one_label_per_instance_and_the_status_choices() -> None:
-    root = ET.fromstring(labeling_config(4))
-    images = {tag.get("name"): tag.get("valueList") for tag in root.iter("Image")}
-    assert images == {IMAGE_NAME: "$images", OVERLAY_NAME: "$overlays"}
+def test_labeling_config_pages_one_image_with_dynamic_labels_and_a_required_status() -> None:
+    root = ET.fromstring(labeling_config())
+    images = {
+        tag.get("name"): tag.get("valueList") or tag.get("value") for tag in root.iter("Image")
+    }
+    # One paged image to paint on, and the overview (a list of one image: no second pager).
+    assert images == {IMAGE_NAME: "$images", OVERVIEW_NAME: "$overview"}
+    # Label Studio's file upload needs at most one data key read through `value`.
+    assert [t.get("value") for t in root.iter() if t.get("name") and t.get("value")] == ["$labels"]
     brush = root.find(".//BrushLabels")
     assert brush is not None
     assert (brush.get("name"), brush.get("toName")) == (BRUSH_NAME, IMAGE_NAME)
-    values = [label.get("value") for label in brush.iter("Label")]
-    assert values == ["n1", "n2", "n3", "n4"]
-    colours = [label.get("background") for label in brush.iter("Label")]
-    assert len(set(colours)) == 4
-    choices = [choice.get("value") for choice in root.iter("Choice")]
-    assert choices == ["done", "unsure", "skip"]
-
-
-def test_labeling_config_needs_an_instance() -> None:
-    with pytest.raises(ValueError, match="max_instances"):
-        labeling_config(0)
+    assert brush.get("value") == f"${LABELS_KEY}"
+    assert not list(brush.iter("Label"))  # the task lists its own labels
+    status = root.find(".//Choices")
+    assert status is not None
+    assert (status.get("choice"), status.get("required")) == ("single-radio", "true")
+    assert [choice.get("value") for choice in root.iter("Choice")] == ["done", "unsure"]
 
 
 def test_instance_id_parses_label_values() -> None:

@@ -35,7 +35,7 @@ from activeseg.workflows.push import (
     SERVER_SETTING,
     flagged_instances,
     relabel_shown,
-    render_crop,
+    render_pages,
 )
 from activeseg.workflows.simulate import create_demo_project
 
@@ -62,16 +62,16 @@ def test_flagged_instances_names_only_the_shown_ones() -> None:
     assert notes == ["n1: may be merged (several neurons)"]
 
 
-def test_render_crop_names_one_slice_and_one_overlay_per_shown_slice() -> None:
+def test_render_pages_names_one_image_per_page_by_absolute_z() -> None:
     raw = np.random.default_rng(0).integers(0, 500, (3, 6, 8, 10)).astype(np.uint16)
     doubt = np.zeros((6, 8, 10))
-    doubt[4, :, :5] = 1.0
-    images, overlays = render_crop(raw, [1, 4], doubt, None, "crop3_r2")
-    assert list(images) == ["crop3_r2_z1.png", "crop3_r2_z4.png"]
-    assert list(overlays) == ["crop3_r2_u1.png", "crop3_r2_u4.png"]
-    # Where the model is sure the overlay is the bare slice; where unsure it differs.
-    assert overlays["crop3_r2_u1.png"] == images["crop3_r2_z1.png"]
-    assert overlays["crop3_r2_u4.png"] != images["crop3_r2_z4.png"]
+    doubt[4, 4:7, 4:8] = 1.0
+    images = render_pages(raw, [4, 5, 1], [4], doubt, 1.0, 20, "crop3_r2")
+    assert list(images) == ["crop3_r2_z24.png", "crop3_r2_z25.png", "crop3_r2_z21.png"]
+    # Where the model is sure the page carries no marks: the same with or without doubts.
+    bare = render_pages(raw, [4, 5, 1], [4], None, 1.0, 20, "crop3_r2")
+    assert images["crop3_r2_z21.png"] == bare["crop3_r2_z21.png"]
+    assert images["crop3_r2_z24.png"] != bare["crop3_r2_z24.png"]
 
 
 def test_labels_from_results_places_slices_and_masks_the_rest() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import socket
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from activeseg.labelstudio.client import (
 )
 from activeseg.labelstudio.server import (
     check_port_free,
+    echo_log,
     find_ls_venv,
     free_port,
     server_command,
@@ -144,3 +147,20 @@ def test_latest_update_and_deleted_annotations() -> None:
 
 def test_stored_name_strips_the_upload_prefix() -> None:
     assert stored_name("upload/3/1a2b3c4d-c1_s0.png") == "c1_s0.png"
+
+
+def test_the_server_log_is_echoed_from_where_it_stood(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("from an older start\n")
+    out = io.StringIO()
+    with echo_log(log, out, every=0.05):
+        with log.open("a") as stream:
+            stream.write("Starting http://user:secret@127.0.0.1:8080\nhalf a li")
+        time.sleep(0.3)
+        assert out.getvalue() == "Starting http://127.0.0.1:8080\n"
+        with log.open("a") as stream:
+            stream.write("ne")
+    # The rest comes out when the block ends; the older start's log never does.
+    assert out.getvalue() == "Starting http://127.0.0.1:8080\nhalf a line"
+    with echo_log(log, None):
+        pass
