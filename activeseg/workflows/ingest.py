@@ -45,6 +45,8 @@ from activeseg.workflows.push import PROJECT_SETTING, check_server
 log = logging.getLogger(__name__)
 
 SINCE_SETTING = "labelstudio.ingested_until"
+# The status recorded for a pre-annotation submitted without a change (kept, and traceable).
+UNTOUCHED = "untouched"
 # Writers of labels (ingest, ingest --from-file, the simulated annotator) take turns.
 LOCK = "ingest"
 LOCK_WAIT_SECONDS = 600.0
@@ -266,7 +268,7 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
             was_cancelled=skipped,
             round_number=round_number,
             skip_reason=_skip_reason(annotation, status) if skipped else None,
-            status=status,
+            status=UNTOUCHED if status != "unsure" and untouched(annotation, task) else status,
         )
     if skipped:
         return "skipped"
@@ -291,6 +293,29 @@ def _write_labels(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_crop_labels(path, labels)
     return project.relative(path)
+
+
+def untouched(annotation: Mapping[str, Any], task: Mapping[str, Any]) -> bool:
+    """Return whether an annotation's brush regions are exactly one of the task's
+    pre-annotations: submitted as the model drew it, without a stroke."""
+    drawn = _brush_regions(annotation.get("result"))
+    predictions = task.get("predictions") or []
+    return bool(drawn) and any(
+        drawn == _brush_regions(p.get("result")) for p in predictions if isinstance(p, Mapping)
+    )
+
+
+def _brush_regions(results: Any) -> list[tuple[Any, ...]]:
+    """Return the brush regions of results as sorted (page, labels, RLE) tuples."""
+    if not isinstance(results, list):
+        return []
+    regions = []
+    for result in results:
+        value = result.get("value") if isinstance(result, Mapping) else None
+        if isinstance(value, Mapping) and "brushlabels" in value:
+            labels, rle = value.get("brushlabels") or [], value.get("rle") or []
+            regions.append((result.get("item_index"), tuple(map(str, labels)), tuple(rle)))
+    return sorted(regions, key=repr)
 
 
 def _skip_reason(annotation: Mapping[str, Any], status: str | None) -> str:

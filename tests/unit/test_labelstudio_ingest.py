@@ -457,3 +457,27 @@ def test_another_server_is_refused_before_its_task_ids_are_used(
         ingest_annotations(project, client=cast(LabelStudioClient, other))
     with project.session() as session:
         assert pool_settings.get_setting(session, SINCE_SETTING) is None
+
+
+def test_an_untouched_pre_annotation_is_marked_as_such(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("untouched") / "project", "smoke")
+    (as_drawn, shape), (corrected, _) = _queued_tasks(project, 2)
+    model = _answer(shape, 1, "2026-01-02T04:00:00Z")["result"]
+    client = ChangedTasks(
+        [
+            {"id": 100, "updated_at": "2026-01-02T04:00:00Z", "predictions": [{"result": model}],
+             "annotations": [_answer(shape, 1, "2026-01-02T04:00:00Z")]},
+            {"id": 101, "updated_at": "2026-01-02T04:00:00Z", "predictions": [{"result": model}],
+             "annotations": [_answer(shape, 2, "2026-01-02T04:00:00Z")]},
+        ]
+    )  # fmt: skip
+    client.tasks[1]["annotations"][0]["result"][0]["value"]["brushlabels"] = ["n2"]
+    assert ingest_annotations(project, client=cast(LabelStudioClient, client)).ingested == 2
+    with project.session() as session:
+        statuses = {
+            t.crop_id: pool_tasks.current_annotation(session, t.id).status  # type: ignore[union-attr]
+            for t in pool_tasks.list_tasks(session)
+        }
+    assert statuses[as_drawn] == "untouched" and statuses[corrected] is None
