@@ -144,7 +144,7 @@ def region_label(value: Mapping[str, Any], where: str) -> str:
 def region_slice(result: Mapping[str, Any], n_slices: int, where: str) -> int:
     """Return a result's ``item_index``; AnnotationError if absent or not a pushed slice."""
     index = result.get("item_index")
-    if not isinstance(index, int) or not 0 <= index < n_slices:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n_slices:
         raise AnnotationError(
             f"{where}: region on slice item_index={index!r}, but only {n_slices} slices "
             f"(0..{n_slices - 1}) were pushed"

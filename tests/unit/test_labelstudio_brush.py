@@ -267,3 +267,14 @@ def test_an_rle_of_the_right_size_still_decodes() -> None:
     result = crafted_result(instances_to_results(mask[None].astype(np.uint32))[0]["value"]["rle"])
     labels, _ = decode([result], 1, 32, 32, task=9)
     assert np.array_equal(labels[0] == 1, mask)
+
+
+@pytest.mark.parametrize("index", [False, True, 1.0, "0"])
+def test_an_item_index_that_is_no_integer_is_an_annotation_error(index: object) -> None:
+    # found by fuzzing: a JSON false passed as slice 0 (a bool is an int in Python)
+    labels = np.zeros((2, 4, 5), np.uint32)
+    labels[0, 1:3, 1:4] = 2
+    result = instances_to_results(labels)[0]
+    result["item_index"] = index
+    with pytest.raises(AnnotationError, match="item_index"):
+        results_to_instances([result], 2, 4, 5, task=3)
