@@ -105,17 +105,17 @@ def _read_container(
 
 
 def _read_tiff(path: Path, labels_path: str | None) -> SourceVolume:
-    raw = raw_source(_load_tiff(path), str(path))
+    raw = raw_source(load_tiff(path), str(path))
     labels = None
     if labels_path:
         label_file = Path(labels_path)
         if not label_file.exists():
             raise VolumeFormatError(f"label file {label_file} does not exist")
-        labels = label_source(_load_tiff(label_file), raw.shape[1:], str(label_file))
+        labels = label_source(load_tiff(label_file), raw.shape[1:], str(label_file))
     return SourceVolume(raw, labels, (1.0, 1.0, 1.0))
 
 
-def _load_tiff(path: Path) -> Any:
+def load_tiff(path: Path) -> Any:
     """Return a TIFF's image: memory-mapped where it is stored uncompressed, else read."""
     import tifffile
 

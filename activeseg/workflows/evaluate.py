@@ -22,6 +22,7 @@ from activeseg.core.streaming_metrics import UncertaintyTables
 from activeseg.core.tiling import UNCERTAINTY, predict_array, predict_to_zarr
 from activeseg.core.uncertainty import InstanceRisk, instance_uncertainty, mutual_information
 from activeseg.data.fisbe import GT_INSTANCES
+from activeseg.data.importers import load_tiff
 from activeseg.data.sources import label_source
 from activeseg.data.volumes import GT_PATH, raw_array, read_ground_truth, read_raw
 from activeseg.errors import InputError, VolumeFormatError
@@ -308,7 +309,7 @@ def read_labels(path: Path, key: str | None = None) -> Instances:
         raise InputError(f"dataset key {key!r} points outside {path}")
     fmt = guess_format(path)
     if fmt == "tiff":
-        return _whole(_tiff_labels(path), str(path))
+        return _whole(load_tiff(path), str(path))
     if fmt == "hdf5":
         import h5py
 
@@ -350,20 +351,6 @@ def _whole(array: Any, where: str) -> Instances:
         raise VolumeFormatError(f"{where}: labels must be (Z, Y, X) or (N, Z, Y, X), got {shape}")
     source = label_source(array, shape[-3:], where)
     return source.slab(0, source.shape[0])
-
-
-def _tiff_labels(path: Path) -> Any:
-    """Return a label TIFF's image: memory-mapped where it is stored uncompressed, else read."""
-    import tifffile
-
-    try:
-        return tifffile.memmap(path, mode="r")
-    except (ValueError, OSError, tifffile.TiffFileError):
-        pass
-    try:
-        return np.asarray(tifffile.imread(path))
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise VolumeFormatError(f"{path} is not a readable TIFF file: {exc}") from exc
 
 
 def evaluate_files(
