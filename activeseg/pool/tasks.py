@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from activeseg.errors import NotFoundError, StateError
@@ -101,6 +101,12 @@ def current_annotation(session: Session, task_id: int) -> AnnotationInfo | None:
         select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
     )
     return None if row is None else _annotation_info(row)
+
+
+def annotations_since(session: Session, when: datetime) -> int:
+    """Return how many annotation versions were ingested after ``when``."""
+    query = select(func.count()).select_from(Annotation).where(Annotation.ingested_at > when)
+    return int(session.scalar(query) or 0)
 
 
 def unsure_crop_ids(session: Session) -> set[int]:

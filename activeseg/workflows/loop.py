@@ -16,6 +16,7 @@ from typing import Any
 from activeseg.choices import Stage, Strategy
 from activeseg.errors import InputError, StateError
 from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import RoundInfo
 from activeseg.workflows import annotators, fit, score
@@ -142,11 +143,24 @@ def _train(context: RoundContext) -> TrainOutput:
         labeled = pool_volumes.list_crops(session, status="labeled", split="pool")
     if done is None and not labeled:
         return TrainOutput(skipped="no labeled crops yet")
+    unchanged = None if done is not None else _unchanged_since(project, len(labeled))
+    if unchanged is not None:  # a new checkpoint would only miss the score cache
+        return TrainOutput(skipped=f"no labels changed since {unchanged}")
     # A checkpoint of this round: trained before a crash that hit before the stage was recorded.
     checkpoint = done or fit.train_project(
         project, round_id=current.id, round_number=current.number
     )
     return TrainOutput(checkpoint.path, checkpoint.steps, checkpoint.labeled_crops)
+
+
+def _unchanged_since(project: Project, labeled: int) -> str | None:
+    """Return the newest checkpoint's path if no label changed since it was trained, else None."""
+    with project.session() as session:
+        previous = pool_rounds.latest_checkpoint(session)
+        if previous is None or previous.labeled_crops != labeled:
+            return None
+        changed = pool_tasks.annotations_since(session, previous.created_at)
+    return previous.path if changed == 0 else None
 
 
 def _model_of(context: RoundContext) -> str | None:

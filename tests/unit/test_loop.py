@@ -299,3 +299,23 @@ def test_an_interrupted_simulation_copy_never_opens_the_original(
     target.mkdir()  # a folder that is no project: refused, not climbed out of
     with pytest.raises(ProjectNotFoundError):
         simulate.copy_project(project, target, config)
+
+
+def test_a_round_without_new_labels_keeps_the_model_and_its_cached_scores(
+    started: Path, tmp_path: Path
+) -> None:
+    project = _copy(started, tmp_path)
+    trained = run_round(project)  # answers round 0's tasks, trains
+    files = replace(project, config=project.config.model_copy(update={
+        "loop": project.config.loop.model_copy(update={"annotator": "file"})}))  # fmt: skip
+    idle = run_round(files)  # nobody answered: no label changed
+    train = idle.stage("train")
+    assert train is not None and train.outputs["skipped"].startswith("no labels changed")
+    score = idle.stage("score")
+    assert (
+        score is not None
+        and score.outputs["model"]
+        == trained.stage("train").outputs[  # type: ignore[union-attr]
+            "checkpoint"
+        ]
+    )
