@@ -50,13 +50,20 @@ class RawSource:
 
     def slab(self, z0: int, z1: int) -> npt.NDArray[Any]:
         """Return raw[:, z0:z1] as a (C, z1 - z0, Y, X) array; refuse NaN or infinities."""
+        return self[slice(None), slice(z0, z1), slice(None), slice(None)]
+
+    def __getitem__(self, key: tuple[slice, slice, slice, slice]) -> npt.NDArray[Any]:
+        """Return raw[c, z, y, x] (channels first) for a box of slices, so tiles can read it;
+        refuse NaN or infinities."""
+        channels, *spatial = key
         if self.channel_axis is None:
-            data = np.asarray(self.array[z0:z1])[None]
+            data = np.asarray(self.array[tuple(spatial)])[None][channels]
         elif self.channel_axis == 0:
-            data = np.asarray(self.array[:, z0:z1])
+            data = np.asarray(self.array[(channels, *spatial)])
         else:
-            data = np.moveaxis(np.asarray(self.array[z0:z1]), -1, 0)
+            data = np.moveaxis(np.asarray(self.array[(*spatial, channels)]), -1, 0)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
+            z0, z1, _ = spatial[0].indices(self.shape[1])
             raise VolumeFormatError(
                 f"{self.where}: raw holds NaN or infinite values in z {z0}..{z1 - 1}; "
                 f"activeseg cannot normalize or train on them (replace them first)"

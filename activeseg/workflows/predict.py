@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -36,7 +35,7 @@ from activeseg.core.stitching import (
 )
 from activeseg.core.tiling import UNCERTAINTY, predict_to_zarr
 from activeseg.data.importers import FORMATS, read_source
-from activeseg.data.sources import RawSource, raw_source
+from activeseg.data.sources import raw_source
 from activeseg.data.volumes import RAW_PATH, raw_array
 from activeseg.durable import claim_output
 from activeseg.errors import InputError, VolumeFormatError
@@ -98,39 +97,8 @@ def open_raw(
     if chosen not in FORMATS:
         raise InputError(f"unknown format {chosen!r}; use one of activeseg, {', '.join(FORMATS)}")
     if chosen == "zarr" and isinstance(zarr.open(str(path), mode="r"), zarr.Array):
-        return SourceArray(raw_source(zarr.open_array(str(path), mode="r"), str(path)))
-    return SourceArray(read_source(path, chosen, raw_key=raw_key).raw)
-
-
-@dataclass(frozen=True)
-class SourceArray:
-    """A raw source of any stored layout seen as a (C, Z, Y, X) array that tiles can slice."""
-
-    source: RawSource
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """Return the (C, Z, Y, X) shape."""
-        return self.source.shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Return the stored dtype."""
-        return self.source.dtype
-
-    def __getitem__(self, key: tuple[slice, slice, slice, slice]) -> npt.NDArray[Any]:
-        """Return raw[channels, z, y, x] (channels first), refusing NaN or infinities."""
-        channels, *spatial = key
-        stored, axis = self.source.array, self.source.channel_axis
-        if axis is None:
-            data = np.asarray(stored[tuple(spatial)])[None][channels]
-        elif axis == 0:
-            data = np.asarray(stored[(channels, *spatial)])
-        else:
-            data = np.moveaxis(np.asarray(stored[(*spatial, channels)]), -1, 0)
-        if data.dtype.kind == "f" and not np.isfinite(data).all():
-            raise VolumeFormatError(f"{self.source.where}: raw holds NaN or infinite values")
-        return data
+        return raw_source(zarr.open_array(str(path), mode="r"), str(path))
+    return read_source(path, chosen, raw_key=raw_key).raw
 
 
 def predict_volume(
