@@ -85,3 +85,33 @@ def check_cmd(
         print_check(report)
     if not report.consistent:
         raise typer.Exit(1)
+
+
+@command(app, "unlock")
+def unlock_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """Say which of the project's locks are held, by whom, and how to free them.
+
+    Locks are released by the kernel when their holder exits (even on a crash), so there is
+    nothing to remove by hand: a held lock means that process still runs. Exit 0 when none is
+    held, 75 (try again later) when one is.
+
+    Example: [bold]activeseg unlock --json[/]
+    """
+    from activeseg.errors import LockError
+    from activeseg.workflows.locks import lock_states
+    from activeseg.workflows.project import open_project
+
+    states = lock_states(open_project(project_dir).root)
+    held = [s for s in states if s.held]
+    if as_json:
+        emit_json([s.as_dict() for s in states])
+    elif not held:
+        console.print("no lock is held: nothing to unlock (a lock is freed when its holder exits)")
+    else:
+        for state in held:
+            console.print(
+                f"{state.name}: held by {state.holder or 'an unknown process'}; it is freed "
+                f"when that process ends (let it finish, or stop it)"
+            )
+    if held:
+        raise typer.Exit(LockError.exit_code)

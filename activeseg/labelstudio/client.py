@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -521,6 +522,20 @@ class LabelStudioClient:
                 page_size=TASKS_PAGE_SIZE,
             )
             return [{"id": task.id, "data": task.data} for task in pager]
+
+    def task_ids(self, project_id: int) -> set[int] | None:
+        """Return the ids of a project's tasks; None when the server has no such project."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        with self.calling(f"finding project {project_id}"):
+            try:
+                self._sdk.projects.get(id=project_id)
+            except ApiError as exc:
+                if exc.status_code == HTTPStatus.NOT_FOUND:
+                    return None
+                raise
+        tasks = self.list_task_data(project_id)
+        return {checked_id(t["id"], f"a task of project {project_id}") for t in tasks}
 
     def get_task(self, task_id: int) -> Json:
         """Return one task as a JSON-like dict, with its annotations (skips included)."""

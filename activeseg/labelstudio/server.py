@@ -84,8 +84,13 @@ def free_port() -> int:
 
 
 def check_port_free(port: int) -> None:
-    """Raise LabelStudioError if ``port`` on 127.0.0.1 is taken (the server would move on)."""
+    """Raise LabelStudioError if ``port`` on 127.0.0.1 is taken (the server would move on).
+
+    Connections of a server just stopped linger in TIME_WAIT; like the server itself, the
+    check reuses the address, so only a listening process counts as taken.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError as exc:

@@ -219,13 +219,21 @@ class Task(Base):
             sqlite_where=text("active = 1"),
             postgresql_where=text("active"),
         ),
+        # Label Studio reuses the ids of deleted tasks: unique among active tasks only.
+        Index(
+            "uq_task_active_ls_task_id",
+            "ls_task_id",
+            unique=True,
+            sqlite_where=text("active = 1"),
+            postgresql_where=text("active"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     crop_id: Mapped[int] = mapped_column(ForeignKey("crop.id", ondelete="CASCADE"), index=True)
     round_id: Mapped[int | None] = mapped_column(ForeignKey("round.id", ondelete="SET NULL"))
     ls_project_id: Mapped[int | None] = mapped_column(Integer)
-    ls_task_id: Mapped[int | None] = mapped_column(Integer, unique=True)
+    ls_task_id: Mapped[int | None] = mapped_column(Integer)
     slices: Mapped[list[Any]] = mapped_column(doc="z-slices (crop coordinates) shown")
     pushed: Mapped[dict[str, Any]] = mapped_column(default=dict, doc="what was pushed")
     active: Mapped[bool] = mapped_column(Boolean, default=True)

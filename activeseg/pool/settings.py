@@ -21,3 +21,11 @@ def set_setting(session: Session, key: str, value: str) -> None:
     else:
         row.value = value
     session.flush()
+
+
+def delete_setting(session: Session, key: str) -> None:
+    """Forget a stored project setting (nothing happens if it is not set)."""
+    row = session.get(Setting, key)
+    if row is not None:
+        session.delete(row)
+        session.flush()

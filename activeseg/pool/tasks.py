@@ -82,8 +82,9 @@ def list_tasks(session: Session, *, active: bool | None = None) -> list[TaskInfo
 
 
 def task_by_ls_id(session: Session, ls_task_id: int) -> TaskInfo | None:
-    """Return the task pushed as this Label Studio task, or None."""
-    row = session.scalar(select(Task).where(Task.ls_task_id == ls_task_id))
+    """Return the active task pushed as this Label Studio task, or None (a retired task's id
+    may be the server's id of a newer task)."""
+    row = session.scalar(select(Task).where(Task.ls_task_id == ls_task_id, Task.active.is_(True)))
     return None if row is None else _task_info(row)
 
 
@@ -212,3 +213,20 @@ def withdraw_annotations(session: Session, task_id: int) -> bool:
         )
     session.flush()
     return bool(rows)
+
+
+def retire_tasks(session: Session, task_ids: Sequence[int]) -> None:
+    """Retire tasks whose Label Studio task was deleted there.
+
+    A retired task is kept as history, inactive; its crop goes back to the pool (unlabeled)
+    unless labels were already ingested for it: those stay.
+    """
+    for task_id in task_ids:
+        task = session.get(Task, task_id)
+        if task is None:
+            raise NotFoundError(f"no task with id {task_id} in this project")
+        task.active = False
+        crop = session.get_one(Crop, task.crop_id)
+        if crop.status is CropStatus.QUEUED:
+            crop.status = CropStatus.UNLABELED
+    session.flush()

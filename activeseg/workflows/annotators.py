@@ -254,6 +254,7 @@ class LabelStudioAnnotator:
             skipped=result.skipped,
             withdrawn=result.withdrawn,
             unchanged=result.unchanged,
+            deleted=result.deleted,
             errors=tuple(result.errors),
         )
 

@@ -1,27 +1,32 @@
 """A consistency check of a project, like ``git fsck``: the ledger against the files.
 
 Every file the ledger references exists and opens; every labeled crop has its labels; no
-stage is left running without a live holder of the round lock; no leftover partial writes.
-``repair`` fixes only what is safe: it removes partial writes no live process is making.
+stage is left running without a live holder of the round lock; no crop queued without an open
+task; no leftover partial writes. ``repair`` fixes only what is safe: it removes partial
+writes no live process is making, returns stuck crops to the pool and, given a Label Studio
+client, retires the tasks deleted there.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from activeseg.core.models.checkpoint import CHECKPOINT_FILES
 from activeseg.data.volumes import raw_array, read_crop_labels
 from activeseg.durable import PARTIAL_SUFFIX
-from activeseg.errors import ActivesegError, LockError
+from activeseg.errors import ActivesegError, LabelStudioError, LockError
+from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.workflows.locks import hold_lock
+from activeseg.workflows.locks import hold_lock, is_held
 from activeseg.workflows.project import Project
+from activeseg.workflows.push import PROJECT_SETTING, reconcile_deleted
 
 WRITER_LOCKS = ("import", "ingest", "round")
 
@@ -58,13 +63,55 @@ class CheckReport:
 
 
 def check_project(project: Project, *, repair: bool = False) -> CheckReport:
-    """Return what is inconsistent between the project's ledger and its files."""
+    """Return what is inconsistent between the project's ledger and its files.
+
+    With ``repair``, a project that pushed to Label Studio also has the tasks deleted there
+    retired (what every ingest does; the offline check cannot see them).
+    """
     checked: dict[str, int] = {}
     problems: list[Problem] = []
+    if repair and _pushed_to_labelstudio(project):
+        problems.extend(_deleted_tasks(project))
     for finder in CHECKS:
         problems.extend(finder(project, checked))
+    problems.extend(_queued(project, checked, repair))
     problems.extend(_partials(project, checked, repair))
     return CheckReport(checked, problems)
+
+
+def _pushed_to_labelstudio(project: Project) -> bool:
+    with project.session() as session:
+        return pool_settings.get_setting(session, PROJECT_SETTING) is not None
+
+
+def _deleted_tasks(project: Project) -> list[Problem]:
+    try:
+        env_file = project.root / ".env"
+        with (
+            hold_lock(project.root, "ingest"),
+            closing(LabelStudioClient.from_env(env_file)) as client,
+        ):
+            reconciled = reconcile_deleted(project, client)
+    except (LabelStudioError, LockError) as exc:
+        return [Problem("tasks not reconciled", "Label Studio", str(exc))]
+    detail = "retired; crops without labels are back in the pool"
+    return [Problem("task deleted in Label Studio", f"{reconciled.deleted} tasks", detail,
+                    repaired=True)] if reconciled.deleted else []  # fmt: skip
+
+
+def _queued(project: Project, checked: dict[str, int], repair: bool) -> list[Problem]:
+    """Crops queued for annotation with no open task: nobody will ever answer them."""
+    with project.session() as session:
+        open_crops = {t.crop_id for t in pool_tasks.list_tasks(session, active=True)}
+        stuck = [c.id for c in pool_volumes.list_crops(session, status="queued")
+                 if c.id not in open_crops]  # fmt: skip
+        checked["queued crops"] = len(pool_volumes.list_crops(session, status="queued"))
+        if repair:
+            for crop_id in stuck:
+                pool_volumes.set_crop_status(session, crop_id, "unlabeled")
+    detail = "returned to the pool" if repair else "no open task; `check --repair` frees it"
+    return [Problem("crop queued without a task", f"crop {c}", detail, repaired=repair)
+            for c in stuck]  # fmt: skip
 
 
 def _volumes(project: Project, checked: dict[str, int]) -> Iterator[Problem]:
@@ -118,22 +165,13 @@ def _stages(project: Project, checked: dict[str, int]) -> Iterator[Problem]:
     with project.session() as session:
         current = pool_rounds.open_round(session)
     checked["open rounds"] = int(current is not None)
-    if current is None or _held(project, "round"):
+    if current is None or is_held(project.root, "round"):
         return
     for stage in current.stages:
         if stage.status == "running":
             where = f"round {current.number}, stage {stage.name}"
             yield Problem("stage left running", where, "no live round holds the lock; "
                           "`activeseg round` resumes it")  # fmt: skip
-
-
-def _held(project: Project, name: str) -> bool:
-    """Return whether a live process holds the project's lock ``name``."""
-    try:
-        with hold_lock(project.root, name):
-            return False
-    except LockError:
-        return True
 
 
 def _partials(project: Project, checked: dict[str, int], repair: bool) -> list[Problem]:

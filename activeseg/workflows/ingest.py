@@ -40,11 +40,10 @@ from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import TaskInfo
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
-from activeseg.workflows.push import PROJECT_SETTING, check_server
+from activeseg.workflows.push import PROJECT_SETTING, SINCE_SETTING, reconcile_deleted
 
 log = logging.getLogger(__name__)
 
-SINCE_SETTING = "labelstudio.ingested_until"
 # The status recorded for a pre-annotation submitted without a change (kept, and traceable).
 UNTOUCHED = "untouched"
 # Writers of labels (ingest, ingest --from-file, the simulated annotator) take turns.
@@ -66,6 +65,7 @@ class IngestResult:
     skipped: int = 0
     withdrawn: int = 0
     unchanged: int = 0
+    deleted: int = 0  # tasks deleted in Label Studio, retired from the pool
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -161,16 +161,16 @@ def ingest_annotations(
 
 
 def _ingest(project: Project, round_number: int | None, client: LabelStudioClient) -> IngestResult:
+    reconciled = reconcile_deleted(project, client)
+    result = IngestResult(deleted=reconciled.deleted)
     with project.session() as session:
         stored = pool_settings.get_setting(session, PROJECT_SETTING)
         since = pool_settings.get_setting(session, SINCE_SETTING)
         if round_number is None:
             rounds = pool_rounds.list_rounds(session)
             round_number = rounds[-1].number if rounds else None
-    result = IngestResult()
     if stored is None:
-        return result  # nothing was ever pushed
-    check_server(project, client)
+        return result  # nothing was ever pushed, or the Label Studio project is gone
     tasks = client.changed_tasks(int(stored), _reread_from(since))
     failed: list[Mapping[str, Any]] = []
     for task in tasks:

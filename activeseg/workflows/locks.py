@@ -1,8 +1,8 @@
 """Project locks the kernel releases: an exclusive ``flock`` on a file in the project.
 
 A crashed or killed holder, in this container or another, cannot wedge a project: its lock
-goes away with its process. ``activeseg unlock`` is therefore never needed for a live file
-system; it only reports who holds what.
+goes away with its process. ``activeseg unlock`` therefore removes nothing: it reports who
+holds what, and how to free it (stop that process).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from activeseg.errors import LockError
@@ -65,3 +66,40 @@ def holder(path: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return f"pid {pid} on {host}"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """One project lock: whether a live process holds it, and who held it last."""
+
+    name: str
+    held: bool
+    holder: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the state as JSON-able data."""
+        return {"name": self.name, "held": self.held, "holder": self.holder}
+
+
+def lock_states(root: Path) -> list[LockState]:
+    """Return the state of every lock the project has used, by name."""
+    states = []
+    for path in sorted((root / LOCK_DIR).glob("*.lock")):
+        name = path.name.removesuffix(".lock")
+        states.append(LockState(name, is_held(root, name), holder(path)))
+    return states
+
+
+def is_held(root: Path, name: str) -> bool:
+    """Return whether a live process holds the project's lock ``name`` (taking nothing)."""
+    try:
+        fd = os.open(lock_path(root, name), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

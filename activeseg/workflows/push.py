@@ -75,6 +75,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_SETTING = "labelstudio.project_id"
 SERVER_SETTING = "labelstudio.server"
+# The ingest cursor: the newest task update ingested (the server's time).
+SINCE_SETTING = "labelstudio.ingested_until"
 TASKS_PER_IMPORT = 100
 FLAG_NOTES = {
     "split": "may be split (part of a neuron)",
@@ -426,11 +428,9 @@ def project_id(project: Project, client: LabelStudioClient) -> int:
     """
     settings = project.config.labelstudio
     config = labeling_config()
-    with project.session() as session:
-        stored = pool_settings.get_setting(session, PROJECT_SETTING)
+    stored = None if reconcile_deleted(project, client).project_gone else _stored_project(project)
     if stored is not None:
-        check_server(project, client)
-        found = client.ensure_project(settings.project_title, config, project_id=int(stored))
+        found = client.ensure_project(settings.project_title, config, project_id=stored)
     else:
         found = client.create_project(f"{settings.project_title}: {project.root.name}", config)
         with project.session() as session:
@@ -438,6 +438,51 @@ def project_id(project: Project, client: LabelStudioClient) -> int:
             pool_settings.set_setting(session, SERVER_SETTING, client.shown_url)
     client.ensure_default_view(found, HIDDEN_DATA)
     return found
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconcile found: tasks deleted in Label Studio, and whether the project went."""
+
+    deleted: int = 0
+    project_gone: bool = False
+
+
+def reconcile_deleted(project: Project, client: LabelStudioClient) -> Reconciled:
+    """Retire the pool's tasks that were deleted in Label Studio (see ``retire_tasks``).
+
+    When the whole Label Studio project is gone, the pool forgets it (and the ingest cursor):
+    the next push creates a new project. The active tasks are read before the server's list,
+    so a task pushed in between is never taken for deleted.
+    """
+    ls_project = _stored_project(project)
+    if ls_project is None:
+        return Reconciled()
+    check_server(project, client)
+    with project.session() as session:
+        active = [t for t in pool_tasks.list_tasks(session, active=True)
+                  if t.ls_project_id == ls_project]  # fmt: skip
+    present = client.task_ids(ls_project)
+    gone = [t.id for t in active if present is None or t.ls_task_id not in present]
+    with project.session() as session:
+        pool_tasks.retire_tasks(session, gone)
+        if present is None:
+            pool_settings.delete_setting(session, PROJECT_SETTING)
+            pool_settings.delete_setting(session, SINCE_SETTING)
+    if gone or present is None:
+        log.warning(
+            "Label Studio %s: %d of this project's tasks were deleted there; their crops without "
+            "labels are back in the pool",
+            f"project {ls_project} is gone" if present is None else f"project {ls_project}",
+            len(gone),
+        )
+    return Reconciled(len(gone), present is None)
+
+
+def _stored_project(project: Project) -> int | None:
+    with project.session() as session:
+        stored = pool_settings.get_setting(session, PROJECT_SETTING)
+    return None if stored is None else int(stored)
 
 
 def check_server(project: Project, client: LabelStudioClient) -> None:

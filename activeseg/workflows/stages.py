@@ -58,6 +58,7 @@ class IngestOutput:
     skipped: int = 0
     withdrawn: int = 0
     unchanged: int = 0
+    deleted: int = 0
     errors: tuple[str, ...] = ()
     correction: CorrectionEffort | None = None
 
@@ -75,6 +76,7 @@ class IngestOutput:
             "skipped": self.skipped,
             "withdrawn": self.withdrawn,
             "unchanged": self.unchanged,
+            "deleted": self.deleted,
             "errors": list(self.errors),
         }
 

@@ -61,3 +61,20 @@ def test_repair_removes_partial_writes_and_nothing_else(
     assert sorted(p.name for p in project.volumes_dir.iterdir()) == sorted(
         set(before) - {partial.name}
     )
+
+
+def test_a_crop_queued_without_an_open_task_is_reported_and_repaired(
+    smoke_project: Project, flylight_zarr: Path
+) -> None:
+    project = _imported(smoke_project, flylight_zarr)
+    with project.session() as session:
+        crop = pool_volumes.list_crops(session)[0]
+        pool_volumes.set_crop_status(session, crop.id, "queued")  # e.g. a task deleted by hand
+    found = check_project(project)
+    assert [(p.kind, p.where) for p in found.problems] == [
+        ("crop queued without a task", f"crop {crop.id}")
+    ]
+    assert check_project(project, repair=True).consistent
+    with project.session() as session:
+        assert pool_volumes.get_crop(session, crop.id).status == "unlabeled"
+    assert check_project(project).problems == []

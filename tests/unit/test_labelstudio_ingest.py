@@ -168,13 +168,18 @@ def test_ingest_file_rejects_bad_labels_and_stores_nothing(
 
 
 class ChangedTasks:
-    """A stand-in client that lists fixed changed tasks."""
+    """A stand-in client that lists fixed changed tasks; ``present``: the task ids the server
+    still has (None: the project was deleted)."""
 
-    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+    def __init__(self, tasks: list[dict[str, Any]], present: set[int] | None = None) -> None:
         self.tasks = tasks
+        self.present: set[int] | None = set(range(1000)) if present is None else present
 
     def changed_tasks(self, project_id: int, since: Any = None) -> list[dict[str, Any]]:
         return self.tasks
+
+    def task_ids(self, project_id: int) -> set[int] | None:
+        return self.present
 
     def close(self) -> None:
         pass
@@ -312,7 +317,13 @@ def _queued_tasks(project: Project, n: int) -> list[tuple[int, tuple[int, int, i
         crops = pool_volumes.list_crops(session, split="pool")[:n]
         for k, crop in enumerate(crops):
             pool_tasks.queue_crop(
-                session, crop.id, round_id=None, slices=[0], pushed={}, ls_task_id=100 + k
+                session,
+                crop.id,
+                round_id=None,
+                slices=[0],
+                pushed={},
+                ls_project_id=1,
+                ls_task_id=100 + k,
             )
     return [(c.id, c.shape) for c in crops]
 
@@ -481,3 +492,41 @@ def test_an_untouched_pre_annotation_is_marked_as_such(
             for t in pool_tasks.list_tasks(session)
         }
     assert statuses[as_drawn] == "untouched" and statuses[corrected] is None
+
+
+def test_tasks_deleted_in_labelstudio_return_their_crops_to_the_pool(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("deleted") / "project", "smoke")
+    (kept, shape), (labeled, _), (gone, _) = _queued_tasks(project, 3)
+    answered = {"id": 101, "updated_at": "2026-01-02T04:00:00Z",
+                "annotations": [_answer(shape, 1, "2026-01-02T04:00:00Z")]}  # fmt: skip
+    client = ChangedTasks([answered])
+    assert ingest_annotations(project, client=cast(LabelStudioClient, client)).ingested == 1
+    client.present = {100}  # tasks 101 (answered) and 102 (not) deleted in Label Studio
+    result = ingest_annotations(project, client=cast(LabelStudioClient, client))
+    assert result.deleted == 2
+    with project.session() as session:
+        status = {c: pool_volumes.get_crop(session, c).status for c in (kept, labeled, gone)}
+        active = {t.ls_task_id for t in pool_tasks.list_tasks(session, active=True)}
+    # the ingested labels stay; the unanswered crop can be selected and pushed again
+    assert status == {kept: "queued", labeled: "labeled", gone: "unlabeled"}
+    assert active == {100}
+    assert ingest_annotations(project, client=cast(LabelStudioClient, client)).deleted == 0
+
+
+def test_a_project_deleted_in_labelstudio_releases_its_crops_and_the_next_push_starts_anew(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    project = create_demo_project(tmp_path_factory.mktemp("gone") / "project", "smoke")
+    crops = [c for c, _ in _queued_tasks(project, 2)]
+    with project.session() as session:
+        pool_settings.set_setting(session, SINCE_SETTING, "2026-01-02T04:00:00+00:00")
+    client = ChangedTasks([])
+    client.present = None  # the Label Studio project was deleted
+    result = ingest_annotations(project, client=cast(LabelStudioClient, client))
+    assert result.deleted == 2 and result.errors == []
+    with project.session() as session:
+        assert {pool_volumes.get_crop(session, c).status for c in crops} == {"unlabeled"}
+        assert pool_settings.get_setting(session, PROJECT_SETTING) is None
+        assert pool_settings.get_setting(session, SINCE_SETTING) is None

@@ -164,3 +164,17 @@ def test_the_server_log_is_echoed_from_where_it_stood(tmp_path: Path) -> None:
     assert out.getvalue() == "Starting http://127.0.0.1:8080\nhalf a line"
     with echo_log(log, None):
         pass
+
+
+def test_a_port_just_freed_by_a_stopped_server_can_be_taken_again() -> None:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", port)) as visitor:
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end lingers in TIME_WAIT
+        listener.close()
+        assert visitor.recv(1) == b""
+    check_port_free(port)  # a restart on the same port is not refused

@@ -150,9 +150,13 @@ def test_a_second_round_process_is_refused_until_the_holder_dies(
         with pytest.raises(LockError, match=f"pid {holder.pid}") as refused:
             run_round(project)
         assert refused.value.exit_code == 75  # EX_TEMPFAIL: a script may retry
+        held = CliRunner().invoke(app, ["unlock", "-p", str(project.root)])
+        assert held.exit_code == 75 and f"round: held by pid {holder.pid}" in held.output
     finally:
         holder.kill()  # kill -9: no clean-up runs, the kernel releases the flock
         holder.wait()
+    free = CliRunner().invoke(app, ["unlock", "--json", "-p", str(project.root)])
+    assert free.exit_code == 0 and '"held": true' not in free.output
     run_round(project, until="ingest")
 
 

@@ -136,6 +136,24 @@ def test_one_active_task_per_crop(smoke_project: Project) -> None:
         session.flush()
 
 
+def test_a_task_id_the_server_reuses_after_a_deletion_maps_to_the_new_task(
+    smoke_project: Project,
+) -> None:
+    with smoke_project.session() as session:
+        old_crop, new_crop = _volume_with_crops(session, 2)
+        old = tasks.queue_crop(session, old_crop, round_id=None, slices=[1], pushed={},
+                               ls_project_id=1, ls_task_id=7)  # fmt: skip
+        with pytest.raises(IntegrityError), session.begin_nested():
+            tasks.queue_crop(session, new_crop, round_id=None, slices=[1], pushed={},
+                             ls_project_id=1, ls_task_id=7)  # fmt: skip
+        tasks.retire_tasks(session, [old.id])  # deleted in Label Studio
+        new = tasks.queue_crop(session, new_crop, round_id=None, slices=[1], pushed={},
+                               ls_project_id=2, ls_task_id=7)  # fmt: skip
+        found = tasks.task_by_ls_id(session, 7)
+        assert found is not None and found.id == new.id
+        assert volumes.get_crop(session, old_crop).status == "unlabeled"
+
+
 def test_annotations_are_idempotent_and_superseded_versions_are_kept(
     smoke_project: Project,
 ) -> None:
