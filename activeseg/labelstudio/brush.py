@@ -54,22 +54,31 @@ def brush_result(
 
 
 def instances_to_results(
-    labels_slices: npt.ArrayLike, from_name: str = BRUSH_NAME, to_name: str = IMAGE_NAME
+    labels_slices: npt.ArrayLike,
+    from_name: str = BRUSH_NAME,
+    to_name: str = IMAGE_NAME,
+    overlaps: npt.ArrayLike | None = None,
 ) -> list[dict[str, Any]]:
     """Return brush results, one per (slice, instance), for (N, H, W) integer instance ids.
 
     ``labels_slices``: the instance labels of the N shown slices (uint32, 0 = background), in
-    the order of the task's image list; slice i becomes ``item_index`` i.
+    the order of the task's image list; slice i becomes ``item_index`` i. ``overlaps``: rows
+    ``(slice, y, x, id)`` of voxels that also belong to neuron ``id``; its region covers them
+    too, so two regions share those voxels (what :func:`results_to_instances` reads back).
     """
     labels = np.asarray(labels_slices)
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be (N, H, W) integers, got {labels.dtype} {labels.shape}")
+    rows = np.zeros((0, 4), np.int64) if overlaps is None else np.asarray(overlaps, np.int64)
     results = []
     for index, plane in enumerate(labels):
-        for value in np.unique(plane):
-            if value > 0:
-                label = instance_label(int(value))
-                results.append(brush_result(plane == value, label, index, from_name, to_name))
+        extra = rows[rows[:, 0] == index]
+        for value in np.union1d(np.unique(plane[plane > 0]), extra[:, 3]):
+            mask = plane == value
+            also = extra[extra[:, 3] == value]
+            mask[also[:, 1], also[:, 2]] = True
+            label = instance_label(int(value))
+            results.append(brush_result(mask, label, index, from_name, to_name))
     return results
 
 

@@ -215,14 +215,29 @@ def answer_in_labelstudio(
             continue
         truth = read_ground_truth(project.resolve(volume.path), crop.box)
         labels = sparse_labels(truth, task.slices, noise, seed=task.id)
-        shown, _ = relabel_shown(labels.labels[list(task.slices)], max_instances)
+        shown, mapping = relabel_shown(labels.labels[list(task.slices)], max_instances)
+        overlaps = shown_overlaps(labels.overlaps, task.slices, mapping)
         pages = task.pushed.get("pages") or list(task.slices)
-        regions = page_results(instances_to_results(shown), task.slices, pages, crop.origin[0])
+        drawn = instances_to_results(shown, overlaps=overlaps)
+        regions = page_results(drawn, task.slices, pages, crop.origin[0])
         result = [*regions, status_result("done")]
         client.create_annotation(task.ls_task_id, result)
         answered += 1
     log.info("simulated annotator answered %d tasks in Label Studio", answered)
     return answered
+
+
+def shown_overlaps(
+    rows: npt.NDArray[np.int64], slices: Sequence[int], mapping: dict[int, int]
+) -> npt.NDArray[np.int64]:
+    """Return overlap rows ``(z, y, x, id)`` of a crop as rows of the shown slices: slice
+    index in ``slices`` and the shown label (``mapping``: {shown id: crop id}); neurons left
+    out of the shown labels are left out here too."""
+    index = {int(z): i for i, z in enumerate(slices)}
+    shown = {old: new for new, old in mapping.items()}
+    kept = [(index[int(z)], y, x, shown[int(i)]) for z, y, x, i in rows
+            if int(z) in index and int(i) in shown]  # fmt: skip
+    return np.asarray(kept, np.int64).reshape(-1, 4)
 
 
 class Annotator(Protocol):

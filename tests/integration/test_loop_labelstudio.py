@@ -216,19 +216,23 @@ def test_ingest_edits_skips_errors_updates_and_deletions(
         assert len(pool_tasks.annotation_history(session, good.id)) == 1
 
     # The annotator corrects the first annotation: it supersedes the old one, kept as history.
+    # Neuron 4 crosses neuron 3: the voxels painted for both are kept as overlaps.
     corrected = np.zeros((n, 32, 32), np.uint32)
     corrected[:, 0:3, :] = 3
-    ls_client.update_annotation(first, [*instances_to_results(corrected), status_result("done")])
+    crossing = np.array([(i, 1, x, 4) for i in range(n) for x in range(5, 9)])
+    regions = instances_to_results(corrected, overlaps=crossing)
+    ls_client.update_annotation(first, [*regions, status_result("done")])
     assert ingest_annotations(looped).updated == 1
     with looped.session() as session:
         history = pool_tasks.annotation_history(session, good.id)
         crop = pool_volumes.get_crop(session, good.crop_id)
     assert [a.current for a in history] == [False, True]
     assert all(looped.resolve(str(a.label_path)).exists() for a in history)
-    assert np.array_equal(
-        read_crop_labels(looped.resolve(str(crop.label_path))).labels[list(good.slices)],
-        corrected[on_labels],
-    )
+    stored = read_crop_labels(looped.resolve(str(crop.label_path)))
+    assert np.array_equal(stored.labels[list(good.slices)], corrected[on_labels])
+    assert {tuple(row) for row in stored.overlaps.tolist()} == {
+        (z, 1, x, 4) for z in good.slices for x in range(5, 9)
+    }
 
     # Deleting the annotation in Label Studio returns the crop to the queue.
     ls_client.delete_annotation(first)

@@ -38,3 +38,13 @@ def test_correction_effort_counts_voxels_to_repaint() -> None:
     assert correction_effort(np.zeros_like(shown), shown) == int((shown > 0).sum())
     merged = np.where(shown > 0, 1, 0).astype(np.uint32)  # all neurons merged into one
     assert correction_effort(merged, shown) == int(((shown > 0) & (shown != 1)).sum())
+
+
+def test_overlaps_on_the_shown_slices_follow_the_shown_labels() -> None:
+    from activeseg.workflows.annotators import shown_overlaps
+
+    rows = np.array([[4, 1, 2, 9], [7, 0, 0, 5], [4, 3, 3, 6], [2, 1, 1, 9]])
+    # slices 4 and 7 are shown (in that order); crop ids 9 -> 1, 5 -> 2; neuron 6 not shown
+    shown = shown_overlaps(rows, [4, 7], {1: 9, 2: 5})
+    assert shown.tolist() == [[0, 1, 2, 1], [1, 0, 0, 2]]
+    assert shown_overlaps(np.zeros((0, 4), np.int64), [4], {}).shape == (0, 4)

@@ -68,6 +68,20 @@ def test_random_labels_round_trip() -> None:
     np.testing.assert_array_equal(decoded, labels)
 
 
+def test_overlaps_round_trip_as_regions_sharing_voxels() -> None:
+    labels = np.zeros((2, 8, 8), np.uint32)
+    labels[0, 3, :] = 1  # neuron 1 runs along y = 3
+    labels[0, :, 5] = 2  # neuron 2 along x = 5 ...
+    labels[0, 3, 5] = 1  # ... crossing neuron 1 at (3, 5): both own it
+    labels[1, 6, 1:3] = 3
+    overlaps = np.array([[0, 3, 5, 2], [1, 6, 2, 4]])  # neuron 4 only as an overlap
+    results = instances_to_results(labels, overlaps=overlaps)
+    assert len(results) == 4  # (slice 0: 1, 2), (slice 1: 3, 4)
+    back, _ = results_to_instances(results, 2, 8, 8)
+    assert np.array_equal(back.labels, labels)
+    assert sorted(map(tuple, back.overlaps.tolist())) == sorted(map(tuple, overlaps.tolist()))
+
+
 def test_label_value_maps_to_instance_id() -> None:
     results = instances_to_results(instance_slices())
     for result in results:
