@@ -3,11 +3,16 @@ ledgers on both databases (SQLite, and a real PostgreSQL server when one is give
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
 import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +23,7 @@ from activeseg.workflows.project import Project, init_project
 
 FLYLIGHT = Path(__file__).resolve().parent / "data/flylight/JRC_SS05008-20160318_24_B2_crop.zarr"
 # An admin URL of a PostgreSQL server (.ci/run starts one): the tests make their own database.
+# Without it, the tests start a throwaway server from the installed PostgreSQL.
 POSTGRES_URL_ENV = "ACTIVESEG_TEST_POSTGRES_URL"
 LEDGERS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 _schemas = itertools.count()
@@ -48,20 +54,67 @@ def _execute(url: URL, *statements: str) -> None:
         engine.dispose()
 
 
+def _postgres_bin() -> Path | None:
+    """Return the folder of the newest installed PostgreSQL's programs (Debian's layout)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    on_path = shutil.which("initdb")
+    return found[-1].parent if found else Path(on_path).parent if on_path else None
+
+
+@contextmanager
+def _throwaway_server(bin_dir: Path) -> Iterator[str]:
+    """Yield the admin URL of a new PostgreSQL cluster on 127.0.0.1, stopped and removed at
+    the end (as ``.ci/run`` starts one; the server refuses to run as root)."""
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="activeseg-postgres-"))
+    password = secrets.token_hex(16)
+    (folder / "password").write_text(password + "\n")
+    if as_owner:
+        for path in (folder, folder / "password"):
+            shutil.chown(path, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    data = folder / "data"
+    run([*as_owner, bin_dir / "initdb", "-D", data, "-U", "activeseg", "-A", "scram-sha-256",
+         f"--pwfile={folder / 'password'}", "--no-sync"])  # fmt: skip
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
+    run([*as_owner, bin_dir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-o", options,
+         "start"])  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://activeseg:{password}@127.0.0.1:{port}/postgres"
+    finally:
+        run([*as_owner, bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres_database() -> Iterator[URL]:
-    """Return the URL of a database made for this test session (dropped at its end) on the
-    server of ``$ACTIVESEG_TEST_POSTGRES_URL``. In CI (``$CI`` set) a missing server fails."""
+def postgres_server() -> Iterator[str]:
+    """Yield the admin URL of a PostgreSQL server: ``$ACTIVESEG_TEST_POSTGRES_URL``, else one
+    started here from the installed PostgreSQL. Without either the ledger tests are skipped,
+    and fail in CI (``$CI`` set)."""
     admin = os.environ.get(POSTGRES_URL_ENV)
-    if not admin:
+    if admin:
+        yield admin
+        return
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
         reason = (
-            f"{POSTGRES_URL_ENV} is not set; set it to an admin URL such as "
-            f"postgresql+psycopg://USER:PASSWORD@127.0.0.1:5432/postgres (.ci/run starts a server)"
+            f"no PostgreSQL installed and {POSTGRES_URL_ENV} not set (an admin URL such as "
+            f"postgresql+psycopg://USER:PASSWORD@127.0.0.1:5432/postgres)"
         )
         if os.environ.get("CI"):
             pytest.fail(f"CI runs the ledger tests on PostgreSQL, but {reason}")
         pytest.skip(reason)
-    admin_url = db.parse_postgres_url(admin)
+    with _throwaway_server(bin_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server: str) -> Iterator[URL]:
+    """Return the URL of a database made for this test session (dropped at its end)."""
+    admin_url = db.parse_postgres_url(postgres_server)
     name = f"activeseg_test_{secrets.token_hex(4)}"
     _execute(admin_url, f'CREATE DATABASE "{name}"')
     yield admin_url.set(database=name)
