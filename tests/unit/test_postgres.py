@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 from activeseg.cli import app
 from activeseg.errors import DatabaseConnectionError, InputError, LockError, ProjectExistsError
 from activeseg.pool import rounds as pool_rounds
+from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.loop import STAGES, run_round
 from activeseg.workflows.project import (
@@ -204,3 +206,38 @@ def test_a_full_simulated_round_runs_on_either_ledger(ledger_project: Project) -
     assert {c.labeled_round for c in labeled} == {1}
     assert {c.id for c in queued} == {s.crop_id for s in selected}
     assert len(queued) == project.config.acquisition.batch_size
+
+
+def test_long_free_text_is_cut_to_its_column_on_either_ledger(ledger_project: Project) -> None:
+    # PostgreSQL refuses a string longer than its column, where SQLite would keep it.
+    with ledger_project.session() as session:
+        volume = pool_volumes.add_volume(
+            session,
+            name="v",
+            path="volumes/v.zarr",
+            split="pool",
+            channels=1,
+            shape=(8, 8, 8),
+            voxel_size=(1.0, 1.0, 1.0),
+            has_ground_truth=False,
+            source="t",
+        )
+        crop = pool_volumes.add_crops(session, volume.id, [((0, 0, 0), (8, 8, 8), 0.1)])[0]
+        task = pool_tasks.queue_crop(session, crop.id, round_id=None, slices=[0], pushed={})
+        pool_tasks.record_annotation(
+            session,
+            task.id,
+            ls_annotation_id=1,
+            annotator="a" * 300,
+            lead_time=None,
+            updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+            label_path=None,
+            was_cancelled=True,
+            round_number=0,
+            skip_reason="too blurry " * 100,
+        )
+    with ledger_project.session() as session:
+        skipped = pool_volumes.get_crop(session, crop.id)
+        (annotation,) = pool_tasks.annotation_history(session, task.id)
+    assert skipped.skip_reason == ("too blurry " * 100)[:500]
+    assert annotation.annotator == "a" * 200
