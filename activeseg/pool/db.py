@@ -186,6 +186,11 @@ def connected(engine: Engine) -> Iterator[Any]:
         password = engine.url.password
         if password:
             reason = reason.replace(str(password), "***")
+        if password is None and is_postgres(engine.url):
+            reason += (
+                "; no password was given: set ACTIVESEG_DATABASE_PASSWORD in the project's .env "
+                "or the environment, or use ~/.pgpass"
+            )
         raise DatabaseConnectionError(
             f"cannot connect to the ledger {describe(engine.url)}: {reason}"
         ) from None
