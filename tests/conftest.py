@@ -56,7 +56,9 @@ def _execute(url: URL, *statements: str) -> None:
 
 def _postgres_bin() -> Path | None:
     """Return the folder of the newest installed PostgreSQL's programs (Debian's layout)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: float(p.parts[-3])
+    )
     on_path = shutil.which("initdb")
     return found[-1].parent if found else Path(on_path).parent if on_path else None
 
