@@ -10,6 +10,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from activeseg.errors import DatabaseConnectionError, InputError, LockError, Pro
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
+from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.loop import STAGES, run_round
 from activeseg.workflows.project import (
     LEDGER_URL_FILE,
@@ -241,3 +244,31 @@ def test_long_free_text_is_cut_to_its_column_on_either_ledger(ledger_project: Pr
         (annotation,) = pool_tasks.annotation_history(session, task.id)
     assert skipped.skip_reason == ("too blurry " * 100)[:500]
     assert annotation.annotator == "a" * 200
+
+
+@pytest.mark.postgres
+def test_a_lock_waited_for_is_taken_when_the_other_host_lets_go(
+    postgres_project: Project, tmp_path: Path
+) -> None:
+    elsewhere = Path(shutil.copytree(postgres_project.root, tmp_path / "other-host"))
+    held, release = threading.Event(), threading.Event()
+
+    def other_host() -> None:
+        with hold_lock(postgres_project.root, "ingest"):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_host)
+    thread.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(LockError, match="another `ingest`"), hold_lock(elsewhere, "ingest"):
+            pass
+        threading.Timer(0.5, release.set).start()
+        started = time.monotonic()
+        with hold_lock(elsewhere, "ingest", wait_seconds=10):
+            waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join()
+    assert 0.4 < waited < 10
