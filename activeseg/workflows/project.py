@@ -93,10 +93,17 @@ def database_url(root: Path) -> URL:
     if not stored.is_file():
         return make_url(db.sqlite_url(root / DATABASE_FILE))
     url = db.parse_postgres_url(stored.read_text())
-    password = read_env_file(default_env_file(root)).get(PASSWORD_ENV) or os.environ.get(
-        PASSWORD_ENV
-    )
+    password = _own_env(root).get(PASSWORD_ENV) or os.environ.get(PASSWORD_ENV)
     return url.set(password=password) if password and url.password is None else url
+
+
+def _own_env(root: Path) -> dict[str, str]:
+    """Return the project's ``.env`` settings, or none when it is another user's: in a project
+    shared by several people, each one's password comes from their environment or ~/.pgpass."""
+    path = default_env_file(root)
+    if path.is_file() and hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+        return {}
+    return read_env_file(path)
 
 
 def init_project(

@@ -272,3 +272,18 @@ def test_a_lock_waited_for_is_taken_when_the_other_host_lets_go(
         release.set()
         thread.join()
     assert 0.4 < waited < 10
+
+
+def test_another_users_env_is_not_read_for_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    (root / LEDGER_URL_FILE).write_text("postgresql+psycopg://me@db.lab/fly1\n")
+    env = root / ".env"
+    env.write_text(f"{PASSWORD_ENV}=theirs\n")
+    env.chmod(0o600)
+    monkeypatch.setenv(PASSWORD_ENV, "mine")
+    assert database_url(root).password == "theirs"  # my own .env comes first
+    monkeypatch.setattr(os, "getuid", lambda: env.stat().st_uid + 1)  # now it is someone else's
+    assert database_url(root).password == "mine"
