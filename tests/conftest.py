@@ -4,6 +4,7 @@ ledgers on both databases (SQLite, and a real PostgreSQL server when one is give
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import os
 import secrets
@@ -14,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import URL, make_url, text
@@ -96,21 +98,26 @@ def postgres_server() -> Iterator[str]:
     """Yield the admin URL of a PostgreSQL server: ``$ACTIVESEG_TEST_POSTGRES_URL``, else one
     started here from the installed PostgreSQL. Without either the ledger tests are skipped,
     and fail in CI (``$CI`` set)."""
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("the psycopg driver is not installed (pip install -e '.[dev]')")
     admin = os.environ.get(POSTGRES_URL_ENV)
     if admin:
         yield admin
         return
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        reason = (
+        _unavailable(
             f"no PostgreSQL installed and {POSTGRES_URL_ENV} not set (an admin URL such as "
             f"postgresql+psycopg://USER:PASSWORD@127.0.0.1:5432/postgres)"
         )
-        if os.environ.get("CI"):
-            pytest.fail(f"CI runs the ledger tests on PostgreSQL, but {reason}")
-        pytest.skip(reason)
     with _throwaway_server(bin_dir) as url:
         yield url
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs the ledger tests on PostgreSQL, but {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,7 @@ def test_a_bad_ledger_url_is_refused_without_showing_the_password(
 
 
 def test_an_unreachable_server_is_a_named_error_without_the_password(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver (in the dev extras)")
     url = "postgresql://me:s3cret@127.0.0.1:1/ledger"  # port 1: nothing listens
     with pytest.raises(DatabaseConnectionError, match="cannot connect") as refused:
         init_project(tmp_path / "p", "smoke", database=url)
