@@ -3,7 +3,8 @@
 A lock is a session-level advisory lock taken on a connection of its own, kept open for the
 lock's life. The server releases it when that connection ends: on release, when the holder
 dies, or when its host vanishes (the keepalives below let the server notice within about two
-minutes). Advisory locks are per database, and a project has a database of its own.
+minutes). Advisory locks are per database; the key also holds the schema, for ledgers kept
+in schemas of one database (``?options=-csearch_path=...`` in the URL).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ KEEPALIVES = (
 )
 
 
-def lock_key(name: str) -> int:
+def lock_key(schema: str, name: str) -> int:
     """Return the second advisory-lock key of the lock ``name`` (a non-negative int4)."""
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+    return zlib.crc32(f"{schema}:{name}".encode()) & 0x7FFFFFFF
 
 
 @contextmanager
@@ -56,10 +57,11 @@ def advisory_lock(url: URL, name: str, *, holder: str, deadline: float) -> Itera
             connection.execution_options(isolation_level="AUTOCOMMIT")
             for setting in KEEPALIVES:
                 connection.execute(text(f"SET {setting}"))
-            if not _try_until(connection, lock_key(name), deadline):
+            key = lock_key(str(connection.scalar(text("SELECT current_schema()"))), name)
+            if not _try_until(connection, key, deadline):
                 raise LockError(
                     f"another `{name}` is running on this project "
-                    f"({_holder(connection, name) or 'unknown'}, seen by the ledger's server "
+                    f"({_holder(connection, key) or 'unknown'}, seen by the ledger's server "
                     f"{describe(url)}); try again when it has finished"
                 )
             yield
@@ -76,15 +78,15 @@ def _try_until(connection: Connection, key: int, deadline: float) -> bool:
     return True
 
 
-def _holder(connection: Connection, name: str) -> str | None:
-    """Return how the holder of the lock ``name`` described itself, or None if unknown."""
+def _holder(connection: Connection, key: int) -> str | None:
+    """Return how the holder of the lock ``key`` described itself, or None if unknown."""
     query = text(
         "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :namespace "
         "AND l.objid = :key AND l.objsubid = 2 AND l.database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database())"
     )
-    found = connection.execute(query, {"namespace": NAMESPACE, "key": lock_key(name)}).scalar()
+    found = connection.execute(query, {"namespace": NAMESPACE, "key": key}).scalar()
     if not found or not str(found).startswith(PREFIX):
         return None  # e.g. another role's session, whose details the server hides
     return str(found)[len(PREFIX) :]

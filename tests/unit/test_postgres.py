@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -16,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import URL
+from sqlalchemy import URL, text
 from typer.testing import CliRunner
 
 from activeseg.cli import app
 from activeseg.errors import DatabaseConnectionError, InputError, LockError, ProjectExistsError
+from activeseg.pool import db
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
@@ -288,3 +290,19 @@ def test_another_users_env_is_not_read_for_the_password(
     assert database_url(root).password == "theirs"  # my own .env comes first
     monkeypatch.setattr(os, "getuid", lambda: env.stat().st_uid + 1)  # now it is someone else's
     assert database_url(root).password == "mine"
+
+
+@pytest.mark.postgres
+def test_ledgers_in_two_schemas_of_one_database_have_their_own_locks(
+    postgres_project: Project, postgres_database: URL, tmp_path: Path
+) -> None:
+    schema = f"other_{secrets.token_hex(4)}"
+    engine = db.make_engine(postgres_database)
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    url = postgres_database.update_query_dict({"options": f"-csearch_path={schema}"})
+    other = init_project(tmp_path / "other", "smoke", database=_text(url))
+    with hold_lock(postgres_project.root, "round"), hold_lock(other.root, "round"):
+        pass  # neither waits for the other
