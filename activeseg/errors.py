@@ -32,6 +32,10 @@ class DatabaseRevisionError(ActivesegError):
     """The pool database is behind or ahead of the code's migrations."""
 
 
+class DatabaseConnectionError(ActivesegError):
+    """The ledger's database server cannot be reached or refuses the login."""
+
+
 class VolumeFormatError(InputError):
     """An image or label file cannot be imported as a volume."""
 

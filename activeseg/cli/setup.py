@@ -26,15 +26,28 @@ def init_cmd(
     config: Annotated[
         str, typer.Option("--config", "-c", help="Config file or built-in name.")
     ] = "default",
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="PostgreSQL URL of an empty database for the ledger (default: SQLite pool.db). "
+            "Stored in the project's ledger.url; a password in it goes to the project's .env.",
+        ),
+    ] = None,
 ) -> None:
     """Create a project: its config and a migrated pool database.
 
     Example: [bold]activeseg init myproject --config demo[/]
+
+    Example: [bold]activeseg init myproject --database postgresql+psycopg://me@db.lab/fly1[/]
     """
+    from activeseg.pool.db import describe
     from activeseg.workflows.project import init_project
 
-    project = init_project(directory, config)
-    console.print(f"created project in [bold]{project.root}[/]")
+    project = init_project(directory, config, database=database)
+    console.print(
+        f"created project in [bold]{project.root}[/] (ledger: {describe(project.engine.url)})"
+    )
 
 
 @command(app, "upgrade")
@@ -48,7 +61,9 @@ def upgrade_cmd(project_dir: ProjectOption = None) -> None:
 
     project = open_project(project_dir, check=False)
     db.upgrade(database_url(project.root))
-    console.print(f"pool database at revision {db.head_revision()}")
+    console.print(
+        f"pool database {db.describe(project.engine.url)} at revision {db.head_revision()}"
+    )
 
 
 @command(app, "synth")

@@ -44,6 +44,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def clip(text: str | None, column: Any) -> str | None:
+    """Return free text cut to fit ``column`` (PostgreSQL refuses what SQLite would keep)."""
+    length = getattr(column.type, "length", None)
+    return text if text is None or length is None else text[:length]
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Store naive UTC (SQLite keeps no zone) and hand back timezone-aware datetimes."""
 

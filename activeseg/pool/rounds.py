@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from activeseg.errors import NotFoundError
@@ -235,11 +235,10 @@ def cached_scores(session: Session, model: str) -> dict[int, CachedScore]:
 
 def cache_scores(session: Session, scores: Sequence[CachedScore]) -> None:
     """Store score parts per (crop, model), replacing an earlier entry of the same pair."""
-    for entry in scores:
+    if scores:  # one statement, not one per entry: a round trip each on a server
+        pairs = [(e.crop_id, e.model) for e in scores]
         session.execute(
-            delete(ScoreCache).where(
-                ScoreCache.crop_id == entry.crop_id, ScoreCache.model == entry.model
-            )
+            delete(ScoreCache).where(tuple_(ScoreCache.crop_id, ScoreCache.model).in_(pairs))
         )
     session.add_all(
         ScoreCache(crop_id=e.crop_id, model=e.model, parts=e.parts, analysis=e.analysis)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from activeseg.errors import NotFoundError, StateError
-from activeseg.pool.models import Annotation, Crop, CropStatus, Task
+from activeseg.pool.models import Annotation, Crop, CropStatus, Task, clip
 from activeseg.pool.records import AnnotationInfo, TaskInfo
 
 
@@ -166,7 +166,11 @@ def record_annotation(
     if row is None:
         row = Annotation(task_id=task_id, ls_annotation_id=ls_annotation_id, updated_at=updated_at)
         session.add(row)
-    row.annotator, row.lead_time, row.label_path = annotator, lead_time, label_path
+    row.annotator, row.lead_time, row.label_path = (
+        clip(annotator, Annotation.annotator),
+        lead_time,
+        label_path,
+    )
     row.was_cancelled, row.current, row.status = was_cancelled, True, status
     _settle_crop(session.get_one(Crop, task.crop_id), row, round_number, skip_reason)
     session.flush()
@@ -177,7 +181,8 @@ def _settle_crop(
     crop: Crop, annotation: Annotation, round_number: int | None, skip_reason: str | None
 ) -> None:
     if annotation.was_cancelled:
-        crop.status, crop.skip_reason = CropStatus.SKIPPED, skip_reason or "skipped by annotator"
+        reason = clip(skip_reason or "skipped by annotator", Crop.skip_reason)
+        crop.status, crop.skip_reason = CropStatus.SKIPPED, reason
         crop.label_path, crop.labeled_round = None, None
     else:
         crop.status, crop.skip_reason = CropStatus.LABELED, None

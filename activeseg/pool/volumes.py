@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from activeseg.errors import InputError, NotFoundError, StateError
-from activeseg.pool.models import Crop, CropStatus, Split, Volume
+from activeseg.pool.models import Crop, CropStatus, Split, Volume, clip
 from activeseg.pool.records import CropInfo, VolumeInfo
 
 
@@ -172,6 +172,6 @@ def set_crop_status(
     row.status = new
     row.labeled_round = labeled_round if new is CropStatus.LABELED else None
     row.label_path = label_path if new is CropStatus.LABELED else None
-    row.skip_reason = skip_reason if new is CropStatus.SKIPPED else None
+    row.skip_reason = clip(skip_reason, Crop.skip_reason) if new is CropStatus.SKIPPED else None
     session.flush()
     return _crop_info(row)

@@ -3,6 +3,10 @@
 A crashed or killed holder, in this container or another, cannot wedge a project: its lock
 goes away with its process. ``activeseg unlock`` therefore removes nothing: it reports who
 holds what, and how to free it (stop that process).
+
+With a PostgreSQL ledger, hosts that share it may not share a file system (or one whose
+flocks they agree on): the lock is then also an advisory lock on the ledger's server, which
+the server releases when the holder's connection dies (``activeseg.pool.advisory``).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from activeseg.errors import LockError
+from activeseg.pool import db
+from activeseg.pool.advisory import advisory_lock
+from activeseg.workflows.project import database_url
 
 LOCK_DIR = ".locks"
 POLL_SECONDS = 0.1
@@ -32,12 +39,26 @@ def hold_lock(root: Path, name: str, *, wait_seconds: float = 0.0) -> Iterator[N
     """Hold the project's lock ``name``, waiting up to ``wait_seconds`` for its holder.
 
     Raises LockError (exit code 75, try again later) naming the holder when it stays taken.
+    The ledger's server lock, if any, is taken first: every process takes the two in the
+    same order.
     """
+    deadline = time.monotonic() + wait_seconds
+    with ExitStack() as stack:
+        url = database_url(root)
+        if db.is_postgres(url):
+            me = f"pid {os.getpid()} on {socket.gethostname()}"
+            stack.enter_context(advisory_lock(url, name, holder=me, deadline=deadline))
+        stack.enter_context(_file_lock(root, name, deadline))
+        yield
+
+
+@contextmanager
+def _file_lock(root: Path, name: str, deadline: float) -> Iterator[None]:
     path = lock_path(root, name)
     path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, name, path, time.monotonic() + wait_seconds)
+        _acquire(fd, name, path, deadline)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield

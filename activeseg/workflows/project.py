@@ -2,6 +2,12 @@
 
 Commands find their project the way git finds its repository: the given directory, or the
 current one, or the nearest parent holding ``activeseg.yaml``.
+
+The ledger is the project's SQLite file ``pool.db``, or the PostgreSQL database named in the
+project's own ``ledger.url`` (written by ``activeseg init --database``; no environment variable
+can point a project elsewhere). That file holds no password: the password given at init goes
+to the project's ``.env`` as ``ACTIVESEG_DATABASE_PASSWORD`` (which the environment may also
+set); without either, libpq's own ``PGPASSWORD`` or ``~/.pgpass`` apply.
 """
 
 from __future__ import annotations
@@ -13,18 +19,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from activeseg.config import Config, load_config
+from activeseg.durable import partial_name, replace_durably
 from activeseg.errors import ProjectExistsError, ProjectNotFoundError
+from activeseg.labelstudio.envfile import default_env_file, read_env_file
 from activeseg.pool import db
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "activeseg.yaml"
 DATABASE_FILE = "pool.db"
-DATABASE_URL_ENV = "ACTIVESEG_DATABASE_URL"
+LEDGER_URL_FILE = "ledger.url"
+PASSWORD_ENV = "ACTIVESEG_DATABASE_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -77,29 +86,99 @@ class Project:
         return self.root / stored
 
 
-def database_url(root: Path) -> str:
-    """Return the pool's URL: ``$ACTIVESEG_DATABASE_URL`` or the project's SQLite file."""
-    return os.environ.get(DATABASE_URL_ENV) or db.sqlite_url(root / DATABASE_FILE)
+def database_url(root: Path) -> URL:
+    """Return the URL of the project's ledger, password included (never show it: see
+    ``db.describe``): the PostgreSQL database of ``ledger.url``, else the SQLite file."""
+    stored = root / LEDGER_URL_FILE
+    if not stored.is_file():
+        return make_url(db.sqlite_url(root / DATABASE_FILE))
+    url = db.parse_postgres_url(stored.read_text())
+    password = _own_env(root).get(PASSWORD_ENV) or os.environ.get(PASSWORD_ENV)
+    return url.set(password=password) if password and url.password is None else url
 
 
-def init_project(root: Path, config_source: str | Path = "default") -> Project:
-    """Create a project in ``root`` with a migrated database and return it opened."""
+def _own_env(root: Path) -> dict[str, str]:
+    """Return the project's ``.env`` settings, or none when it is another user's: in a project
+    shared by several people, each one's password comes from their environment or ~/.pgpass."""
+    path = default_env_file(root)
+    if path.is_file() and hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+        return {}
+    return read_env_file(path)
+
+
+def init_project(
+    root: Path, config_source: str | Path = "default", *, database: str | None = None
+) -> Project:
+    """Create a project in ``root`` with a migrated database and return it opened.
+
+    ``database``: a PostgreSQL URL for the ledger (an existing, empty database), else the
+    ledger is the SQLite file in ``root``.
+    """
     root = root.resolve()
     if (root / CONFIG_FILE).exists():
         raise ProjectExistsError(f"{root} already holds an activeseg project ({CONFIG_FILE})")
     config = load_config(config_source)
+    url = db.parse_postgres_url(database) if database else None
+    if url is not None:
+        _refuse_a_used_ledger(url)
     root.mkdir(parents=True, exist_ok=True)
-    url = database_url(root)
-    try:
+    if url is None:
+        _create_sqlite_ledger(root)
+    else:
         db.upgrade(url)
-    except Exception:
-        if url == db.sqlite_url(root / DATABASE_FILE):  # leave no half-made database behind
-            for leftover in root.glob(DATABASE_FILE + "*"):
-                leftover.unlink()
-        raise
+        _store_ledger_url(root, url)
     (root / CONFIG_FILE).write_text(config.to_yaml())
     log.info("created project in %s", root)
     return open_project(root)
+
+
+def _create_sqlite_ledger(root: Path) -> None:
+    url = db.sqlite_url(root / DATABASE_FILE)
+    try:
+        db.upgrade(url)
+    except BaseException:
+        for leftover in root.glob(DATABASE_FILE + "*"):  # leave no half-made database behind
+            leftover.unlink()
+        raise
+
+
+def _refuse_a_used_ledger(url: URL) -> None:
+    """Raise ProjectExistsError if the database already holds a ledger: one per project."""
+    engine = db.make_engine(url)
+    try:
+        revision = db.current_revision(engine)
+    finally:
+        engine.dispose()
+    if revision is not None:
+        raise ProjectExistsError(
+            f"the database {db.describe(url)} already holds an activeseg ledger (revision "
+            f"{revision}); every project needs a database of its own: create an empty one "
+            f"(createdb) and pass its URL"
+        )
+
+
+def _store_ledger_url(root: Path, url: URL) -> None:
+    """Write the URL, without its password, to ``ledger.url``; the password to ``.env``."""
+    bare = db.without_password(url).render_as_string(hide_password=False)
+    _write_durably(root / LEDGER_URL_FILE, bare + "\n")
+    if url.password is None:
+        return
+    env_file = default_env_file(root)
+    kept = [
+        line
+        for line in (env_file.read_text().splitlines() if env_file.is_file() else [])
+        if not line.startswith(f"{PASSWORD_ENV}=")
+    ]
+    quoted = str(url.password).replace("\\", "\\\\").replace("'", "\\'")
+    _write_durably(env_file, "\n".join([*kept, f"{PASSWORD_ENV}='{quoted}'", ""]), mode=0o600)
+
+
+def _write_durably(path: Path, text: str, mode: int = 0o644) -> None:
+    partial = partial_name(path)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    replace_durably(partial, path)
 
 
 def find_project_root(start: Path) -> Path:

@@ -18,13 +18,21 @@ from activeseg.durable import (
     replace_durably,
 )
 from activeseg.errors import InputError
+from activeseg.pool import db
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows.history import RoundSummary, plot_history, round_history
 from activeseg.workflows.importing import import_volume
 from activeseg.workflows.locks import LOCK_DIR
 from activeseg.workflows.loop import StageEvents, run_round
-from activeseg.workflows.project import CONFIG_FILE, Project, init_project, open_project
+from activeseg.workflows.project import (
+    CONFIG_FILE,
+    DATABASE_FILE,
+    LEDGER_URL_FILE,
+    Project,
+    init_project,
+    open_project,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,8 @@ def copy_project(project: Project, target: Path, config: Config) -> Project:
 
     The copy is made under a temporary name and renamed into place when complete, and the
     copy is opened at exactly ``target``: an interrupted copy is never mistaken for (or climbs
-    to) the original project.
+    to) the original project. The copy's ledger is always a SQLite file: a PostgreSQL ledger
+    is copied into one row by row, never shared with the copy.
     """
     if target.exists():
         return open_project(target, search_parents=False)
@@ -83,8 +92,12 @@ def copy_project(project: Project, target: Path, config: Config) -> Project:
     remove_stale_partials(target.parent, f".{target.name}.")
     project.engine.dispose()  # flush SQLite's write-ahead log into the file before copying
     partial = partial_name(target)
-    skip = shutil.ignore_patterns(SIMULATIONS, "*.png", LOCK_DIR, "*" + PARTIAL_SUFFIX)
+    skip = shutil.ignore_patterns(
+        SIMULATIONS, "*.png", LOCK_DIR, "*" + PARTIAL_SUFFIX, LEDGER_URL_FILE
+    )
     shutil.copytree(project.root, partial, ignore=skip)
+    if db.is_postgres(project.engine.url):
+        db.copy_ledger(project.engine, db.sqlite_url(partial / DATABASE_FILE))
     (partial / CONFIG_FILE).write_text(config.to_yaml())
     replace_durably(partial, target)
     return open_project(target, search_parents=False)

@@ -1,14 +1,14 @@
-"""The pool database: Alembic migrations on a real SQLite file, constraints, revision checks."""
+"""The pool database: Alembic migrations on a real SQLite file and PostgreSQL server,
+constraints, revision checks."""
 
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import URL, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,8 +32,8 @@ TABLES = {
 }
 
 
-def test_upgrade_downgrade_upgrade_on_a_real_file(tmp_path: Path) -> None:
-    url = db.sqlite_url(tmp_path / "pool.db")
+def test_upgrade_downgrade_upgrade_on_a_real_file(ledger_url: URL) -> None:
+    url = ledger_url
     db.upgrade(url)
     engine = db.make_engine(url)
     assert set(inspect(engine).get_table_names()) == TABLES
@@ -44,23 +44,23 @@ def test_upgrade_downgrade_upgrade_on_a_real_file(tmp_path: Path) -> None:
     assert db.current_revision(engine) == db.head_revision()
 
 
-def test_autogenerate_finds_no_difference_between_models_and_migrations(tmp_path: Path) -> None:
-    url = db.sqlite_url(tmp_path / "pool.db")
+def test_autogenerate_finds_no_difference_between_models_and_migrations(ledger_url: URL) -> None:
+    url = ledger_url
     db.upgrade(url)
     with db.make_engine(url).connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
 
 
-def test_a_database_behind_the_code_is_refused_with_advice(tmp_path: Path) -> None:
-    url = db.sqlite_url(tmp_path / "pool.db")
+def test_a_database_behind_the_code_is_refused_with_advice(ledger_url: URL) -> None:
+    url = ledger_url
     engine = db.make_engine(url)
     with pytest.raises(DatabaseRevisionError, match=r"behind.*activeseg upgrade"):
         db.check_revision(engine)
 
 
-def test_a_database_ahead_of_the_code_is_refused(tmp_path: Path) -> None:
-    url = db.sqlite_url(tmp_path / "pool.db")
+def test_a_database_ahead_of_the_code_is_refused(ledger_url: URL) -> None:
+    url = ledger_url
     db.upgrade(url)
     engine = db.make_engine(url)
     with engine.begin() as connection:
@@ -69,8 +69,8 @@ def test_a_database_ahead_of_the_code_is_refused(tmp_path: Path) -> None:
         db.check_revision(engine)
 
 
-def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
-    url = db.sqlite_url(tmp_path / "pool.db")
+def test_foreign_keys_are_enforced(ledger_url: URL) -> None:
+    url = ledger_url
     db.upgrade(url)
     with db.make_engine(url).begin() as connection, pytest.raises(IntegrityError):
         connection.execute(
@@ -81,8 +81,8 @@ def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
         )
 
 
-def test_the_score_cache_migration_keeps_a_ledger_and_cascades(tmp_path: Path) -> None:
-    url = db.sqlite_url(tmp_path / "pool.db")
+def test_the_score_cache_migration_keeps_a_ledger_and_cascades(ledger_url: URL) -> None:
+    url = ledger_url
     db.upgrade(url, "0001")
     engine = db.make_engine(url)
     with engine.begin() as connection:
@@ -90,7 +90,7 @@ def test_the_score_cache_migration_keeps_a_ledger_and_cascades(tmp_path: Path) -
             text(
                 "INSERT INTO volume (id, name, path, split, channels, shape, voxel_size, "
                 "has_ground_truth, source, created_at) VALUES (1, 'v', 'v.zarr', 'pool', 1, "
-                "'[1, 1, 1]', '[1, 1, 1]', 0, 's', '2026-01-01 00:00:00')"
+                "'[1, 1, 1]', '[1, 1, 1]', false, 's', '2026-01-01 00:00:00')"
             )
         )
         connection.execute(

@@ -1,4 +1,4 @@
-"""Repository functions of the pool, on a real migrated SQLite file."""
+"""Repository functions of the pool, on a real migrated SQLite file and PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ def _volume_with_crops(session: Session, n: int = 3) -> list[int]:
     return [c.id for c in volumes.add_crops(session, volume.id, boxes)]
 
 
-def test_volumes_and_crop_counts(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_volumes_and_crop_counts(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         crop_ids = _volume_with_crops(session)
         with pytest.raises(InputError, match="already registered"):
             _volume_with_crops(session)
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         counts = volumes.crop_counts(session)
         assert counts == {"pool": {"unlabeled": 3, "queued": 0, "labeled": 0, "skipped": 0}}
         crop = volumes.get_crop(session, crop_ids[1])
@@ -46,17 +46,17 @@ def test_volumes_and_crop_counts(smoke_project: Project) -> None:
         assert volumes.get_volume(session, "v").voxel_size == (1.0, 0.5, 0.5)
 
 
-def test_a_failed_transaction_leaves_nothing(smoke_project: Project) -> None:
-    with pytest.raises(RuntimeError), smoke_project.session() as session:
+def test_a_failed_transaction_leaves_nothing(ledger_project: Project) -> None:
+    with pytest.raises(RuntimeError), ledger_project.session() as session:
         _volume_with_crops(session)
         raise RuntimeError("crash half-way")
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         assert volumes.list_volumes(session) == []
         assert volumes.crop_counts(session) == {}
 
 
-def test_rounds_and_resumable_stages(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_rounds_and_resumable_stages(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         first = rounds.start_round(session, strategy="random", batch_size=2, config="x: 1")
         assert first.number == 0
         rounds.begin_stage(session, first.id, "train")
@@ -66,7 +66,7 @@ def test_rounds_and_resumable_stages(smoke_project: Project) -> None:
         assert rounds.open_round(session) is not None
         rounds.finish_round(session, first.id)
         second = rounds.start_round(session, strategy="bald", batch_size=2, config="x: 1")
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         history = rounds.list_rounds(session)
         assert [r.number for r in history] == [0, 1]
         train = history[0].stage("train")
@@ -76,8 +76,8 @@ def test_rounds_and_resumable_stages(smoke_project: Project) -> None:
         assert open_round is not None and open_round.id == second.id
 
 
-def test_scores_are_unique_per_round_and_ranked(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_scores_are_unique_per_round_and_ranked(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         crops = _volume_with_crops(session)
         r = rounds.start_round(session, strategy="bald", batch_size=1, config="")
         rounds.save_scores(session, r.id, [(c, float(c), {"bald": float(c)}) for c in crops])
@@ -88,29 +88,29 @@ def test_scores_are_unique_per_round_and_ranked(smoke_project: Project) -> None:
     assert [s.selected for s in scores] == [True, False, False]
 
 
-def test_scores_are_added_in_batches_and_stale_ones_dropped(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_scores_are_added_in_batches_and_stale_ones_dropped(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         crops = _volume_with_crops(session, 4)
         r = rounds.start_round(session, strategy="bald", batch_size=1, config="")
         rounds.add_scores(session, r.id, [(c, 1.0, {}) for c in crops[:2]])
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         rounds.add_scores(session, r.id, [(crops[2], 2.0, {})])
         assert rounds.scored_crop_ids(session, r.id) == set(crops[:3])
         assert rounds.keep_scores(session, r.id, set(crops[1:])) == 1
         assert rounds.scored_crop_ids(session, r.id) == set(crops[1:3])
-    with pytest.raises(IntegrityError), smoke_project.session() as session:
+    with pytest.raises(IntegrityError), ledger_project.session() as session:
         rounds.add_scores(session, r.id, [(crops[1], 3.0, {})])
 
 
-def test_the_score_cache_is_per_crop_and_model(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_the_score_cache_is_per_crop_and_model(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         crops = _volume_with_crops(session)
         rounds.cache_scores(
             session,
             [CachedScore(c, "a", {"bald": 1.0}, f"p/{c}.zarr") for c in crops]
             + [CachedScore(crops[0], "b", {"bald": 2.0}, None)],
         )
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         rounds.cache_scores(session, [CachedScore(crops[1], "a", {"bald": 5.0}, "q.zarr")])
         cached = rounds.cached_scores(session, "a")
         assert set(cached) == set(crops)
@@ -122,13 +122,13 @@ def test_the_score_cache_is_per_crop_and_model(smoke_project: Project) -> None:
         assert len(rounds.cached_scores(session, "a")) == 3
 
 
-def test_one_active_task_per_crop(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_one_active_task_per_crop(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         crop = _volume_with_crops(session, 1)[0]
         tasks.queue_crop(session, crop, round_id=None, slices=[1, 5], pushed={})
         with pytest.raises(StateError, match="queued"):
             tasks.queue_crop(session, crop, round_id=None, slices=[1, 5], pushed={})
-    with pytest.raises(IntegrityError), smoke_project.session() as session:
+    with pytest.raises(IntegrityError), ledger_project.session() as session:
         # Bypass the repository: the database itself refuses a second active task.
         from activeseg.pool.models import Task
 
@@ -155,9 +155,9 @@ def test_a_task_id_the_server_reuses_after_a_deletion_maps_to_the_new_task(
 
 
 def test_annotations_are_idempotent_and_superseded_versions_are_kept(
-    smoke_project: Project,
+    ledger_project: Project,
 ) -> None:
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         crop = _volume_with_crops(session, 1)[0]
         task = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={})
         kwargs = dict(
@@ -199,10 +199,10 @@ def test_annotations_are_idempotent_and_superseded_versions_are_kept(
 
 
 def test_an_older_annotation_newest_again_becomes_current_without_a_duplicate(
-    smoke_project: Project,
+    ledger_project: Project,
 ) -> None:
     # A reviewer deletes annotation 8: annotation 7 (ingested before) is the newest again.
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         crop = _volume_with_crops(session, 1)[0]
         task = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={})
         common = dict(annotator="a@lab", lead_time=None, was_cancelled=False, round_number=1)
@@ -223,7 +223,7 @@ def test_an_older_annotation_newest_again_becomes_current_without_a_duplicate(
             **common,
         )
     for _ in range(2):  # every later ingest sees the same state
-        with smoke_project.session() as session:
+        with ledger_project.session() as session:
             again, _ = tasks.record_annotation(
                 session,
                 task.id,
@@ -232,7 +232,7 @@ def test_an_older_annotation_newest_again_becomes_current_without_a_duplicate(
                 label_path="labels/7.zarr",
                 **common,
             )
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         history = tasks.annotation_history(session, task.id)
         assert [(a.ls_annotation_id, a.current) for a in history] == [(7, True), (8, False)]
         assert again.id == first.id
@@ -240,8 +240,8 @@ def test_an_older_annotation_newest_again_becomes_current_without_a_duplicate(
         assert volumes.get_crop(session, crop).label_path == "labels/7.zarr"
 
 
-def test_a_skip_marks_the_crop_skipped_with_its_reason(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_a_skip_marks_the_crop_skipped_with_its_reason(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         crop = _volume_with_crops(session, 1)[0]
         task = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={})
         tasks.record_annotation(
@@ -260,10 +260,10 @@ def test_a_skip_marks_the_crop_skipped_with_its_reason(smoke_project: Project) -
     assert (skipped.status, skipped.skip_reason) == ("skipped", "blurry")
 
 
-def test_settings(smoke_project: Project) -> None:
-    with smoke_project.session() as session:
+def test_settings(ledger_project: Project) -> None:
+    with ledger_project.session() as session:
         assert settings.get_setting(session, "ls_project_id") is None
         settings.set_setting(session, "ls_project_id", "3")
         settings.set_setting(session, "ls_project_id", "4")
-    with smoke_project.session() as session:
+    with ledger_project.session() as session:
         assert settings.get_setting(session, "ls_project_id") == "4"
