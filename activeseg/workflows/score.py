@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,19 +403,32 @@ def apart_first(ranking: Sequence[int], crops: dict[int, CropInfo]) -> list[int]
 
     Taken in rank order, a crop is kept when it shares no voxel with a crop kept before it;
     the others follow in their order. Any prefix of the result is then as free of overlaps
-    as the pool allows: annotators never label the same voxels twice in one round.
+    as the pool allows: annotators never label the same voxels twice in one round. Kept crops
+    are filed under the grid cells (as large as the largest crop) they touch, so a crop is
+    compared only with the few kept crops of its own cells: linear in the pool.
     """
+    cell = tuple(max((c.end[a] - c.origin[a] for c in crops.values()), default=1) for a in range(3))
     kept: list[CropInfo] = []
+    filed: dict[tuple[int, ...], list[CropInfo]] = defaultdict(list)
     later: list[int] = []
     for crop_id in ranking:
         crop = crops.get(crop_id)
-        if crop is not None and any(boxes_overlap(crop, other) for other in kept):
+        keys = [] if crop is None else _cells(crop, cell)
+        if crop is None or any(boxes_overlap(crop, o) for k in keys for o in filed[k]):
             later.append(crop_id)
-        elif crop is not None:
-            kept.append(crop)
-        else:
-            later.append(crop_id)
+            continue
+        kept.append(crop)
+        for key in keys:
+            filed[key].append(crop)
     return [c.id for c in kept] + later
+
+
+def _cells(crop: CropInfo, cell: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Return the (volume, z, y, x) grid cells a crop touches (at most 2 per axis)."""
+    spans = [
+        range(o // n, (e - 1) // n + 1) for o, e, n in zip(crop.origin, crop.end, cell, strict=True)
+    ]
+    return [(crop.volume_id, z, y, x) for z in spans[0] for y in spans[1] for x in spans[2]]
 
 
 def _crop_scores(parts: Sequence[dict[str, Any]]) -> CropScores:

@@ -55,6 +55,7 @@ from activeseg.workflows.score import (
     PushPlan,
     analysis_path,
     apart_first,
+    boxes_overlap,
     plan_slices,
     selected_crops,
     widen_selection,
@@ -262,6 +263,25 @@ def test_overlapping_crops_of_one_volume_move_behind_the_batch() -> None:
         4: crop(4, 1, (8, 0, 0)),  # touches 1 without sharing a voxel
     }
     assert apart_first([1, 2, 3, 4], crops) == [1, 3, 4, 2]
+
+
+def test_the_grid_keeps_what_comparing_every_pair_keeps() -> None:
+    def every_pair(ranking: list[int], crops: dict[int, CropInfo]) -> list[int]:
+        kept: list[int] = []
+        for c in ranking:
+            if not any(boxes_overlap(crops[c], crops[k]) for k in kept):
+                kept.append(c)
+        return kept + [c for c in ranking if c not in kept]
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        crops = {
+            i: crop(i, int(rng.integers(2)), tuple(int(v) for v in rng.integers(0, 40, 3)),  # type: ignore[arg-type]
+                    int(rng.integers(3, 12)))
+            for i in range(60)
+        }  # fmt: skip
+        ranking = [int(i) for i in rng.permutation(60)]
+        assert apart_first(ranking, crops) == every_pair(ranking, crops)
 
 
 def test_label_slices_avoid_the_crop_edges(tmp_path: Path) -> None:
