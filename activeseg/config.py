@@ -223,6 +223,14 @@ class LoopConfig(Section):
     first_strategy: Literal["random", "diverse"] = "diverse"
 
 
+class EvaluateConfig(Section):
+    """How a round scores its model on the validation volumes."""
+
+    # "fisbe": the FISBe benchmark's protocol (predicted instances of at most 800 voxels are
+    # dropped first), for FlyLight data; "plain": every predicted instance counts.
+    protocol: Literal["plain", "fisbe"] = "plain"
+
+
 class Config(Section):
     """The whole configuration of a project."""
 
@@ -235,6 +243,7 @@ class Config(Section):
     acquisition: AcquisitionConfig = AcquisitionConfig()
     labelstudio: LabelStudioConfig = LabelStudioConfig()
     loop: LoopConfig = LoopConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _sizes_fit_the_unet(self) -> Config:

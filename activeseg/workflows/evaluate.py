@@ -52,18 +52,20 @@ QUALITY_KEYS = ("voxel_error_auroc", "instance_error_auroc", "scored_instances",
 def evaluate_project(project: Project, model_path: Path) -> dict[str, Any]:
     """Return validation metrics of a model over the project's val volumes with ground truth.
 
-    Instance counts are summed over volumes before F1 is computed; uncertainty quality
-    (error-detection AUROC of voxel MI and of instance risk) is reported beside them.
+    Instance counts are summed over volumes before F1 is computed (with the FISBe protocol
+    when ``evaluate.protocol`` says so); uncertainty quality (error-detection AUROC of voxel
+    MI and of instance risk) is reported beside them.
     """
     with project.session() as session:
         volumes = [v for v in pool_volumes.list_volumes(session, split="val") if v.has_ground_truth]
     if not volumes:
         return {"skipped": "no validation volume with ground truth"}
     trained = load_model(model_path)
+    fisbe = project.config.evaluate.protocol == "fisbe"
     scores, quality = [], []
     for volume in volumes:  # scored one at a time: no two volumes' labels are held at once
         prediction, truth, uncertainty = _predict_volume(project, trained, volume)
-        scores.append(metrics.score_volume(prediction, truth))
+        scores.append(metrics.score_volume(prediction, truth, fisbe=fisbe))
         quality.append(uncertainty)
     result: dict[str, Any] = metrics.summarize(scores)
     for key in ("voxel_error_auroc", "instance_error_auroc"):

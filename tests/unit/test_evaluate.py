@@ -13,7 +13,7 @@ from test_predict import trained_model
 from typer.testing import CliRunner
 
 from activeseg.cli import app
-from activeseg.config import ClusterConfig
+from activeseg.config import ClusterConfig, EvaluateConfig
 from activeseg.core import metrics
 from activeseg.core.instances import Instances
 from activeseg.core.streaming_metrics import PAVPU_QUANTILES, UncertaintyTables
@@ -232,3 +232,23 @@ def test_round_evaluation_of_a_large_volume_streams_and_scores_like_the_whole_vo
         assert slabs[key] == pytest.approx(whole[key], abs=0.02), key
     assert np.isnan(slabs["instance_error_auroc"])
     assert not list(smoke_project.root.glob(".evaluate-*"))
+
+
+def test_round_evaluation_follows_the_fisbe_protocol_when_the_config_says_so(
+    smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = generate_mcfo((16, 48, 48), 3, seed=2)
+    write_fisbe(tmp_path / "val.zarr", volume.raw, volume.instances)
+    import_volume(smoke_project, tmp_path / "val.zarr", "fisbe", split="val")
+    trained = trained_model()
+    monkeypatch.setattr(evaluate, "load_model", lambda _: trained)
+    cluster = ClusterConfig(foreground_threshold=0.5, bandwidth=0.1, min_size=20)
+    plain = smoke_project.config.model_copy(update={"cluster": cluster})
+    fisbe = plain.model_copy(update={"evaluate": EvaluateConfig(protocol="fisbe")})
+    scores = {
+        name: evaluate.evaluate_project(dataclasses.replace(smoke_project, config=config), tmp_path)
+        for name, config in (("plain", plain), ("fisbe", fisbe))
+    }
+    # this small volume's predicted fragments are all under FISBe's 800 voxels: none counts
+    assert scores["plain"]["n_pred"] > 0 and scores["fisbe"]["n_pred"] == 0
+    assert scores["fisbe"]["n_gt"] == scores["plain"]["n_gt"]
