@@ -179,8 +179,9 @@ def ingest_cmd(
         tuple[int, Path] | None,
         typer.Option(
             "--from-file",
-            metavar="CROP LABELS.zarr",
-            help="Ingest labels made in another tool for one crop instead of Label Studio.",
+            metavar="CROP LABELS",
+            help="Ingest labels made in another tool (a zarr, OME-Zarr labels or napari's "
+            "label TIFF) for one crop instead of Label Studio.",
         ),
     ] = None,
     project_dir: ProjectOption = None,
@@ -193,7 +194,7 @@ def ingest_cmd(
 
     Example: [bold]activeseg ingest --json[/]
 
-    Example: [bold]activeseg ingest --from-file 12 crop12.zarr[/]
+    Example: [bold]activeseg ingest --from-file 12 crop12.tif[/]
     """
     from activeseg.workflows.ingest import IngestResult, ingest_annotations, ingest_file
     from activeseg.workflows.project import open_project

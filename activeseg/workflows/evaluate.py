@@ -285,7 +285,7 @@ def _pavpu_entries(curve: metrics.PavpuCurve) -> dict[str, Any]:
 
 
 # Names of a label array inside a zarr or HDF5 file, tried in order when no key is given.
-LABEL_NAMES = ("consensus", "labels", "segmentation", "label", "gt_instances", "gt")
+LABEL_NAMES = (CONSENSUS, "consensus", "labels", "segmentation", "label", "gt_instances", "gt")
 
 
 def load_instances(
