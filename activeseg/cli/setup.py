@@ -16,6 +16,7 @@ from activeseg.cli.common import (
     command,
     console,
     emit_json,
+    errors,
 )
 from activeseg.cli.render import print_status
 
@@ -114,7 +115,7 @@ def import_cmd(
         raise InputError("--name can only be used when importing one file")
     project = open_project(project_dir)
     imported = []
-    with console.status("importing") as status:
+    with errors.status("importing") as status:
         for path in paths:
             info = import_volume(
                 project,

@@ -115,6 +115,15 @@ def ome_image(container: Any) -> dict[str, Any] | None:
     return found[0] if isinstance(found, list) and found else None
 
 
+def ome_label_dataset(container: Any) -> str | None:
+    """Return the full-resolution dataset of an OME-Zarr label image group, or None."""
+    attrs = dict(getattr(container, "attrs", {}))
+    multiscale = ome_image(container)
+    if multiscale is None or "image-label" not in (attrs.get("ome") or attrs):
+        return None
+    return str(multiscale["datasets"][0]["path"])
+
+
 def _read_ome(
     path: Path, container: Any, multiscale: dict[str, Any], labels_key: str | None
 ) -> SourceVolume:

@@ -12,6 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from activeseg import __version__
 from activeseg.cli import app
 from activeseg.cli.render import print_ranking
 from activeseg.pool.records import ScoreInfo
@@ -227,3 +228,28 @@ def test_ranked_crop_drops_the_descriptor_and_prints_flagged_instances(
     print_ranking([crop], title="round 5: bald")
     out = capsys.readouterr().out
     assert "#7 merge/split" in out and "0.250" in out and "round 5: bald" in out
+
+
+def test_version_and_help_grouped_by_task() -> None:
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.strip() == f"activeseg {__version__}"
+    listing = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).stdout
+    panels = ("Set up", "The loop", "Inspection", "Label Studio")
+    assert all(f"─ {panel} " in listing for panel in panels)
+    loop_panel = listing.split("─ The loop ")[1].split("─ Inspection ")[0]
+    assert "round" in loop_panel and "history" not in loop_panel
+
+
+def test_a_typo_in_a_fixed_choice_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["predict", "vol", "--out", str(tmp_path / "o.zarr"),
+                                 "--samples", "sample", "-p", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 2 and "sample" in result.output
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_verbose_logs_activeseg_only(tmp_path: Path) -> None:
+    import logging
+
+    runner.invoke(app, ["-v", "init", str(tmp_path / "p")])
+    assert logging.getLogger("activeseg").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("alembic").getEffectiveLevel() == logging.WARNING

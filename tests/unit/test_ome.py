@@ -11,11 +11,13 @@ import zarr
 from ome_zarr_models import open_ome_zarr
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
+from typer.testing import CliRunner
 
+from activeseg.cli import app
 from activeseg.core.instances import Instances
 from activeseg.data import ome
 from activeseg.data.fisbe import write_fisbe
-from activeseg.data.importers import read_source
+from activeseg.data.importers import open_tiff, read_source
 from activeseg.data.sources import label_source, raw_source
 from activeseg.data.volumes import read_crop_labels, write_volume
 from activeseg.pool import volumes as pool_volumes
@@ -25,6 +27,7 @@ from activeseg.workflows.project import Project
 from tests.unit.test_predict import trained_model
 
 VOXEL = (2.0, 0.5, 0.25)
+runner = CliRunner()
 
 
 def mcfo(shape: tuple[int, int, int] = (12, 40, 36)) -> tuple[np.ndarray, np.ndarray]:
@@ -136,3 +139,38 @@ def test_label_colours_are_distinct_and_skipped_for_huge_label_sets() -> None:
     table = ome.label_colors(range(1, 50))
     assert len({tuple(c["rgba"]) for c in table}) == 49
     assert ome.label_colors(range(ome.MAX_LABEL_COLORS + 1)) == []
+
+
+def test_export_puts_crop_labels_on_their_crop_under_the_image(imported: Project) -> None:
+    with imported.session() as session:
+        crop = pool_volumes.list_crops(session)[-1]
+    volume = imported.volumes_dir / "brain1.zarr"
+    labels = str(imported.resolve(str(crop.label_path)))
+    result = runner.invoke(
+        app, ["export", labels, "--image", "brain1", "--name", "crop", "-p", str(imported.root)]
+    )
+    assert result.exit_code == 0, result.output
+    group = zarr.open_group(volume, mode="r")
+    image = Image.from_zarr(group)
+    assert image.labels is not None and image.labels.ome_attributes.labels == ["gt", "crop"]
+    placed = np.asarray(group["labels/crop/0"][...])
+    truth = np.asarray(group["labels/gt/0"][...])
+    assert np.array_equal(placed[crop.box], truth[crop.box]) and placed[crop.box].any()
+    outside = np.ones(placed.shape, bool)
+    outside[crop.box] = False
+    assert not placed[outside].any()
+    again = runner.invoke(app, ["export", "brain1", "--image", "brain1", "--name", "crop",
+                                "-p", str(imported.root)])  # fmt: skip
+    assert again.exit_code == 2 and "already holds" in again.output
+
+
+def test_export_to_imagej_tiff_keeps_the_calibration(imported: Project, tmp_path: Path) -> None:
+    out = tmp_path / "gt.tif"
+    result = runner.invoke(app, ["export", "brain1", "--to", "tiff", "--out", str(out),
+                                 "-p", str(imported.root), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    array, axes, size = open_tiff(out)
+    assert axes == "ZYX" and size == pytest.approx(VOXEL)
+    back = read_source(imported.volumes_dir / "brain1.zarr", "zarr").labels
+    assert back is not None
+    np.testing.assert_array_equal(np.asarray(array), back.slab(0, 12).labels)
