@@ -122,3 +122,32 @@ def view_cmd(
     show_scene(scene, screenshot)
     if screenshot is not None:
         console.print(f"wrote {screenshot}")
+
+
+@command(app, "report")
+def report_cmd(
+    number: Annotated[
+        int | None, typer.Argument(help="Round number (default: the newest).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    project_dir: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write one round as a self-contained HTML page: what it picked and why, with images.
+
+    The page holds the task images of each picked crop (the model's neurons and doubts), the
+    parts of its score, the validation metrics, the learning curves and the stopping signal
+    where the round recorded one; all images are inline, so the file can be mailed.
+
+    Example: [bold]activeseg report 3 --out round3.html[/]
+    """
+    from activeseg.workflows.project import open_project
+    from activeseg.workflows.report import write_report
+
+    result = write_report(open_project(project_dir), number, out)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"wrote {result['out']} (round {result['round']}, {result['picked']} crops)")

@@ -200,7 +200,13 @@ def write_levels(
 
 
 def describe_prediction(
-    path: Path, placement: Placement, instances: int, *, image: str, labels: str
+    path: Path,
+    placement: Placement,
+    instances: int,
+    *,
+    image: str,
+    labels: str,
+    source: str | None = None,
 ) -> None:
     """Make a prediction group an OME image: its ``image`` map (Z, Y, X; the uncertainty) is
     the image, and the label image at ``labels`` (``labels/NAME/0``; the consensus) its
@@ -210,6 +216,8 @@ def describe_prediction(
     for key in (image, labels):
         name_dimensions(cast(zarr.Array, root[key]), "zyx")
     root.attrs["ome"] = image_attrs(image, "zyx", placement, [image])
+    if source is not None:
+        root.attrs["source"] = source  # the volume predicted: viewers show it underneath
     cast(zarr.Group, root["labels"]).attrs["ome"] = {
         "version": NGFF_VERSION,
         "labels": [label_name],

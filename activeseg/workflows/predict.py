@@ -148,7 +148,8 @@ def predict_volume(
         log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
     n = write_consensus(out, project.config.cluster, shared=shared, stitch=stitch)
     placement = Placement(source_voxel_size(project, volume, fmt, raw_key))
-    describe_prediction(out, placement, n, image=UNCERTAINTY, labels=CONSENSUS)
+    source = volume if not Path(volume).exists() else str(Path(volume).resolve())
+    describe_prediction(out, placement, n, image=UNCERTAINTY, labels=CONSENSUS, source=source)
     log.info("predicted %s: %d instances", volume, n)
     return {
         "out": str(out),
