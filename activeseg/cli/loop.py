@@ -398,5 +398,6 @@ def demo_cmd(
 project:          {result.project}
 learning curves:  {result.plot}
 inspect:          activeseg status -p {directory}; activeseg show 1 -p {directory}
-view in napari:   napari {result.project}/volumes/pool0.zarr (OME-Zarr; labels under labels/)
+look at a round:  activeseg view -p {directory}   (napari: pip install 'activeseg\\[view]')
+report:           activeseg report -p {directory} --out {directory}/report.html
 """)

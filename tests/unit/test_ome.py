@@ -24,6 +24,7 @@ from activeseg.pool import volumes as pool_volumes
 from activeseg.workflows import predict as predict_workflow
 from activeseg.workflows.importing import import_volume
 from activeseg.workflows.project import Project
+from activeseg.workflows.view import prediction_scene
 from tests.unit.test_predict import trained_model
 
 VOXEL = (2.0, 0.5, 0.25)
@@ -129,6 +130,9 @@ def test_every_zarr_the_product_writes_validates(
     image = Image.from_zarr(pred)
     assert transforms(pred.attrs["ome"])["scale"] == list(VOXEL)
     assert image.labels is not None and image.labels.ome_attributes.labels == ["consensus"]
+    scene = prediction_scene(imported, out)  # what `activeseg view pred.zarr` shows
+    assert [c.color for c in scene.channels] == ["FF0000", "00FF00", "0000FF"]
+    assert scene.scale == VOXEL and scene.instances is not None and scene.doubt is not None
     outputs = zarr_outputs(imported.root)
     assert len(outputs) >= 3  # the volume, a crop's labels, the prediction
     for path in outputs:
