@@ -94,7 +94,11 @@ def import_cmd(
     ] = None,
     labels_key: Annotated[
         str | None,
-        typer.Option("--labels", help="Labels dataset (zarr/HDF5) or label file (TIFF)."),
+        typer.Option(
+            "--labels",
+            help="Labels dataset (zarr/HDF5), label image under labels/ (OME-Zarr; default "
+            "the first) or label file (TIFF).",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Volume name (one file only).")] = None,
     project_dir: ProjectOption = None,

@@ -225,3 +225,15 @@ def describe_prediction(
     cast(zarr.Group, root[f"labels/{label_name}"]).attrs["ome"] = label_attrs(
         label_name, placement, range(1, instances + 1)
     )
+
+
+def describe_crop_analysis(
+    path: Path, placement: Placement, doubt: str, maps: Sequence[str]
+) -> None:
+    """Make a round's crop analysis group an OME image of its ``doubt`` map, placed at the
+    crop in its volume, and name the dimensions of its (Z, Y, X) ``maps``, so viewers put it
+    over the raw. (Its consensus stays where readers of analyses look for it.)"""
+    root = zarr.open_group(path, mode="a")
+    for key in {doubt, *maps}:
+        name_dimensions(cast(zarr.Array, root[key]), "zyx")
+    root.attrs["ome"] = image_attrs(doubt, "zyx", placement, [doubt])

@@ -178,3 +178,17 @@ def test_export_to_imagej_tiff_keeps_the_calibration(imported: Project, tmp_path
     back = read_source(imported.volumes_dir / "brain1.zarr", "zarr").labels
     assert back is not None
     np.testing.assert_array_equal(np.asarray(array), back.slab(0, 12).labels)
+
+
+def test_a_crop_analysis_can_be_described_as_an_ome_image(tmp_path: Path) -> None:
+    path = tmp_path / "crop-3.zarr"  # the layout score.write_analysis writes
+    root = zarr.open_group(path, mode="w")
+    for name in ("consensus", "foreground", "entropy", "mutual_information"):
+        root.create_array(name, data=np.zeros((4, 8, 8), np.float32))
+    root.create_array("samples", data=np.zeros((2, 4, 8, 8), np.uint32))
+    ome.describe_crop_analysis(path, ome.Placement(VOXEL, (4, 8, 16)), "mutual_information",
+                               ["consensus", "foreground", "entropy"])  # fmt: skip
+    group = zarr.open_group(path, mode="r")
+    Image.from_zarr(group)
+    assert transforms(group.attrs["ome"])["translation"] == [8.0, 4.0, 4.0]
+    assert group["consensus"].metadata.dimension_names == ("z", "y", "x")
