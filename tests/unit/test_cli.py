@@ -130,6 +130,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = runner.invoke(app, ["score", "--json", "-p", str(root)])
     assert result.exit_code == 0, result.output
     (root / "score.json").write_text(result.stdout)
+    (root / "score.err").write_text(result.stderr)
     return root
 
 
@@ -140,7 +141,9 @@ def _json(*args: str) -> Any:
 
 
 def test_score_json_ranks_every_unlabeled_crop_without_descriptors(scored: Path) -> None:
-    ranking = json.loads((scored / "score.json").read_text())
+    ranking = json.loads((scored / "score.json").read_text())  # stdout: the JSON alone
+    progress = (scored / "score.err").read_text()
+    assert "✓ ingest" in progress and "✓ select" in progress  # stage lines go to stderr
     status = _json("status", "-p", str(scored))
     assert len(ranking) == status["crops_by_split"]["pool"]["unlabeled"]
     assert [row["rank"] for row in ranking] == list(range(len(ranking)))
