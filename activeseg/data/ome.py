@@ -9,6 +9,7 @@ both in micrometres), so a crop's labels or predictions overlay the raw they cam
 from __future__ import annotations
 
 import colorsys
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,15 +170,18 @@ def pyramid_factors(shape: Sequence[int], min_size: int) -> list[int]:
 def downsample(block: npt.NDArray[Any], *, labels: bool) -> npt.NDArray[Any]:
     """Return a (…, Z, Y, X) block halved in each spatial axis: the mean of each 2×2×2 cell
     for an image, its first voxel for labels (ids must not blend). Odd edges repeat their
-    last plane."""
+    last plane. Memory: one float32 accumulator of the output's size."""
     if labels:
         return block[..., ::2, ::2, ::2]
-    pad = [(0, 0)] * (block.ndim - 3) + [(0, n % 2) for n in block.shape[-3:]]
-    even = np.pad(block, pad, mode="edge").astype(np.float32)
-    z, y, x = (n // 2 for n in even.shape[-3:])
-    cells = even.reshape(*even.shape[:-3], z, 2, y, 2, x, 2).mean(axis=(-5, -3, -1))
+    shape = tuple((n + 1) // 2 for n in block.shape[-3:])
+    total = np.zeros((*block.shape[:-3], *shape), np.float32)
+    for offsets in itertools.product((0, 1), repeat=3):
+        index = [np.minimum(np.arange(d, 2 * m, 2), n - 1)
+                 for d, m, n in zip(offsets, shape, block.shape[-3:], strict=True)]  # fmt: skip
+        total += block[(..., *np.ix_(*index))]
+    total /= 8
     return (
-        cells.astype(block.dtype) if block.dtype.kind == "f" else np.rint(cells).astype(block.dtype)
+        total.astype(block.dtype) if block.dtype.kind == "f" else np.rint(total).astype(block.dtype)
     )
 
 
@@ -185,7 +189,9 @@ def write_levels(
     group: zarr.Group, levels: int, *, labels: bool, slab: int, names: Sequence[str]
 ) -> None:
     """Write levels 1..levels-1 of ``group`` from level 0, each from the one above it, ``slab``
-    output z-planes at a time (memory holds two input slabs, never the volume)."""
+    output z-planes at a time, read ``slab`` input planes at a time (memory holds one input
+    slab, never the volume)."""
+    half = max(1, slab // 2)
     for level in range(1, levels):
         above = cast(zarr.Array, group[str(level - 1)])
         shape = (*above.shape[:-3], *((n + 1) // 2 for n in above.shape[-3:]))
@@ -195,8 +201,12 @@ def write_levels(
         )
         for z0 in range(0, shape[-3], slab):
             z1 = min(z0 + slab, shape[-3])
-            block = np.asarray(above[(..., slice(2 * z0, 2 * z1), slice(None), slice(None))])
-            out[(..., slice(z0, z1), slice(None), slice(None))] = downsample(block, labels=labels)
+            pieces = [
+                downsample(np.asarray(above[..., 2 * s0 : 2 * min(s0 + half, z1), :, :]),
+                           labels=labels)
+                for s0 in range(z0, z1, half)
+            ]  # fmt: skip
+            out[..., z0:z1, :, :] = np.concatenate(pieces, axis=-3)
 
 
 def describe_prediction(

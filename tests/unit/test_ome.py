@@ -192,3 +192,11 @@ def test_a_crop_analysis_can_be_described_as_an_ome_image(tmp_path: Path) -> Non
     Image.from_zarr(group)
     assert transforms(group.attrs["ome"])["translation"] == [8.0, 4.0, 4.0]
     assert group["consensus"].metadata.dimension_names == ("z", "y", "x")
+
+
+def test_downsampling_an_odd_edge_repeats_its_last_plane() -> None:
+    block = np.arange(27, dtype=np.uint16).reshape(1, 3, 3, 3)
+    half = ome.downsample(block, labels=False)
+    assert half.shape == (1, 2, 2, 2) and half.dtype == np.uint16
+    assert half[0, 1, 1, 1] == 26  # the corner voxel alone, repeated
+    assert half[0, 0, 0, 0] == round(block[0, :2, :2, :2].mean())
