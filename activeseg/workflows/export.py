@@ -76,7 +76,7 @@ def export_tiff(
         resolution=(1.0 / x, 1.0 / y),
         metadata={"axes": "ZYX", "spacing": z, "unit": "um"},
     )
-    replace_durably(partial, out)
+    partial.replace(out)
     return {"out": str(out), "shape": list(labels.shape), "voxel_size": [z, y, x],
             "instances": int(len(np.unique(labels)) - 1)}  # fmt: skip
 

@@ -16,7 +16,7 @@ from skimage.segmentation import find_boundaries
 
 from activeseg.data import ome
 from activeseg.data.volumes import read_raw
-from activeseg.durable import partial_name, replace_durably
+from activeseg.durable import partial_name
 from activeseg.errors import NotFoundError
 from activeseg.labelstudio.render import (
     channel_limits,
@@ -63,9 +63,9 @@ def write_report(project: Project, number: int | None, out: Path) -> dict[str, A
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>activeseg round "
             f"{detail.number}</title><style>{STYLE}</style></head><body>"
             + "\n".join(sections) + "</body></html>")  # fmt: skip
-    partial = partial_name(out)
+    partial = partial_name(out)  # a reader never sees half a page (no ledger row points here)
     partial.write_text(page, encoding="utf-8")
-    replace_durably(partial, out)
+    partial.replace(out)
     return {"out": str(out), "round": detail.number, "picked": len(picks),
             "images": page.count("<img")}  # fmt: skip
 
