@@ -240,10 +240,10 @@ def write_crop_labels(
 
 
 def read_crop_labels(path: Path) -> CropLabels:
-    """Return the labels stored in a crop label group; a label group made elsewhere (an OME
-    label image without ``mask`` or ``overlaps``) counts as labeled everywhere, no overlaps."""
+    """Return the labels stored in a crop label group."""
     root = _open(path)
-    labels = np.asarray(_array(root, crop_labels_key(root))[...], dtype=np.uint32)
-    mask = np.asarray(_array(root, "mask")[...], bool) if "mask" in root else labels >= 0
-    rows = _array(root, "overlaps")[...] if "overlaps" in root else np.zeros((0, 4))
-    return CropLabels(labels, mask, np.asarray(rows, dtype=np.int64).reshape(-1, 4))
+    return CropLabels(
+        labels=np.asarray(_array(root, crop_labels_key(root))[...], dtype=np.uint32),
+        mask=np.asarray(_array(root, "mask")[...], dtype=bool),
+        overlaps=np.asarray(_array(root, "overlaps")[...], dtype=np.int64).reshape(-1, 4),
+    )

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -407,6 +407,9 @@ def _read_label_file(path: Path, shape: tuple[int, int, int]) -> CropLabels:
     if isinstance(node, zarr.Group):
         if crop_labels_key(node) not in node:
             raise InputError(f"{where}: the group holds no label array ('0' or 'labels')")
+        if "mask" not in node:  # an OME label image made elsewhere: labels of the whole crop
+            image = cast(zarr.Array, node[crop_labels_key(node)])
+            return _whole_labels(np.asarray(image[...]), shape, where)
         for key in (crop_labels_key(node), "mask", "overlaps"):
             stored = node.get(key)
             if isinstance(stored, zarr.Array):

@@ -109,3 +109,6 @@ def test_import_then_ingest_a_napari_label_tiff_for_a_crop(
     dataset = zarr.open_group(path, mode="r").attrs["ome"]["multiscales"][0]["datasets"][0]
     translation = dataset["coordinateTransformations"][1]["translation"]
     assert translation == [o * s for o, s in zip(crop.origin, info.voxel_size, strict=True)]
+    elsewhere = zarr.open_group(tmp_path / "ome-labels.zarr", mode="w")  # "0" and no mask
+    elsewhere.create_array("0", data=labels * 2, dimension_names=["z", "y", "x"])
+    assert ingest_file(smoke_project, crop.id, tmp_path / "ome-labels.zarr") == "updated"
