@@ -232,13 +232,15 @@ def _rectangle(origin: tuple[int, ...], end: tuple[int, ...], z: int) -> npt.NDA
 @contextmanager
 def _virtual_display() -> Iterator[None]:
     """Give Qt a screen to draw on without one: a private Xvfb (napari's canvas needs OpenGL,
-    which Qt's "offscreen" platform does not offer), or the display there is."""
-    if os.environ.get("DISPLAY") or shutil.which("Xvfb") is None:
-        os.environ.setdefault(
-            "QT_QPA_PLATFORM", "offscreen" if not os.environ.get("DISPLAY") else "xcb"
-        )
+    which Qt's "offscreen" platform does not offer here), or the display there is."""
+    if os.environ.get("DISPLAY"):
         yield
         return
+    if shutil.which("Xvfb") is None:
+        raise InputError(
+            "--screenshot without a display needs Xvfb (Debian: apt-get install xvfb "
+            "libxcb-icccm4 libxcb-keysyms1); Qt's offscreen platform cannot draw napari"
+        )
     read, write = os.pipe()
     server = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
