@@ -42,3 +42,19 @@ class Split(StrEnum):
     POOL = "pool"
     VAL = "val"
     TEST = "test"
+
+
+class Samples(StrEnum):
+    """What ``activeseg predict`` keeps of the model's samples: each one, their mean and
+    variance ("moments"), or whichever fits the volume's size ("auto")."""
+
+    AUTO = "auto"
+    SAMPLES = "samples"
+    MOMENTS = "moments"
+
+
+class ExportFormat(StrEnum):
+    """Where ``activeseg export`` puts labels: under an OME-Zarr image, or an ImageJ TIFF."""
+
+    OME_ZARR = "ome-zarr"
+    TIFF = "tiff"

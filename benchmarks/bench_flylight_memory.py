@@ -167,7 +167,7 @@ def run_depth(work: Path, project: Path, volume: Path) -> dict[str, dict[str, fl
     )
     forward = measure("--forward", str(project), str(volume))
     group = zarr.open_group(pred, mode="r")
-    consensus = np.asarray(group["consensus"][...])  # type: ignore[index]
+    consensus = np.asarray(group["labels/consensus/0"][...])  # type: ignore[index]
     predicted["instances"] = float(len(np.unique(consensus)) - 1)
     predicted["foreground"] = float((consensus > 0).mean())
     predicted["layout"] = group.attrs["layout"]  # type: ignore[assignment]

@@ -41,6 +41,16 @@ StrategyOption = Annotated[
 ]
 
 
+SETUP, LOOP, LABEL_STUDIO, INSPECT = "Set up", "The loop", "Label Studio", "Inspection"
+# The group each command is listed under in `activeseg --help` (groups in order of first use).
+LOOP_COMMANDS = ("round", "train", "score", "push", "ingest", "predict", "evaluate", "simulate")
+PANELS = {
+    **dict.fromkeys(("init", "upgrade", "synth", "import", "status"), SETUP),
+    **dict.fromkeys((*LOOP_COMMANDS, "demo"), LOOP),
+    **dict.fromkeys(("history", "show", "check", "view", "report", "export"), INSPECT),
+}
+
+
 def command(group: typer.Typer, name: str) -> Callable[[F], F]:
     """Return a decorator registering a command that turns activeseg errors into an exit code.
 
@@ -56,7 +66,7 @@ def command(group: typer.Typer, name: str) -> Callable[[F], F]:
                 print_error(str(exc))
                 raise typer.Exit(exc.exit_code) from None
 
-        group.command(name)(wrapper)
+        group.command(name, rich_help_panel=PANELS.get(name))(wrapper)
         return func
 
     return register

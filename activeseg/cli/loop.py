@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from activeseg.choices import Stage, Strategy
+from activeseg.choices import Samples, Stage, Strategy
 from activeseg.cli import app
 from activeseg.cli.common import (
     ForceOption,
@@ -17,6 +17,7 @@ from activeseg.cli.common import (
     command,
     console,
     emit_json,
+    errors,
     print_error,
 )
 from activeseg.cli.render import (
@@ -67,7 +68,7 @@ def round_cmd(
         until=until,
         strategy=strategy,
         batch_size=batch_size,
-        events=stage_printer(as_json),
+        events=stage_printer(),
     )
     if as_json:
         emit_json(round_detail(project, info.number).as_dict(config=False))
@@ -85,7 +86,7 @@ def train_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) ->
     from activeseg.workflows.project import open_project
 
     project = open_project(project_dir)
-    with training_bar(project.config.train.steps, as_json) as progress:
+    with training_bar(project.config.train.steps) as progress:
         checkpoint = train_project(project, progress=progress)
     result = {
         "checkpoint": str(project.resolve(checkpoint.path)),
@@ -121,7 +122,7 @@ def score_cmd(
     from activeseg.workflows.project import open_project
 
     project = open_project(project_dir)
-    info = run_round(project, until="select", strategy=strategy, events=stage_printer(as_json))
+    info = run_round(project, until="select", strategy=strategy, events=stage_printer())
     ranking = round_ranking(project, info.number)
     if as_json:
         emit_json([crop.as_dict() for crop in ranking])
@@ -156,7 +157,7 @@ def push_cmd(
     project = open_project(project_dir)
     newest = latest_round(project)
     plan = widen_selection(project, newest.id, newest.number, limit)
-    with progress_bar("rendering crops", as_json) as progress:
+    with progress_bar("rendering crops") as progress:
         result = push_selected(project, newest, limit=limit, progress=progress)
     if as_json:
         emit_json(
@@ -179,8 +180,9 @@ def ingest_cmd(
         tuple[int, Path] | None,
         typer.Option(
             "--from-file",
-            metavar="CROP LABELS.zarr",
-            help="Ingest labels made in another tool for one crop instead of Label Studio.",
+            metavar="CROP LABELS",
+            help="Ingest labels made in another tool (a zarr, OME-Zarr labels or napari's "
+            "label TIFF) for one crop instead of Label Studio.",
         ),
     ] = None,
     project_dir: ProjectOption = None,
@@ -193,7 +195,7 @@ def ingest_cmd(
 
     Example: [bold]activeseg ingest --json[/]
 
-    Example: [bold]activeseg ingest --from-file 12 crop12.zarr[/]
+    Example: [bold]activeseg ingest --from-file 12 crop12.tif[/]
     """
     from activeseg.workflows.ingest import IngestResult, ingest_annotations, ingest_file
     from activeseg.workflows.project import open_project
@@ -224,12 +226,12 @@ def predict_cmd(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output zarr group.")],
     samples: Annotated[
-        str,
+        Samples,
         typer.Option(
             help="Keep per-sample outputs ('samples'), or mean/variance "
             "('moments'), or decide by size ('auto')."
         ),
-    ] = "auto",
+    ] = Samples.AUTO,
     fmt: Annotated[
         str | None,
         typer.Option(
@@ -255,7 +257,7 @@ def predict_cmd(
     from activeseg.workflows.project import open_project
 
     project = open_project(project_dir)
-    with console.status(f"predicting {volume}"):
+    with errors.status(f"predicting {volume}"):
         result = predict_volume(
             project, volume, out, layout=samples, force=force, fmt=fmt, raw_key=raw_key
         )
@@ -358,7 +360,7 @@ def simulate_cmd(
         rounds,
         strategy or [project.config.acquisition.strategy],
         seeds,
-        events=stage_printer(as_json),
+        events=stage_printer(),
         round_done=None if as_json else lambda name, n: console.print(f"{name}: round {n} done"),
     )
     if plot is not None:
@@ -388,7 +390,7 @@ def demo_cmd(
     result = run_demo(
         directory,
         rounds,
-        events=stage_printer(False),
+        events=stage_printer(),
         round_done=lambda _, n: console.print(f"[bold]round {n} done[/]"),
     )
     print_history(result.history)
@@ -396,5 +398,6 @@ def demo_cmd(
 project:          {result.project}
 learning curves:  {result.plot}
 inspect:          activeseg status -p {directory}; activeseg show 1 -p {directory}
-view in napari:   napari {result.project}/volumes/pool0.zarr (OME-Zarr; labels under labels/)
+look at a round:  activeseg view -p {directory}   (napari: pip install 'activeseg\\[view]')
+report:           activeseg report -p {directory} --out {directory}/report.html
 """)

@@ -50,18 +50,17 @@ def print_status(status: ProjectStatus) -> None:
     console.print(f"rounds: {status.rounds}")
 
 
-def stage_printer(as_json: bool) -> StagePrinter:
-    """Return a loop event handler printing one line per stage (nothing with ``as_json``)."""
+def stage_printer() -> StagePrinter:
+    """Return a loop event handler printing one line per stage on stderr (also under
+    ``--json``: stdout then holds only the JSON)."""
 
     def show(stage: str, state: str, outputs: Mapping[str, Any]) -> None:
-        if as_json:
-            return
         if state == "running":
-            console.print(f"  [cyan]▶[/] {stage} …")
+            errors.print(f"  [cyan]▶[/] {stage} …")
         elif state == "done":
-            console.print(f"  [green]✓[/] {stage} {brief(outputs)}", highlight=False)
+            errors.print(f"  [green]✓[/] {stage} {brief(outputs)}", highlight=False)
         else:
-            console.print(f"  [dim]↷ {stage} (done before)[/]")
+            errors.print(f"  [dim]↷ {stage} (done before)[/]")
 
     return show
 
@@ -78,17 +77,15 @@ def brief(outputs: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def progress_bar(what: str, as_json: bool) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
     """Yield a (done, total) callback that drives a rich progress bar on stderr."""
-    with Progress(
-        TextColumn(what), BarColumn(), MofNCompleteColumn(), console=errors, disable=as_json
-    ) as bar:
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), console=errors) as bar:
         task = bar.add_task(what, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @contextmanager
-def training_bar(steps: int, as_json: bool) -> Iterator[Callable[[int, int, float], None]]:
+def training_bar(steps: int) -> Iterator[Callable[[int, int, float], None]]:
     """Yield a (step, total, loss) callback that drives the training bar on stderr."""
     columns = (
         TextColumn("training"),
@@ -96,7 +93,7 @@ def training_bar(steps: int, as_json: bool) -> Iterator[Callable[[int, int, floa
         TextColumn("{task.fields[loss]}"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=errors, disable=as_json) as bar:
+    with Progress(*columns, console=errors) as bar:
         task = bar.add_task("train", total=steps, loss="")
         yield lambda step, total, loss: bar.update(task, completed=step, loss=f"loss {loss:.3f}")
 

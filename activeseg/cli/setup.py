@@ -16,6 +16,7 @@ from activeseg.cli.common import (
     command,
     console,
     emit_json,
+    errors,
 )
 from activeseg.cli.render import print_status
 
@@ -108,7 +109,11 @@ def import_cmd(
     ] = None,
     labels_key: Annotated[
         str | None,
-        typer.Option("--labels", help="Labels dataset (zarr/HDF5) or label file (TIFF)."),
+        typer.Option(
+            "--labels",
+            help="Labels dataset (zarr/HDF5), label image under labels/ (OME-Zarr; default "
+            "the first) or label file (TIFF).",
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Volume name (one file only).")] = None,
     project_dir: ProjectOption = None,
@@ -129,7 +134,7 @@ def import_cmd(
         raise InputError("--name can only be used when importing one file")
     project = open_project(project_dir)
     imported = []
-    with console.status("importing") as status:
+    with errors.status("importing") as status:
         for path in paths:
             info = import_volume(
                 project,

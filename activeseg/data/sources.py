@@ -71,16 +71,26 @@ class RawSource:
         return data
 
 
-def raw_source(array: Any, where: str) -> RawSource:
+GUESS = -1
+
+
+def raw_source(array: Any, where: str, *, channel_axis: int | None = GUESS) -> RawSource:
     """Return a raw source after checking the dtype and shape (nothing is read).
 
-    4-D data has its channels first if the first axis has at most MAX_CHANNELS entries, else
-    last.
+    channel_axis: 0 for (C, Z, Y, X), None for (Z, Y, X), or GUESS when the file does not
+    say: 4-D data then has its channels first if the first axis has at most MAX_CHANNELS
+    entries, else last.
     """
     dtype, shape = np.dtype(array.dtype), tuple(int(n) for n in array.shape)
     if dtype.kind not in "uif":
         raise VolumeFormatError(f"{where}: raw data must be integer or float, got {dtype}")
-    if len(shape) == 3:
+    if channel_axis != GUESS and (len(shape) == 3) != (channel_axis is None):
+        raise VolumeFormatError(f"{where}: raw of shape {shape} has no (C,) Z, Y, X axes")
+    if channel_axis == 0 and shape[0] > MAX_CHANNELS:
+        raise VolumeFormatError(f"{where}: {shape[0]} channels, at most {MAX_CHANNELS} allowed")
+    if channel_axis == 0:
+        source = RawSource(array, 0, where)
+    elif len(shape) == 3:
         source = RawSource(array, None, where)
     elif len(shape) == 4 and shape[0] <= MAX_CHANNELS:
         source = RawSource(array, 0, where)

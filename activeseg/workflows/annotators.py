@@ -25,6 +25,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from activeseg.core.instances import Instances
+from activeseg.data.ome import Placement
 from activeseg.data.volumes import CropLabels, read_ground_truth, write_crop_labels
 from activeseg.errors import ConfigError, StateError
 from activeseg.labelstudio.brush import instances_to_results
@@ -173,7 +174,7 @@ def _answer_open_tasks(
         now = datetime.now(UTC)
         path = project.crop_label_path(crop.id, f"simulated-task{task.id}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_crop_labels(path, labels)
+        write_crop_labels(path, labels, Placement(volume.voxel_size, crop.origin))
         with project.session() as session:
             pool_tasks.record_annotation(
                 session,

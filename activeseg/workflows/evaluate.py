@@ -22,7 +22,7 @@ from activeseg.core.streaming_metrics import UncertaintyTables
 from activeseg.core.tiling import UNCERTAINTY, predict_array, predict_to_zarr
 from activeseg.core.uncertainty import InstanceRisk, instance_uncertainty, mutual_information
 from activeseg.data.fisbe import GT_INSTANCES
-from activeseg.data.importers import load_tiff
+from activeseg.data.importers import load_tiff, ome_label_dataset
 from activeseg.data.sources import label_source
 from activeseg.data.volumes import GT_PATH, raw_array, read_ground_truth, read_raw
 from activeseg.errors import InputError, VolumeFormatError
@@ -287,7 +287,7 @@ def _pavpu_entries(curve: metrics.PavpuCurve) -> dict[str, Any]:
 
 
 # Names of a label array inside a zarr or HDF5 file, tried in order when no key is given.
-LABEL_NAMES = ("consensus", "labels", "segmentation", "label", "gt_instances", "gt")
+LABEL_NAMES = (CONSENSUS, "consensus", "labels", "segmentation", "label", "gt_instances", "gt")
 
 
 def load_instances(
@@ -327,6 +327,8 @@ def read_labels(path: Path, key: str | None = None) -> Instances:
         return _whole(node[GT_INSTANCES], f"{path}:{GT_INSTANCES}")
     if key is None and f"{GT_PATH}/0" in node:
         return read_ground_truth(path)
+    if key is None and (dataset := ome_label_dataset(node)) is not None:
+        return _whole(node[dataset], f"{path}:{dataset}")  # crop labels, an OME label image
     return _whole(_label_dataset(path, node, key), f"{path}:{key or 'labels'}")
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from activeseg.data.crops import bright_fraction, bright_threshold, tile_boxes
 from activeseg.data.importers import SourceVolume, read_source
+from activeseg.data.ome import Placement
 from activeseg.data.volumes import (
     CropLabels,
     raw_array,
@@ -145,6 +146,7 @@ def _write_and_register(
         write_volume(
             partial,
             source.raw,
+            name=name,
             ground_truth=source.labels,
             voxel_size=source.voxel_size,
             chunks=project.config.crops.size,
@@ -154,7 +156,7 @@ def _write_and_register(
             info = _register(project, session, name, final, source, split, fmt, path)
             crops = _add_crops(project, session, info, partial)
             if as_labels:
-                written += _label_crops(project, session, crops, partial)
+                written += _label_crops(project, session, crops, partial, info.voxel_size)
             partial.rename(final)
             written[0] = final
             fsync_tree(final.parent, files=False)
@@ -240,7 +242,11 @@ def _grid_sample(raw: object) -> np.ndarray:
 
 
 def _label_crops(
-    project: Project, session: Session, crops: list[CropInfo], volume: Path
+    project: Project,
+    session: Session,
+    crops: list[CropInfo],
+    volume: Path,
+    voxel_size: tuple[float, float, float],
 ) -> list[Path]:
     written = []
     for crop in crops:
@@ -249,6 +255,6 @@ def _label_crops(
         path.parent.mkdir(parents=True, exist_ok=True)
         written.append(path.parent)
         labels = CropLabels(truth.labels, np.ones(crop.shape, bool), truth.overlaps)
-        write_crop_labels(path, labels)
+        write_crop_labels(path, labels, Placement(voxel_size, crop.origin))
         pool_volumes.set_crop_status(session, crop.id, "labeled", label_path=project.relative(path))
     return written

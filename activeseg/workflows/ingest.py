@@ -22,13 +22,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import zarr
 
-from activeseg.data.volumes import CropLabels, read_crop_labels, write_crop_labels
+from activeseg.data.importers import read_tiff_labels
+from activeseg.data.ome import Placement
+from activeseg.data.volumes import (
+    CropLabels,
+    crop_labels_key,
+    read_crop_labels,
+    write_crop_labels,
+)
 from activeseg.errors import AnnotationError, InputError, StateError
 from activeseg.labelstudio.brush import results_to_instances
 from activeseg.labelstudio.client import LabelStudioClient, checked_id, latest_update, parse_time
@@ -291,7 +298,7 @@ def _write_labels(
     stamp = parse_time(str(annotation["updated_at"])).strftime("%Y%m%dT%H%M%S%f")
     path = project.crop_label_path(pooled.crop_id, f"ls-{annotation['id']}-{stamp}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_crop_labels(path, labels)
+    write_crop_labels(path, labels, crop_placement(project, pooled.crop_id))
     return project.relative(path)
 
 
@@ -324,6 +331,14 @@ def _skip_reason(annotation: Mapping[str, Any], status: str | None) -> str:
     return f"{who} {how} in Label Studio (annotation {annotation['id']})"
 
 
+def crop_placement(project: Project, crop_id: int) -> Placement:
+    """Return where a crop lies in its volume (origin, voxel size), for its labels' metadata."""
+    with project.session() as session:
+        crop = pool_volumes.get_crop(session, crop_id)
+        volume = pool_volumes.get_volume(session, crop.volume_name)
+    return Placement(volume.voxel_size, crop.origin)
+
+
 def _crop_shape(project: Project, task: TaskInfo) -> tuple[int, int, int]:
     with project.session() as session:
         return pool_volumes.get_crop(session, task.crop_id).shape
@@ -334,9 +349,10 @@ def ingest_file(
 ) -> str:
     """Ingest labels made in another tool (napari, VVD) for one crop; return the outcome.
 
-    ``path``: a zarr holding either a crop label group (``labels``, ``mask``, ``overlaps``, as
-    activeseg writes them) or a single integer (Z, Y, X) array, taken as fully annotated. Its
-    shape must be the crop's. The labels are copied into the project.
+    ``path``: a zarr holding either a crop label group (``0`` or ``labels``, ``mask``,
+    ``overlaps``, as activeseg writes them; an OME label image) or a single integer (Z, Y, X)
+    array, or a label TIFF (what napari saves from a Labels layer); a file without a mask is
+    taken as fully annotated. Its shape must be the crop's. The labels are copied into the project.
     """
     with hold_lock(project.root, LOCK, wait_seconds=LOCK_WAIT_SECONDS):
         return _ingest_file(project, crop_id, path, round_number)
@@ -353,7 +369,7 @@ def _ingest_file(project: Project, crop_id: int, path: Path, round_number: int |
     now = datetime.now(UTC)
     copy = project.crop_label_path(crop_id, f"file-{now:%Y%m%dT%H%M%S%f}")
     copy.parent.mkdir(parents=True, exist_ok=True)
-    write_crop_labels(copy, labels)
+    write_crop_labels(copy, labels, crop_placement(project, crop_id))
     with project.session() as session:
         if active:
             task_id = active[0].id
@@ -382,25 +398,39 @@ def _ingest_file(project: Project, crop_id: int, path: Path, round_number: int |
 
 def _read_label_file(path: Path, shape: tuple[int, int, int]) -> CropLabels:
     where = str(path)
+    if path.suffix.lower() in (".tif", ".tiff"):  # napari saves a Labels layer as TIFF
+        return _whole_labels(read_tiff_labels(path), shape, where)
     try:
         node = zarr.open(path, mode="r")
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{where}: not a readable zarr ({exc})") from exc
     if isinstance(node, zarr.Group):
-        if "labels" not in node:
-            raise InputError(f"{where}: the group holds no 'labels' array")
-        for key in ("labels", "mask", "overlaps"):
+        if crop_labels_key(node) not in node:
+            raise InputError(f"{where}: the group holds no label array ('0' or 'labels')")
+        if "mask" not in node:  # an OME label image made elsewhere: labels of the whole crop
+            image = cast(zarr.Array, node[crop_labels_key(node)])
+            return _whole_labels(np.asarray(image[...]), shape, where)
+        for key in (crop_labels_key(node), "mask", "overlaps"):
             stored = node.get(key)
             if isinstance(stored, zarr.Array):
                 _check_stored(np.asarray(stored[...]), key, where)
         labels = read_crop_labels(path)
         _check_overlaps(labels.overlaps, shape, where)
     else:
-        data: npt.NDArray[Any] = np.asarray(node[...])
-        _check_labels(data, where)
-        labels = CropLabels(
-            data.astype(np.uint32), np.ones(data.shape, bool), np.zeros((0, 4), np.int64)
-        )
+        return _whole_labels(np.asarray(node[...]), shape, where)
+    return _checked(labels, shape, where)
+
+
+def _whole_labels(data: npt.NDArray[Any], shape: tuple[int, int, int], where: str) -> CropLabels:
+    """Return a label image made in another tool as labels of the whole crop."""
+    _check_labels(data, where)
+    labels = CropLabels(
+        data.astype(np.uint32), np.ones(data.shape, bool), np.zeros((0, 4), np.int64)
+    )
+    return _checked(labels, shape, where)
+
+
+def _checked(labels: CropLabels, shape: tuple[int, int, int], where: str) -> CropLabels:
     _check_labels(labels.labels, where)
     if labels.labels.shape != shape or labels.mask.shape != shape:
         raise InputError(
@@ -431,7 +461,7 @@ def _check_stored(data: npt.NDArray[Any], key: str, where: str) -> None:
         if data.dtype != bool and not (np.issubdtype(data.dtype, np.integer) and
                                        np.isin(data, (0, 1)).all()):  # fmt: skip
             raise InputError(f"{where}: 'mask' must be boolean (or 0/1), got {data.dtype}")
-    elif key == "labels":
+    elif key in ("0", "labels"):
         _check_labels(data, f"{where}: 'labels'")
     elif not np.issubdtype(data.dtype, np.integer) or data.ndim != 2 or data.shape[1] != 4:
         raise InputError(

@@ -35,6 +35,7 @@ from activeseg.core.stitching import (
 )
 from activeseg.core.tiling import UNCERTAINTY, predict_to_zarr
 from activeseg.data.importers import FORMATS, read_source
+from activeseg.data.ome import Placement, describe_prediction
 from activeseg.data.sources import raw_source
 from activeseg.data.volumes import RAW_PATH, raw_array
 from activeseg.durable import claim_output
@@ -45,7 +46,7 @@ from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
 
-CONSENSUS = "consensus"
+CONSENSUS = "labels/consensus/0"  # an OME label image of the prediction group
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
@@ -101,6 +102,22 @@ def open_raw(
     return read_source(path, chosen, raw_key=raw_key).raw
 
 
+def source_voxel_size(
+    project: Project | None, volume: str, fmt: str | None = None, raw_key: str | None = None
+) -> tuple[float, float, float]:
+    """Return the (z, y, x) voxel size in µm of a registered volume or a file (1 if unknown)."""
+    path = resolve_volume(project, volume)
+    chosen = fmt or guess_format(path)
+    if chosen == "activeseg":
+        chosen = "zarr"  # an activeseg volume is an OME-Zarr image
+    if chosen not in FORMATS:
+        return (1.0, 1.0, 1.0)
+    try:
+        return read_source(path, chosen, raw_key=raw_key).voxel_size
+    except VolumeFormatError:  # a bare zarr array: it carries no voxel size
+        return (1.0, 1.0, 1.0)
+
+
 def predict_volume(
     project: Project,
     volume: str,
@@ -130,6 +147,9 @@ def predict_volume(
     if chosen == "moments" and not shared:
         log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
     n = write_consensus(out, project.config.cluster, shared=shared, stitch=stitch)
+    placement = Placement(source_voxel_size(project, volume, fmt, raw_key))
+    source = volume if not Path(volume).exists() else str(Path(volume).resolve())
+    describe_prediction(out, placement, n, image=UNCERTAINTY, labels=CONSENSUS, source=source)
     log.info("predicted %s: %d instances", volume, n)
     return {
         "out": str(out),

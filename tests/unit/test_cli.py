@@ -12,6 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from activeseg import __version__
 from activeseg.cli import app
 from activeseg.cli.render import print_ranking
 from activeseg.pool.records import ScoreInfo
@@ -129,6 +130,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = runner.invoke(app, ["score", "--json", "-p", str(root)])
     assert result.exit_code == 0, result.output
     (root / "score.json").write_text(result.stdout)
+    (root / "score.err").write_text(result.stderr)
     return root
 
 
@@ -139,7 +141,9 @@ def _json(*args: str) -> Any:
 
 
 def test_score_json_ranks_every_unlabeled_crop_without_descriptors(scored: Path) -> None:
-    ranking = json.loads((scored / "score.json").read_text())
+    ranking = json.loads((scored / "score.json").read_text())  # stdout: the JSON alone
+    progress = (scored / "score.err").read_text()
+    assert "✓ ingest" in progress and "✓ select" in progress  # stage lines go to stderr
     status = _json("status", "-p", str(scored))
     assert len(ranking) == status["crops_by_split"]["pool"]["unlabeled"]
     assert [row["rank"] for row in ranking] == list(range(len(ranking)))
@@ -227,3 +231,28 @@ def test_ranked_crop_drops_the_descriptor_and_prints_flagged_instances(
     print_ranking([crop], title="round 5: bald")
     out = capsys.readouterr().out
     assert "#7 merge/split" in out and "0.250" in out and "round 5: bald" in out
+
+
+def test_version_and_help_grouped_by_task() -> None:
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.strip() == f"activeseg {__version__}"
+    listing = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).stdout
+    panels = ("Set up", "The loop", "Inspection", "Label Studio")
+    assert all(f"─ {panel} " in listing for panel in panels)
+    loop_panel = listing.split("─ The loop ")[1].split("─ Inspection ")[0]
+    assert "round" in loop_panel and "history" not in loop_panel
+
+
+def test_a_typo_in_a_fixed_choice_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["predict", "vol", "--out", str(tmp_path / "o.zarr"),
+                                 "--samples", "sample", "-p", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 2 and "sample" in result.output
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_verbose_logs_activeseg_only(tmp_path: Path) -> None:
+    import logging
+
+    runner.invoke(app, ["-v", "init", str(tmp_path / "p")])
+    assert logging.getLogger("activeseg").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("alembic").getEffectiveLevel() == logging.WARNING

@@ -226,7 +226,7 @@ def test_streamed_consensus_of_one_block_is_the_one_pass_clustering(
     cluster = _cluster_config(fg, emb)
     count = write_consensus(out, cluster)
     expected = segment(fg, emb, **cluster.options())
-    stored = read(zarr.open_group(out, mode="r"), "consensus")
+    stored = read(zarr.open_group(out, mode="r"), predict_workflow.CONSENSUS)
     np.testing.assert_array_equal(stored, expected)
     assert count == expected.max() > 1
 
@@ -241,7 +241,7 @@ def test_consensus_of_many_blocks_is_written_block_by_block_with_unique_ids(
     cluster = _cluster_config(fg, emb)
     blocks = StitchOptions(block=(6, 20, 18), margin=(2, 4, 4))
     count = write_consensus(out, cluster, stitch=blocks)
-    stored = read(zarr.open_group(out, mode="r"), "consensus")
+    stored = read(zarr.open_group(out, mode="r"), predict_workflow.CONSENSUS)
     options = ClusterOptions(**cluster.options())
     np.testing.assert_array_equal(stored, segment_volume(fg, emb, options, blocks))
     assert count == stored.max() and set(np.unique(stored)) == set(range(count + 1))
@@ -306,7 +306,7 @@ def test_predict_reads_every_importable_format(
         assert report["layout"] == "samples" and report["uncertainty"] == "mutual_information"
         group = zarr.open_group(out, mode="r")
         np.testing.assert_allclose(read(group, "foreground"), expected, atol=1e-3, err_msg=name)
-        assert read(group, "consensus").shape == SHAPE
+        assert read(group, predict_workflow.CONSENSUS).shape == SHAPE
 
 
 def test_predict_names_what_it_cannot_read(smoke_project: Project, tmp_path: Path) -> None:
