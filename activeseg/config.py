@@ -223,6 +223,22 @@ class LoopConfig(Section):
     first_strategy: Literal["random", "diverse"] = "diverse"
 
 
+class ComputeConfig(Section):
+    """Where prediction, pool scoring and training run; the defaults run in this process.
+
+    Results do not depend on it: a cluster computes what one process would, to the bit (see
+    README, Running on a cluster).
+    """
+
+    # A running Dask scheduler ("tcp://host:8786") that predict and score send their tiles and
+    # crops to; its workers must see the project root at the same path.
+    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ucx)://.+")
+    # Without a scheduler: this many worker processes on this machine (0 = no Dask at all).
+    workers: int = Field(0, ge=0)
+    # Training processes (DistributedDataParallel on one host); the global batch is split.
+    train_processes: int = Field(1, ge=1)
+
+
 class Config(Section):
     """The whole configuration of a project."""
 
@@ -235,6 +251,7 @@ class Config(Section):
     acquisition: AcquisitionConfig = AcquisitionConfig()
     labelstudio: LabelStudioConfig = LabelStudioConfig()
     loop: LoopConfig = LoopConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _sizes_fit_the_unet(self) -> Config:
