@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from activeseg.config import ComputeConfig
 from activeseg.core.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, TrainedModel, load_model
 from activeseg.errors import InputError
@@ -59,8 +61,11 @@ def with_compute(
         update["train_processes"] = train_processes
     if not update:
         return project
-    data = project.config.compute.model_dump() | update
-    compute = ComputeConfig.model_validate(data)
+    try:
+        compute = ComputeConfig.model_validate(project.config.compute.model_dump() | update)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"invalid compute option: {problems}") from exc
     return replace(project, config=project.config.model_copy(update={"compute": compute}))
 
 
