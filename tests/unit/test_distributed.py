@@ -55,6 +55,18 @@ def test_compute_overrides_leave_the_rest_of_the_config(smoke_project: Project) 
         with_compute(smoke_project, scheduler="host:8786")  # no tcp:// scheme
 
 
+def test_a_bad_scheduler_address_on_the_command_line_is_bad_input(
+    smoke_project: Project,
+) -> None:
+    from typer.testing import CliRunner
+
+    from activeseg.cli import app
+
+    root = str(smoke_project.root)
+    result = CliRunner().invoke(app, ["score", "--scheduler", "head:8786", "-p", root])
+    assert result.exit_code == 2 and "compute option" in result.output
+
+
 def test_a_model_reference_changes_with_the_weights(tmp_path: Path) -> None:
     for name, weights in (("a", b"1"), ("b", b"2")):
         (tmp_path / name).mkdir()
