@@ -7,6 +7,7 @@ at the same path, as a shared file system would show it to every host.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -26,10 +27,6 @@ from activeseg.workflows.predict import predict_volume
 from activeseg.workflows.project import Project, open_project
 from activeseg.workflows.score import analysis_path
 from activeseg.workflows.simulate import create_demo_project
-
-
-def _square(x: int) -> int:
-    return x * x
 
 
 def test_serial_map_is_lazy_and_in_order() -> None:
@@ -107,6 +104,21 @@ def _round_scores(project: Project) -> dict[int, tuple[float, dict[str, Any]]]:
 def _arrays(path: Path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(path), mode="r")
     return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+@pytest.mark.slow
+def test_the_job_of_a_worker_that_died_is_run_again(tmp_path: Path) -> None:
+    marker = tmp_path / "died"
+
+    def die_once(value: int) -> int:  # local: sent to the workers by value
+        if value == 1 and not marker.exists():
+            marker.write_text("killed")
+            os._exit(1)  # the worker process dies, as on a lost host
+        return value * 10
+
+    with task_map(ComputeConfig(workers=2)) as run:
+        assert list(run(die_once, [0, 1, 2])) == [0, 10, 20]
+    assert marker.exists()
 
 
 @pytest.mark.slow

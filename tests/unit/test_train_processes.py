@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import bright_tubes, smoke
 
 from activeseg.config import Config
 from activeseg.core.models.checkpoint import load_model
@@ -14,7 +15,6 @@ from activeseg.core.models.losses import Target
 from activeseg.core.training import Shard, train_model
 from activeseg.errors import InputError
 from activeseg.workflows.fit import train_in_processes
-from tests.unit.test_train import bright_tubes, smoke
 
 
 def test_the_shards_of_a_batch_are_its_slices_in_rank_order() -> None:
