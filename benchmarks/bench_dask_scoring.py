@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bench_pool_scoring import bench_config, make_project, make_sources, untrained_checkpoint
+from distributed import LocalCluster
 
 from activeseg.config import ComputeConfig, Config
 from activeseg.pool import rounds as pool_rounds
@@ -45,38 +47,71 @@ GOAL = 1.8
 
 
 def score_once(root: Path, model: Path, config: Config) -> dict[str, Any]:
-    """Score every unlabeled crop of the project at root once; return time and scores."""
+    """Score every unlabeled crop of the project at root once; return wall and CPU seconds
+    (of this process, plus of the Dask workers when config names a scheduler) and scores."""
     project = open_project(root)
     project = Project(project.root, config, project.engine)
     with project.session() as session:
         info = pool_rounds.start_round(session, strategy="instance", batch_size=4, config="")
-    start = time.perf_counter()
+    workers_before = workers_cpu(config)
+    cpu, start = time.process_time(), time.perf_counter()
     report = score.score_pool(project, info.id, info.number, model)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    workers = workers_cpu(config) - workers_before
     with project.session() as session:
         scores = {s.crop_id: s.score for s in pool_rounds.round_scores(session, info.id)}
     project.engine.dispose()
-    return {"seconds": seconds, "crops": report.computed, "scores": scores}
+    return {
+        "seconds": seconds,
+        "client_cpu_s": cpu,
+        "workers_cpu_s": workers,
+        "crops": report.computed,
+        "scores": scores,
+    }
 
 
-def variant_config(config: Config, threads: int, workers: int) -> Config:
-    """Return config with torch's thread count and the number of local Dask workers."""
+def workers_cpu(config: Config) -> float:
+    """Return the CPU seconds (user + system) the scheduler's workers have used so far."""
+    if config.compute.scheduler is None:
+        return 0.0
+    with dask_client(config.compute) as client:
+        times = client.run(lambda: sum(psutil.Process().cpu_times()[:2]))
+    return float(sum(times.values()))
+
+
+def variant_config(config: Config, threads: int, scheduler: str | None = None) -> Config:
+    """Return config with torch's thread count and a Dask scheduler (None: this process)."""
     train = config.train.model_copy(update={"threads": threads})
-    return config.model_copy(update={"train": train, "compute": ComputeConfig(workers=workers)})
+    compute = ComputeConfig(scheduler=scheduler)
+    return config.model_copy(update={"train": train, "compute": compute})
 
 
 def run_variant(
-    name: str, base: Path, model: Path, config: Config, work: Path, fresh: bool
+    name: str, base: Path, model: Path, config: Config, work: Path, fresh: bool, workers: int
 ) -> dict[str, Any]:
-    """Return a variant's result, from its results file when one exists."""
+    """Return a variant's result, from its results file when one exists; workers > 0 runs it
+    on a LocalCluster of that many workers, started (and timed) before the score stage."""
     path = RESULTS / f"{name}.json"
     if path.exists() and not fresh:
         print(f"{name}: from {path}")
         return dict(json.loads(path.read_text()))
     root = Path(shutil.copytree(base, work / name))
-    result = score_once(root, model, config)
+    load = os.getloadavg()[0]
+    if workers:
+        start = time.perf_counter()
+        with LocalCluster(
+            n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        ) as cluster:
+            started = time.perf_counter() - start
+            address = str(cluster.scheduler_address)
+            result = score_once(
+                root, model, config.model_copy(update={"compute": ComputeConfig(scheduler=address)})
+            )
+        result["start_s"] = started
+    else:
+        result = score_once(root, model, config)
     result["scores"] = {str(k): v for k, v in result["scores"].items()}
-    result["load"] = os.getloadavg()[0]
+    result["load"] = (load + os.getloadavg()[0]) / 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
@@ -116,14 +151,14 @@ def main() -> None:
         make_project(base, config, sources).engine.dispose()
         model = untrained_checkpoint(work / "model", config, 3)
         variants = {
-            "serial": variant_config(config, args.threads, 0),
-            f"serial-{cores}t": variant_config(config, cores, 0),
-            "dask-1": variant_config(config, args.threads, 1),
-            "dask-2": variant_config(config, args.threads, 2),
+            "serial": (variant_config(config, args.threads), 0),
+            f"serial-{cores}t": (variant_config(config, cores), 0),
+            "dask-1": (variant_config(config, args.threads), 1),
+            "dask-2": (variant_config(config, args.threads), 2),
         }
         results = {
-            name: run_variant(name, base, model, cfg, work, args.fresh)
-            for name, cfg in variants.items()
+            name: run_variant(name, base, model, cfg, work, args.fresh, workers)
+            for name, (cfg, workers) in variants.items()
         }
     report(results, args, cores)
 
@@ -137,19 +172,28 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, cores: 
         same = result["scores"] == reference["scores"]
         rate = result["crops"] / result["seconds"]
         ratio = reference["seconds"] / result["seconds"]
+        cpu = (result["client_cpu_s"] + result["workers_cpu_s"]) / result["crops"]
+        start = f"  cluster start {result['start_s']:.1f} s" if "start_s" in result else ""
         print(
             f"{name:>10}: {result['seconds']:7.1f} s  {rate:6.2f} crops/s  {ratio:5.2f}x serial"
-            f"  load {result['load']:.1f}  scores identical: {same}"
+            f"  CPU {cpu:.2f} s/crop  load {result['load']:.1f}  scores identical: {same}{start}"
         )
     ratio = reference["seconds"] / results["dask-2"]["seconds"]
     print(f"goal dask-2 >= {GOAL}x serial: {ratio:.2f}x ({ratio / GOAL:.2f} of the goal)")
+    serial_cpu = reference["client_cpu_s"] / crops
+    dask_cpu = (results["dask-2"]["client_cpu_s"] + results["dask-2"]["workers_cpu_s"]) / crops
+    print(
+        f"CPU per crop: dask-2 {dask_cpu:.2f} s against serial {serial_cpu:.2f} s "
+        f"(x{dask_cpu / serial_cpu:.2f}); on 2 idle cores dask-2 would run "
+        f"{2 * serial_cpu / dask_cpu:.2f}x serial"
+    )
     started, per_task = scheduler_overhead(args.overhead_tasks)
-    per_crop = reference["seconds"] / crops
+    per_crop = dask_cpu  # on a dedicated core a crop's wall time is its CPU time
     print(
         f"LocalCluster(2) start {started:.2f} s; scheduler overhead {per_task * 1000:.2f} ms "
-        f"per task ({args.overhead_tasks} no-op tasks); per-crop cost {per_crop:.3f} s"
+        f"per task ({args.overhead_tasks} no-op tasks); per-crop cost {per_crop:.3f} CPU s"
     )
-    print("model: T(K) = per_crop x crops / K + overhead x crops + start-up")
+    print("model (K dedicated workers): T(K) = per_crop x crops / K + overhead x crops + start")
     for workers in (1, 2, 4, 8, 16, 64):
         for pool in (crops, 10_000):
             seconds = per_crop * pool / workers + per_task * pool + started
