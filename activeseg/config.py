@@ -231,6 +231,22 @@ class EvaluateConfig(Section):
     protocol: Literal["plain", "fisbe"] = "plain"
 
 
+class ComputeConfig(Section):
+    """Where prediction, pool scoring and training run; the defaults run in this process.
+
+    Results do not depend on it: a cluster computes what one process would, to the bit (see
+    README, Running on a cluster).
+    """
+
+    # A running Dask scheduler ("tcp://host:8786") that predict and score send their tiles and
+    # crops to; its workers must see the project root at the same path.
+    scheduler: str | None = Field(None, pattern=r"^(tcp|tls|inproc|ucx)://.+")
+    # Without a scheduler: this many worker processes on this machine (0 = no Dask at all).
+    workers: int = Field(0, ge=0)
+    # Training processes (DistributedDataParallel on one host); the global batch is split.
+    train_processes: int = Field(1, ge=1)
+
+
 class Config(Section):
     """The whole configuration of a project."""
 
@@ -244,6 +260,7 @@ class Config(Section):
     labelstudio: LabelStudioConfig = LabelStudioConfig()
     loop: LoopConfig = LoopConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _sizes_fit_the_unet(self) -> Config:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,6 +29,48 @@ from activeseg.cli.render import (
     training_bar,
 )
 
+if TYPE_CHECKING:
+    from activeseg.workflows.project import Project
+
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Run on a Dask LocalCluster of N worker processes here (0: in this process).",
+    ),
+]
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="Run on a running Dask scheduler (default: the config's compute.scheduler).",
+    ),
+]
+NprocOption = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Train on N processes, data-parallel (gloo on the CPU, NCCL on GPUs).",
+    ),
+]
+
+
+def _open(
+    project_dir: Path | None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    nproc: int | None = None,
+) -> Project:
+    """Return the project, its compute section overridden by the command line."""
+    from activeseg.workflows.distributed import with_compute
+    from activeseg.workflows.project import open_project
+
+    project = open_project(project_dir)
+    return with_compute(project, workers=workers, scheduler=scheduler, train_processes=nproc)
+
 
 @command(app, "round")
 def round_cmd(
@@ -38,6 +80,9 @@ def round_cmd(
     abandon: Annotated[
         bool, typer.Option("--abandon", help="Close the open round as abandoned (kept in history).")
     ] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
+    nproc: NprocOption = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -46,14 +91,16 @@ def round_cmd(
     An interrupted round resumes at its first unfinished stage, with the strategy and batch
     size it started with (--strategy or --batch-size that differ are refused: finish it, or
     close it with --abandon). Exit code 75 when another round holds the project: try later.
+    --workers/--scheduler score on a Dask cluster, --nproc trains on several processes (see
+    the README, Running on a cluster).
 
     Example: [bold]activeseg round --strategy instance --batch-size 8[/]
+    or [bold]activeseg round --workers 2 --nproc 2[/]
     """
     from activeseg.workflows.history import round_detail
     from activeseg.workflows.loop import abandon_round, run_round
-    from activeseg.workflows.project import open_project
 
-    project = open_project(project_dir)
+    project = _open(project_dir, workers, scheduler, nproc)
     if abandon:
         closed = abandon_round(project)
         if as_json:
@@ -77,15 +124,19 @@ def round_cmd(
 
 
 @command(app, "train")
-def train_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) -> None:
+def train_cmd(
+    nproc: NprocOption = None, project_dir: ProjectOption = None, as_json: JsonOption = False
+) -> None:
     """Train the model on the labeled crops of the pool (warm start from the newest model).
 
-    Example: [bold]activeseg train --json[/]
+    With --nproc N, N processes of this machine each train on 1/N of every batch
+    (train.batch_size must divide by N); the result is that of one process.
+
+    Example: [bold]activeseg train --json[/] or [bold]activeseg train --nproc 2[/]
     """
     from activeseg.workflows.fit import train_project
-    from activeseg.workflows.project import open_project
 
-    project = open_project(project_dir)
+    project = _open(project_dir, nproc=nproc)
     with training_bar(project.config.train.steps) as progress:
         checkpoint = train_project(project, progress=progress)
     result = {
@@ -107,6 +158,8 @@ def train_cmd(project_dir: ProjectOption = None, as_json: JsonOption = False) ->
 def score_cmd(
     strategy: StrategyOption = None,
     top: Annotated[int, typer.Option(min=1, help="How many ranked crops to print.")] = 10,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -116,12 +169,12 @@ def score_cmd(
     recorded, and prints the ranking with the parts of each score.
 
     Example: [bold]activeseg score --strategy bald --json[/]
+    or [bold]activeseg score --scheduler tcp://head-node:8786[/]
     """
     from activeseg.workflows.history import round_ranking
     from activeseg.workflows.loop import run_round
-    from activeseg.workflows.project import open_project
 
-    project = open_project(project_dir)
+    project = _open(project_dir, workers, scheduler)
     info = run_round(project, until="select", strategy=strategy, events=stage_printer())
     ranking = round_ranking(project, info.number)
     if as_json:
@@ -242,21 +295,23 @@ def predict_cmd(
         str | None, typer.Option("--raw", help="Raw dataset inside a zarr/HDF5 file.")
     ] = None,
     force: ForceOption = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
     project_dir: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Predict a volume with the newest model: foreground, embeddings, uncertainty and consensus
     instances (clustered block by block: memory does not grow with the volume).
 
-    A non-empty --out is refused unless --force.
+    A non-empty --out is refused unless --force. With --workers or --scheduler the tiles are
+    predicted on a Dask cluster, each written straight to --out (the same bits as here).
 
     Example: [bold]activeseg predict val0 --out val0-pred.zarr[/]
-    or [bold]activeseg predict fisbe-volume.zarr --out pred.zarr[/]
+    or [bold]activeseg predict fisbe-volume.zarr --out pred.zarr --workers 2[/]
     """
     from activeseg.workflows.predict import predict_volume
-    from activeseg.workflows.project import open_project
 
-    project = open_project(project_dir)
+    project = _open(project_dir, workers, scheduler)
     with errors.status(f"predicting {volume}"):
         result = predict_volume(
             project, volume, out, layout=samples, force=force, fmt=fmt, raw_key=raw_key

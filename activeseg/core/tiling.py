@@ -180,19 +180,58 @@ def predict_to_zarr(
     predicted and written one at a time. layout "auto" picks "samples" when S x (E + 1) x
     voxels in float16 fit sample_budget_bytes, else "moments" (see the module docstring).
     """
+    chosen, tiling = prepare_prediction(
+        trained,
+        raw,
+        out,
+        layout=layout,
+        core=core,
+        margin=margin,
+        seed=seed,
+        sample_budget_bytes=sample_budget_bytes,
+    )
+    arrays = prediction_arrays(out)
+    for box, tile in iterate_tiles(trained, raw, tiling, seed):
+        write_tile(arrays, box, tile, chosen)
+    logger.info("predicted %s (%s) to %s", tuple(raw.shape), chosen, out)
+    return chosen
+
+
+def prepare_prediction(
+    trained: TrainedModel,
+    raw: Any,
+    out: Path,
+    *,
+    layout: Layout = "auto",
+    core: Triple | None = None,
+    margin: Triple | None = None,
+    seed: int = 0,
+    sample_budget_bytes: int = SAMPLE_BUDGET_BYTES,
+) -> tuple[str, Tiling]:
+    """Return the layout and tiling of raw's prediction, after creating its empty zarr group
+    at out (arguments as :func:`predict_to_zarr`); tiles are then written by
+    :func:`write_tile`, in any order and from any process (each tile writes whole chunks)."""
     shape = _spatial_shape(raw, trained)
     tiling = plan_tiling(trained, shape, core, margin)
     chosen = _choose_layout(trained, shape, layout, sample_budget_bytes)
     group = zarr.open_group(str(out), mode="w")
     group.attrs.update(_attributes(trained, chosen, tiling, seed))
-    arrays = _create_arrays(group, trained, shape, tiling.core, chosen)
-    for box, tile in iterate_tiles(trained, raw, tiling, seed):
-        values = _named(tile) if chosen == "samples" else _moments(tile)
-        values[UNCERTAINTY] = mutual_information(tile.foreground)
-        for name, value in values.items():
-            arrays[name][(..., *box)] = value.astype(arrays[name].dtype)
-    logger.info("predicted %s (%s) to %s", shape, chosen, out)
-    return chosen
+    _create_arrays(group, trained, shape, tiling.core, chosen)
+    return chosen, tiling
+
+
+def prediction_arrays(out: Path) -> dict[str, Any]:
+    """Return the arrays of a prediction group made by :func:`prepare_prediction`, by name."""
+    group = zarr.open_group(str(out), mode="r+")
+    return {name: group[name] for name in group.array_keys()}
+
+
+def write_tile(arrays: dict[str, Any], box: Box, tile: Prediction, layout: str) -> None:
+    """Write the prediction of one tile's core box into the arrays of a prediction group."""
+    values = _named(tile) if layout == "samples" else _moments(tile)
+    values[UNCERTAINTY] = mutual_information(tile.foreground)
+    for name, value in values.items():
+        arrays[name][(..., *box)] = value.astype(arrays[name].dtype)
 
 
 def iterate_tiles(
@@ -200,7 +239,7 @@ def iterate_tiles(
 ) -> Iterator[tuple[Box, Prediction]]:
     """Yield (core box, prediction of that core) for every tile of raw (C, Z, Y, X)."""
     shape = _spatial_shape(raw, trained)
-    with _threads(trained.config.train.threads):
+    with torch_threads(trained.config.train.threads):
         calibrate(trained, raw)
         for box in tiling.boxes(shape):
             yield box, predict_tile(trained, raw, box, tiling.margin, seed)
@@ -379,7 +418,7 @@ def _round_up(size: tuple[int, ...], divisor: Triple) -> Triple:
 
 
 @contextmanager
-def _threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
     """Run the block with torch limited to threads intra-op threads."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -77,6 +77,46 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel training (``torch.distributed`` initialized):
+    every process draws the same global batch from the same seeds and trains on its slice
+    ``rank`` of ``world``; gradients and the loss are averaged over the processes at every
+    step, as DistributedDataParallel does, so N processes follow one process's training."""
+
+    rank: int
+    world: int
+
+    def part(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        """Return this process's slice of a global batch (its size divides by world)."""
+        if x.shape[0] % self.world:
+            raise InputError(
+                f"train.batch_size {x.shape[0]} does not divide among {self.world} processes"
+            )
+        n = x.shape[0] // self.world
+        keep = slice(self.rank * n, (self.rank + 1) * n)
+        return x[keep], Target(target.labels[keep], target.mask[keep], target.overlap[keep])
+
+    def average_gradients(self, net: torch.nn.Module) -> None:
+        """Replace net's gradients by their mean over the processes (one all-reduce)."""
+        import torch.distributed as dist
+
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            grad.copy_(part.view_as(grad))
+
+    def mean(self, value: float) -> float:
+        """Return the mean of value over the processes."""
+        import torch.distributed as dist
+
+        total = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total[0]) / self.world
+
+
+@dataclass(frozen=True)
 class PreparedCrop:
     """A crop with normalized float32 raw (C, Z, Y, X) and int64 labels (Z, Y, X); contacts:
     (K, 3) int64 coordinates of the annotated neuron voxels that touch another neuron (none
@@ -96,11 +136,13 @@ def train_model(
     *,
     init_from: Path | None = None,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> TrainResult:
     """Return the result of training config's model on crops; the checkpoint goes to out_dir.
 
     init_from: a checkpoint folder whose weights start the training (warm start); its model
     section must equal config.model. progress(step, total_steps, loss) is called every step.
+    shard: this process's part of a data-parallel training; only rank 0 writes the checkpoint.
     Raises StateError when no crop has an annotated voxel.
     """
     model_config = config.model.with_channels(int(crops[0].raw.shape[0])) if crops else None
@@ -108,6 +150,8 @@ def train_model(
         config = config.model_copy(update={"model": model_config})
     _check_crops(crops, config)
     device = training_device(config)
+    if shard is not None and device.type == "cuda":
+        device = torch.device("cuda", shard.rank % torch.cuda.device_count())
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
@@ -120,7 +164,7 @@ def train_model(
         model = _initial_model(config, init_from).to(device)
         bfloat16 = uses_bfloat16(config, device)
         precision = "bfloat16" if bfloat16 else "float32"
-        losses = _optimize(model, prepared, config, bfloat16, progress)
+        losses = _optimize(model, prepared, config, bfloat16, progress, shard)
         model.to("cpu")
     finally:
         torch.set_num_threads(previous_threads)
@@ -136,7 +180,8 @@ def train_model(
         "precision": precision,
         "losses": losses,
     }
-    save_checkpoint(Path(out_dir), model, config, normalization, training)
+    if shard is None or shard.rank == 0:
+        save_checkpoint(Path(out_dir), model, config, normalization, training)
     logger.info(
         "trained %d steps (%s) in %.0f s, final loss %.4f", len(losses), precision, seconds, final
     )
@@ -252,6 +297,7 @@ def _optimize(
     config: Config,
     bfloat16: bool,
     progress: Progress | None,
+    shard: Shard | None = None,
 ) -> list[float]:
     """Return the per-step losses of training every member of model for config.train.steps."""
     steps = config.train.steps
@@ -267,7 +313,7 @@ def _optimize(
     losses = []
     for step in range(steps):
         step_losses = [
-            _train_step(net, opt, prepared, config, bfloat16, rng)
+            _train_step(net, opt, prepared, config, bfloat16, rng, shard)
             for net, opt, rng in zip(nets, optimizers, rngs, strict=True)
         ]
         for schedule in schedules:
@@ -288,10 +334,13 @@ def _train_step(
     config: Config,
     bfloat16: bool,
     rng: np.random.Generator,
+    shard: Shard | None = None,
 ) -> float:
     """Return the loss of one optimizer step of net on a random augmented batch."""
     train = config.train
     x, target = sample_batch(prepared, train.patch, train.batch_size, rng, train.contact_fraction)
+    if shard is not None:
+        x, target = shard.part(x, target)
     device = next(net.parameters()).device
     target = Target(target.labels.to(device), target.mask.to(device), target.overlap.to(device))
     with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
@@ -299,8 +348,11 @@ def _train_step(
     terms = segmentation_loss(output.float(), target, config.loss)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
+    if shard is not None:
+        shard.average_gradients(net)
     optimizer.step()
-    return float(terms.total.detach())
+    loss = float(terms.total.detach())
+    return loss if shard is None else shard.mean(loss)
 
 
 def sample_batch(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import socket
+from collections.abc import Sequence
 from pathlib import Path
 
-from activeseg.core.models.checkpoint import load_model
-from activeseg.core.training import Progress, TrainingCrop, train_model
+from activeseg.config import Config
+from activeseg.core.models.checkpoint import TRAINING_FILE, load_model
+from activeseg.core.training import (
+    Progress,
+    Shard,
+    TrainingCrop,
+    TrainResult,
+    train_model,
+    training_device,
+)
 from activeseg.data.volumes import read_crop_labels, read_raw
 from activeseg.errors import ConfigError, InputError, StateError
 from activeseg.pool import rounds as pool_rounds
@@ -104,7 +115,11 @@ def _train_project(
     crops = training_crops(project)
     init_from = warm_start_from(project) if project.config.train.warm_start else None
     out = checkpoint_dir(project, round_number)
-    result = train_model(crops, project.config, out, init_from=init_from, progress=progress)
+    processes = project.config.compute.train_processes
+    if processes > 1:
+        result = train_in_processes(crops, project.config, out, processes, init_from=init_from)
+    else:
+        result = train_model(crops, project.config, out, init_from=init_from, progress=progress)
     with project.session() as session:
         return pool_rounds.add_checkpoint(
             session,
@@ -123,3 +138,78 @@ def latest_model_path(project: Project) -> Path:
     if latest is None:
         raise StateError("no trained model in this project yet: run `activeseg train` first")
     return project.resolve(latest.path)
+
+
+def train_in_processes(
+    crops: Sequence[TrainingCrop],
+    config: Config,
+    out: Path,
+    processes: int,
+    *,
+    init_from: Path | None = None,
+) -> TrainResult:
+    """Return the result of training on ``processes`` processes of this machine, data-parallel
+    (see :class:`activeseg.core.training.Shard`): gloo on the CPU, NCCL on GPUs (one per
+    process). Each process takes ``train.batch_size / processes`` of every global batch; the
+    training is that of one process at the same global batch. Rank 0 writes the checkpoint.
+    """
+    import torch.multiprocessing as mp
+
+    if config.train.batch_size % processes:
+        raise InputError(
+            f"train.batch_size {config.train.batch_size} does not divide among {processes} "
+            "training processes"
+        )
+    port = free_port()
+    log.info("training on %d processes (127.0.0.1:%d)", processes, port)
+    mp.spawn(
+        _train_rank,
+        args=(processes, port, list(crops), config, out, init_from),
+        nprocs=processes,
+        join=True,
+    )
+    training = json.loads((out / TRAINING_FILE).read_text())
+    losses = tuple(float(x) for x in training["losses"])
+    return TrainResult(
+        out,
+        len(losses),
+        float(training["final_loss"]),
+        float(training["seconds"]),
+        losses,
+        str(training["precision"]),
+    )
+
+
+def _train_rank(
+    rank: int,
+    world: int,
+    port: int,
+    crops: list[TrainingCrop],
+    config: Config,
+    out: Path,
+    init_from: Path | None,
+) -> None:
+    """Train as process rank of world (what torch.multiprocessing.spawn runs)."""
+    import torch
+    import torch.distributed as dist
+
+    cuda = training_device(config).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+    )
+    try:
+        train_model(crops, config, out, init_from=init_from, shard=Shard(rank, world))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import zarr
 
 from activeseg.config import ClusterConfig
-from activeseg.core.models.checkpoint import load_model
+from activeseg.core.models.checkpoint import TrainedModel, load_model
 from activeseg.core.stitching import (
     ArrayMaps,
     Box,
@@ -33,7 +34,17 @@ from activeseg.core.stitching import (
     plan_blocks,
     segment_blockwise,
 )
-from activeseg.core.tiling import UNCERTAINTY, predict_to_zarr
+from activeseg.core.tiling import (
+    UNCERTAINTY,
+    Layout,
+    calibrate,
+    predict_tile,
+    predict_to_zarr,
+    prediction_arrays,
+    prepare_prediction,
+    torch_threads,
+    write_tile,
+)
 from activeseg.data.importers import FORMATS, read_source
 from activeseg.data.ome import Placement, describe_prediction
 from activeseg.data.sources import raw_source
@@ -41,6 +52,13 @@ from activeseg.data.volumes import RAW_PATH, raw_array
 from activeseg.durable import claim_output
 from activeseg.errors import InputError, VolumeFormatError
 from activeseg.pool import volumes as pool_volumes
+from activeseg.workflows.distributed import (
+    ModelRef,
+    calibrated_model,
+    loaded_model,
+    task_map,
+    uses_dask,
+)
 from activeseg.workflows.fit import latest_model_path
 from activeseg.workflows.project import Project
 
@@ -140,9 +158,12 @@ def predict_volume(
     claim_output(out, force=force)
     raw = open_raw(project, volume, fmt, raw_key)
     trained = load_model(latest_model_path(project))
-    chosen = predict_to_zarr(
-        trained, raw, out, layout=cast(Literal["auto", "samples", "moments"], layout)
-    )
+    chosen_layout = cast(Layout, layout)
+    if uses_dask(project.config.compute):
+        reference = RawRef(str(resolve_volume(project, volume).resolve()), fmt, raw_key)
+        chosen = predict_on_cluster(project, trained, reference, out, chosen_layout)
+    else:
+        chosen = predict_to_zarr(trained, raw, out, layout=chosen_layout)
     shared = trained.config.model.shared_embedding
     if chosen == "moments" and not shared:
         log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
@@ -159,6 +180,64 @@ def predict_volume(
         "samples": trained.model.n_samples,
         "checkpoint": str(trained.path),
     }
+
+
+@dataclass(frozen=True)
+class RawRef:
+    """A raw volume as a job names it, for any process to open (see :func:`open_raw`)."""
+
+    path: str
+    fmt: str | None = None
+    raw_key: str | None = None
+
+    def open(self) -> Any:
+        """Return the lazy raw (C, Z, Y, X) array."""
+        return open_raw(None, self.path, self.fmt, self.raw_key)
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """One tile of a prediction: where to read, which model, which core box to write."""
+
+    model: ModelRef
+    raw: RawRef
+    out: str
+    box: Box
+    margin: tuple[int, int, int]
+    seed: int
+    layout: str
+
+
+def predict_on_cluster(
+    project: Project, trained: TrainedModel, source: RawRef, out: Path, layout: Layout
+) -> str:
+    """Return the layout of a prediction written to out by the project's Dask cluster, one
+    job per tile (each writes its own chunks); the same arrays as :func:`predict_to_zarr`."""
+    raw = source.open()
+    chosen, tiling = prepare_prediction(trained, raw, out, layout=layout)
+    ref = ModelRef.of(trained.path) if trained.path else None
+    if ref is None:
+        raise InputError("a cluster prediction needs a model saved in a checkpoint folder")
+    shape = (int(raw.shape[1]), int(raw.shape[2]), int(raw.shape[3]))
+    jobs = [
+        TileJob(ref, source, str(out.resolve()), box, tiling.margin, 0, chosen)
+        for box in tiling.boxes(shape)
+    ]
+    with task_map(project.config.compute) as run:
+        for _ in run(predict_tile_job, jobs):
+            pass
+    log.info("predicted %d tiles of %s on the cluster", len(jobs), source.path)
+    return chosen
+
+
+def predict_tile_job(job: TileJob) -> None:
+    """Predict one tile and write it into the prediction group (runs on a worker)."""
+    raw = job.raw.open()
+    trained = loaded_model(job.model)
+    with torch_threads(trained.config.train.threads):  # as serial predict: the same bits
+        calibrated_model(job.model, (job.raw, job.out), lambda model: calibrate(model, raw))
+        tile = predict_tile(trained, raw, job.box, job.margin, job.seed)
+    write_tile(prediction_arrays(Path(job.out)), job.box, tile, job.layout)
 
 
 def prediction_maps(group: zarr.Group, shared: bool = True) -> MeanMaps:

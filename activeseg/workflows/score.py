@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from activeseg.config import Config
+from activeseg.config import ComputeConfig, Config
 from activeseg.core.acquisition import CropScores, candidate_sample, rank_crops
 from activeseg.core.cluster import segment_consensus, segment_samples
 from activeseg.core.models.checkpoint import (
@@ -43,7 +43,7 @@ from activeseg.core.models.checkpoint import (
     TrainedModel,
     load_model,
 )
-from activeseg.core.tiling import predict_array
+from activeseg.core.tiling import predict_array, torch_threads
 from activeseg.core.uncertainty import (
     InstanceRisk,
     choose_slices,
@@ -59,6 +59,12 @@ from activeseg.data.volumes import read_raw
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CachedScore, CropInfo
+from activeseg.workflows.distributed import (
+    ModelRef,
+    forget_calibration,
+    loaded_model,
+    task_map,
+)
 from activeseg.workflows.project import Project
 
 log = logging.getLogger(__name__)
@@ -207,6 +213,8 @@ def score_pool(
     """Score the round's candidates not scored yet in it, in committed batches; report it.
 
     Without a model (round 0) only model-free parts are stored: raw-intensity descriptors.
+    Crops run here, or on the project's Dask cluster (``compute``) with the same results;
+    either way this process alone writes the ledger, in crop order.
     """
     key = model_key(model_path, project.config) if model_path is not None else None
     with project.session() as session:
@@ -217,14 +225,24 @@ def score_pool(
         pool_rounds.keep_scores(session, round_id, {c.id for c in candidates})
         done = pool_rounds.scored_crop_ids(session, round_id)
     todo = [c for c in candidates if c.id not in done]
-    scorer = _Scorer(project, round_id, round_number, model_path, key, cache)
+    scorer = _Scorer(project, round_id, round_number, key, cache)
+    hits = {c.id for c in todo if scorer.cache_hit(c)}
+    model = ModelRef.of(model_path) if model_path is not None else None
+    jobs = [
+        scorer.job(c, project.resolve(volumes[c.volume_id].path), model)
+        for c in todo
+        if c.id not in hits
+    ]
     step = max(commit_every, 1)
-    for start in range(0, len(todo), step):
-        for crop in todo[start : start + step]:
-            scorer.score(crop, project.resolve(volumes[crop.volume_id].path))
-        scorer.commit()
-        if progress is not None:
-            progress(len(candidates) - len(todo) + min(start + step, len(todo)), len(candidates))
+    with task_map(project.config.compute if jobs else ComputeConfig()) as run:
+        computed = run(score_crop, jobs)
+        for start in range(0, len(todo), step):
+            for crop in todo[start : start + step]:
+                scorer.add(crop, None if crop.id in hits else next(computed))
+            scorer.commit()
+            if progress is not None:
+                finished = len(candidates) - len(todo) + min(start + step, len(todo))
+                progress(finished, len(candidates))
     if key is not None:
         with project.session() as session:
             pool_rounds.prune_score_cache(session, key)
@@ -258,27 +276,71 @@ def candidate_crops(
     return [ordered[i] for i in picked]
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """One crop to run through a model (or, without one, to describe), as a worker gets it.
+
+    volume: the volume's zarr path; analysis: where the crop's maps go (both absolute).
+    """
+
+    crop: CropInfo
+    volume: str
+    analysis: str
+    model: ModelRef | None
+    config: Config
+
+
+def score_crop(job: ScoreJob) -> dict[str, Any]:
+    """Return one crop's score parts; its maps are written to job.analysis first.
+
+    The result depends on the job alone: the model is seeded per crop and torch runs with
+    the config's thread count, in whichever process this runs (see workflows.distributed).
+    """
+    raw = read_raw(Path(job.volume), job.crop.box)
+    if job.model is None:
+        return {"descriptor": intensity_descriptor(raw).tolist()}
+    trained = loaded_model(job.model, load_model)
+    with torch_threads(job.config.train.threads):
+        analysis = analyse_crop(trained, raw, job.config)
+    forget_calibration()  # analyse_crop calibrated the model to this crop
+    write_analysis(Path(job.analysis), analysis)
+    flagged = [risk_record(r) for r in analysis.risks if r.flags]
+    return {
+        **analysis.columns(job.config),
+        "flagged": flagged,
+        "descriptor": analysis.descriptor.tolist(),
+    }
+
+
 @dataclass
 class _Scorer:
-    """Scores crops one at a time and commits them (and new cache entries) in batches."""
+    """Gathers crops' scores (cached or computed) and commits them, and new cache entries,
+    in batches."""
 
     project: Project
     round_id: int
     round_number: int
-    model_path: Path | None
     key: str | None
     cache: dict[int, CachedScore]
     computed: int = 0
     cached: int = 0
-    trained: TrainedModel | None = None
     rows: list[tuple[int, float, dict[str, Any]]] = field(default_factory=list)
     fresh: list[CachedScore] = field(default_factory=list)
 
-    def score(self, crop: CropInfo, volume: Path) -> None:
-        """Score one crop: from the cache when its model already did, else by running it."""
-        parts = self._from_cache(crop)
-        if parts is None:
-            parts = self._compute(crop, volume)
+    def cache_hit(self, crop: CropInfo) -> bool:
+        """Return whether the crop's score comes from the cache (its maps still exist)."""
+        entry = self.cache.get(crop.id)
+        return bool(entry and entry.analysis and self.project.resolve(entry.analysis).exists())
+
+    def job(self, crop: CropInfo, volume: Path, model: ModelRef | None) -> ScoreJob:
+        """Return the job that computes the crop's score."""
+        target = analysis_path(self.project, self.round_number, crop.id)
+        config = self.project.config
+        return ScoreJob(crop, str(volume.resolve()), str(target.resolve()), model, config)
+
+    def add(self, crop: CropInfo, computed: dict[str, Any] | None) -> None:
+        """Add a crop's score: computed parts, or (None) those of the cache."""
+        parts = self._from_cache(crop) if computed is None else self._fresh(crop, computed)
         strategy = self.project.config.acquisition.strategy
         self.rows.append((crop.id, float(parts.get(strategy, 0.0)), parts))
 
@@ -289,49 +351,22 @@ class _Scorer:
             pool_rounds.cache_scores(session, self.fresh)
         self.rows, self.fresh = [], []
 
-    def _from_cache(self, crop: CropInfo) -> dict[str, Any] | None:
-        entry = self.cache.get(crop.id)
-        if entry is None or entry.analysis is None:
-            return None
+    def _from_cache(self, crop: CropInfo) -> dict[str, Any]:
+        entry = self.cache[crop.id]
+        assert entry.analysis is not None  # cache_hit said so
         source = self.project.resolve(entry.analysis)
         target = analysis_path(self.project, self.round_number, crop.id)
-        if not source.exists():
-            return None
         if source.resolve() != target.resolve():
             link_tree(source, target)
         self.cached += 1
         return entry.parts
 
-    def _compute(self, crop: CropInfo, volume: Path) -> dict[str, Any]:
-        if self.model_path is not None and self.trained is None:
-            self.trained = load_model(self.model_path)
-        raw = read_raw(volume, crop.box)
-        _, parts = _score_crop(self.project, self.trained, raw, crop, self.round_number)
+    def _fresh(self, crop: CropInfo, parts: dict[str, Any]) -> dict[str, Any]:
         self.computed += 1
         if self.key is not None:
             path = analysis_path(self.project, self.round_number, crop.id)
-            entry = CachedScore(crop.id, self.key, parts, self.project.relative(path))
-            self.fresh.append(entry)
+            self.fresh.append(CachedScore(crop.id, self.key, parts, self.project.relative(path)))
         return parts
-
-
-def _score_crop(
-    project: Project,
-    trained: TrainedModel | None,
-    raw: npt.NDArray[Any],
-    crop: CropInfo,
-    round_number: int,
-) -> tuple[int, dict[str, Any]]:
-    if trained is None:
-        return crop.id, {"descriptor": intensity_descriptor(raw).tolist()}
-    analysis = analyse_crop(trained, raw, project.config)
-    write_analysis(analysis_path(project, round_number, crop.id), analysis)
-    flagged = [risk_record(r) for r in analysis.risks if r.flags]
-    return crop.id, {
-        **analysis.columns(project.config),
-        "flagged": flagged,
-        "descriptor": analysis.descriptor.tolist(),
-    }
 
 
 def model_key(model_path: Path, config: Config) -> str:
