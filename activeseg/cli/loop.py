@@ -17,7 +17,6 @@ from activeseg.cli.common import (
     command,
     console,
     emit_json,
-    errors,
     print_error,
 )
 from activeseg.cli.render import (
@@ -312,9 +311,16 @@ def predict_cmd(
     from activeseg.workflows.predict import predict_volume
 
     project = _open(project_dir, workers, scheduler)
-    with errors.status(f"predicting {volume}"):
+    with progress_bar(f"predicting {volume}: tiles") as progress:
         result = predict_volume(
-            project, volume, out, layout=samples, force=force, fmt=fmt, raw_key=raw_key
+            project,
+            volume,
+            out,
+            layout=samples,
+            force=force,
+            fmt=fmt,
+            raw_key=raw_key,
+            progress=progress,
         )
     if as_json:
         emit_json(result)

@@ -34,7 +34,7 @@ volume.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
@@ -173,12 +173,14 @@ def predict_to_zarr(
     margin: Triple | None = None,
     seed: int = 0,
     sample_budget_bytes: int = SAMPLE_BUDGET_BYTES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> str:
     """Write the prediction of raw (C, Z, Y, X) to a zarr group at out; return its layout.
 
     raw is anything with ``shape`` and numpy slicing (numpy, zarr, h5py). Tiles are read,
     predicted and written one at a time. layout "auto" picks "samples" when S x (E + 1) x
     voxels in float16 fit sample_budget_bytes, else "moments" (see the module docstring).
+    ``progress(done, total)`` is called after each tile.
     """
     chosen, tiling = prepare_prediction(
         trained,
@@ -191,8 +193,11 @@ def predict_to_zarr(
         sample_budget_bytes=sample_budget_bytes,
     )
     arrays = prediction_arrays(out)
-    for box, tile in iterate_tiles(trained, raw, tiling, seed):
+    total = len(tiling.boxes(_spatial_shape(raw, trained)))
+    for done, (box, tile) in enumerate(iterate_tiles(trained, raw, tiling, seed), start=1):
         write_tile(arrays, box, tile, chosen)
+        if progress is not None:
+            progress(done, total)
     logger.info("predicted %s (%s) to %s", tuple(raw.shape), chosen, out)
     return chosen
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -146,9 +147,11 @@ def predict_volume(
     fmt: str | None = None,
     raw_key: str | None = None,
     stitch: StitchOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Predict a volume into ``out`` (samples or moments, uncertainty) and add its consensus
-    instances, clustered block by block; return a summary.
+    instances, clustered block by block; return a summary. ``progress(done, total)``: after
+    each tile predicted in this process.
 
     volume: a registered volume's name or a file (fmt and raw_key as in :func:`open_raw`).
     An existing, non-empty ``out`` is refused unless ``force`` (see durable.claim_output).
@@ -163,7 +166,7 @@ def predict_volume(
         reference = RawRef(str(resolve_volume(project, volume).resolve()), fmt, raw_key)
         chosen = predict_on_cluster(project, trained, reference, out, chosen_layout)
     else:
-        chosen = predict_to_zarr(trained, raw, out, layout=chosen_layout)
+        chosen = predict_to_zarr(trained, raw, out, layout=chosen_layout, progress=progress)
     shared = trained.config.model.shared_embedding
     if chosen == "moments" and not shared:
         log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")

@@ -55,10 +55,11 @@ from activeseg.core.uncertainty import (
     predictive_entropy,
     reduce_crop,
 )
+from activeseg.data.ome import Placement, describe_crop_analysis
 from activeseg.data.volumes import read_raw
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import CachedScore, CropInfo
+from activeseg.pool.records import CachedScore, CropInfo, VolumeInfo
 from activeseg.workflows.distributed import (
     ModelRef,
     forget_calibration,
@@ -143,14 +144,20 @@ def analysis_path(project: Project, round_number: int, crop_id: int) -> Path:
     return project.predictions_dir / f"round-{round_number:03d}" / f"crop-{crop_id}.zarr"
 
 
-def write_analysis(path: Path, analysis: CropAnalysis) -> None:
-    """Write a crop's consensus, per-sample segmentations and uncertainty maps to zarr."""
+# The (Z, Y, X) maps of a crop analysis besides its consensus.
+CROP_MAPS = ("foreground", "entropy", "mutual_information")
+
+
+def write_analysis(path: Path, analysis: CropAnalysis, placement: Placement) -> None:
+    """Write a crop's consensus, per-sample segmentations and uncertainty maps to zarr: an
+    OME image of its mutual information placed at the crop (``placement``) in its volume."""
     if path.exists():  # new files, never rewritten in place: other rounds may link to these
         shutil.rmtree(path)
     root = zarr.open_group(path, mode="w")
-    for name in ("consensus", "samples", "foreground", "entropy", "mutual_information"):
+    for name in ("consensus", "samples", *CROP_MAPS):
         root.create_array(name, data=np.ascontiguousarray(getattr(analysis, name)))
     root.attrs["instances"] = [risk_record(r) for r in analysis.risks]
+    describe_crop_analysis(path, placement, "mutual_information", ["consensus", *CROP_MAPS])
 
 
 def read_analysis(path: Path, name: str) -> npt.NDArray[Any]:
@@ -228,11 +235,7 @@ def score_pool(
     scorer = _Scorer(project, round_id, round_number, key, cache)
     hits = {c.id for c in todo if scorer.cache_hit(c)}
     model = ModelRef.of(model_path) if model_path is not None else None
-    jobs = [
-        scorer.job(c, project.resolve(volumes[c.volume_id].path), model)
-        for c in todo
-        if c.id not in hits
-    ]
+    jobs = [scorer.job(c, volumes[c.volume_id], model) for c in todo if c.id not in hits]
     step = max(commit_every, 1)
     with task_map(project.config.compute if jobs else ComputeConfig()) as run:
         computed = run(score_crop, jobs)
@@ -280,7 +283,8 @@ def candidate_crops(
 class ScoreJob:
     """One crop to run through a model (or, without one, to describe), as a worker gets it.
 
-    volume: the volume's zarr path; analysis: where the crop's maps go (both absolute).
+    volume: the volume's zarr path; analysis: where the crop's maps go (both absolute);
+    voxel_size: the volume's, so the maps overlay the raw in a viewer.
     """
 
     crop: CropInfo
@@ -288,6 +292,7 @@ class ScoreJob:
     analysis: str
     model: ModelRef | None
     config: Config
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def score_crop(job: ScoreJob) -> dict[str, Any]:
@@ -303,7 +308,7 @@ def score_crop(job: ScoreJob) -> dict[str, Any]:
     with torch_threads(job.config.train.threads):
         analysis = analyse_crop(trained, raw, job.config)
     forget_calibration()  # analyse_crop calibrated the model to this crop
-    write_analysis(Path(job.analysis), analysis)
+    write_analysis(Path(job.analysis), analysis, Placement(job.voxel_size, job.crop.origin))
     flagged = [risk_record(r) for r in analysis.risks if r.flags]
     return {
         **analysis.columns(job.config),
@@ -332,11 +337,12 @@ class _Scorer:
         entry = self.cache.get(crop.id)
         return bool(entry and entry.analysis and self.project.resolve(entry.analysis).exists())
 
-    def job(self, crop: CropInfo, volume: Path, model: ModelRef | None) -> ScoreJob:
+    def job(self, crop: CropInfo, volume: VolumeInfo, model: ModelRef | None) -> ScoreJob:
         """Return the job that computes the crop's score."""
         target = analysis_path(self.project, self.round_number, crop.id)
+        path = str(self.project.resolve(volume.path).resolve())
         config = self.project.config
-        return ScoreJob(crop, str(volume.resolve()), str(target.resolve()), model, config)
+        return ScoreJob(crop, path, str(target.resolve()), model, config, volume.voxel_size)
 
     def add(self, crop: CropInfo, computed: dict[str, Any] | None) -> None:
         """Add a crop's score: computed parts, or (None) those of the cache."""

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from activeseg.core.uncertainty import InstanceRisk
+from activeseg.data.ome import Placement
 from activeseg.errors import AnnotationError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import DEFAULT_VIEW_TITLE, default_view_data
@@ -291,7 +292,7 @@ def test_label_slices_avoid_the_crop_edges(tmp_path: Path) -> None:
     info = crop(3, 1, (0, 0, 0), size=8)
     mi = np.zeros((8, 8, 8), np.float32)
     mi[0], mi[7], mi[3], mi[5] = 1.0, 0.9, 0.5, 0.4
-    write_analysis(analysis_path(cast(Project, project), 1, 3), fake_analysis(mi))
+    write_analysis(analysis_path(cast(Project, project), 1, 3), fake_analysis(mi), Placement())
     slices, _ = plan_slices(cast(Project, project), 1, info)
     assert slices == [3, 5]
 
@@ -358,7 +359,7 @@ def test_task_with_a_model_opens_on_the_flagged_page_with_its_regions(
     consensus[late, :4, :4] = 2  # flagged: split
     assert project.config.labelstudio.slices == 2
     path = analysis_path(project, info.number, first.id)
-    write_analysis(path, fake_analysis(mi, consensus))
+    write_analysis(path, fake_analysis(mi, consensus), Placement())
     try:
         task = build_task(project, info, first, 0.7, 3)
     finally:

@@ -23,7 +23,7 @@ from activeseg.errors import InputError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.workflows.distributed import ModelRef, task_map, with_compute
 from activeseg.workflows.loop import run_round
-from activeseg.workflows.predict import predict_volume
+from activeseg.workflows.predict import CONSENSUS, predict_volume
 from activeseg.workflows.project import Project, open_project
 from activeseg.workflows.score import analysis_path
 from activeseg.workflows.simulate import create_demo_project
@@ -102,8 +102,10 @@ def _round_scores(project: Project) -> dict[int, tuple[float, dict[str, Any]]]:
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Return every array under a group (nested ones by their path, e.g. labels/consensus/0)."""
     group = zarr.open_group(str(path), mode="r")
-    return {name: np.asarray(array[...]) for name, array in group.arrays()}
+    return {name: np.asarray(array[...]) for name, array in group.members(max_depth=None)
+            if isinstance(array, zarr.Array)}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -153,6 +155,6 @@ def test_two_workers_predict_a_volume_as_one_process_does(
     assert one["instances"] == two["instances"] > 0
     want, have = _arrays(tmp_path / "one.zarr"), _arrays(tmp_path / "two.zarr")
     assert zarr.open_array(str(tmp_path / "one.zarr"), path="foreground").nchunks > 4
-    assert want.keys() == have.keys() and "consensus" in want
+    assert want.keys() == have.keys() and CONSENSUS in want
     for name in want:
         assert want[name].tobytes() == have[name].tobytes(), name

@@ -180,14 +180,16 @@ def test_export_to_imagej_tiff_keeps_the_calibration(imported: Project, tmp_path
     np.testing.assert_array_equal(np.asarray(array), back.slab(0, 12).labels)
 
 
-def test_a_crop_analysis_can_be_described_as_an_ome_image(tmp_path: Path) -> None:
-    path = tmp_path / "crop-3.zarr"  # the layout score.write_analysis writes
-    root = zarr.open_group(path, mode="w")
-    for name in ("consensus", "foreground", "entropy", "mutual_information"):
-        root.create_array(name, data=np.zeros((4, 8, 8), np.float32))
-    root.create_array("samples", data=np.zeros((2, 4, 8, 8), np.uint32))
-    ome.describe_crop_analysis(path, ome.Placement(VOXEL, (4, 8, 16)), "mutual_information",
-                               ["consensus", "foreground", "entropy"])  # fmt: skip
+def test_a_round_crop_analysis_is_an_ome_image_placed_at_its_crop(tmp_path: Path) -> None:
+    from activeseg.workflows.score import CropAnalysis, write_analysis
+
+    zeros = np.zeros((4, 8, 8), np.float32)
+    labels = np.zeros((4, 8, 8), np.uint32)
+    analysis = CropAnalysis(consensus=labels, samples=labels[None], foreground=zeros,
+                            entropy=zeros, mutual_information=zeros, risks=[],
+                            descriptor=np.zeros(4, np.float32))  # fmt: skip
+    path = tmp_path / "crop-3.zarr"
+    write_analysis(path, analysis, ome.Placement(VOXEL, (4, 8, 16)))
     group = zarr.open_group(path, mode="r")
     Image.from_zarr(group)
     assert transforms(group.attrs["ome"])["translation"] == [8.0, 4.0, 4.0]

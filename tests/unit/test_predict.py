@@ -149,8 +149,12 @@ def test_zarr_samples_layout_matches_the_in_memory_prediction(tmp_path: Path) ->
     trained = trained_model(aleatoric=True)
     raw = volume()
     stored = zarr.create_array(tmp_path / "raw.zarr", data=raw, chunks=(3, 6, 20, 20))
-    layout = predict_to_zarr(trained, stored, tmp_path / "pred.zarr", core=(6, 24, 24))
+    seen: list[tuple[int, int]] = []
+    layout = predict_to_zarr(trained, stored, tmp_path / "pred.zarr", core=(6, 24, 24),
+                             progress=lambda done, total: seen.append((done, total)))  # fmt: skip
     assert layout == "samples"
+    tiles = len(Tiling((6, 24, 24), (0, 0, 0)).boxes(SHAPE))
+    assert tiles > 1 and seen == [(k, tiles) for k in range(1, tiles + 1)]
     group = zarr.open_group(tmp_path / "pred.zarr", mode="r")
     assert group.attrs["layout"] == "samples" and group.attrs["samples"] == 4
     assert (
