@@ -213,6 +213,14 @@ class LabelStudioConfig(Section):
     images: Literal["inline", "upload"] = "inline"
 
 
+class NoiseConfig(Section):
+    """How careless the simulated annotator is (all off: it copies the truth exactly)."""
+
+    drop_below: int = Field(0, ge=0, description="fragments under this many voxels are missed")
+    jitter: float = Field(0.0, ge=0.0, le=1.0, description="share of boundaries a voxel off")
+    merge: float = Field(0.0, ge=0.0, le=1.0, description="share of touching pairs merged")
+
+
 class LoopConfig(Section):
     """Who answers the tasks a round pushes."""
 
@@ -221,6 +229,11 @@ class LoopConfig(Section):
     annotator: Literal["labelstudio", "simulated", "file"] = "labelstudio"
     # Round 0 has no model: a model-free strategy picks the first batch.
     first_strategy: Literal["random", "diverse"] = "diverse"
+    # The simulated annotator's noise (benchmarks turn on a realistic one).
+    noise: NoiseConfig = NoiseConfig()
+    # The stopping signal says "stop" once one more round is expected to add less validation
+    # avF1 than this (see `activeseg history`).
+    stop_gain: float = Field(0.005, ge=0.0)
 
 
 class Config(Section):
