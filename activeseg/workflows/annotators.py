@@ -24,23 +24,23 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from activeseg.core.effort import annotation_effort, repainted_voxels
+from activeseg.core.effort import repainted_voxels
 from activeseg.core.instances import Instances
 from activeseg.data.volumes import CropLabels, read_ground_truth, write_crop_labels
 from activeseg.errors import ConfigError, StateError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
-from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import AnnotationCost, CropInfo, TaskInfo, VolumeInfo
+from activeseg.pool.records import CropInfo, TaskInfo, VolumeInfo
+from activeseg.workflows.cost import pre_annotation, task_cost
 from activeseg.workflows.ingest import LOCK as INGEST_LOCK
 from activeseg.workflows.ingest import LOCK_WAIT_SECONDS, ingest_annotations
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 from activeseg.workflows.push import page_results, push_selected, relabel_shown
-from activeseg.workflows.score import analysis_path, plan_slices, read_analysis, selected_crops
+from activeseg.workflows.score import plan_slices, selected_crops
 from activeseg.workflows.stages import CorrectionEffort, IngestOutput, PushOutput, RoundContext
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,6 @@ def correction_effort(predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.u
     return repainted_voxels(predicted, truth)
 
 
-def task_cost(
-    predicted: npt.NDArray[np.uint32] | None, shown: npt.NDArray[np.uint32]
-) -> AnnotationCost:
-    """Return what answering a task cost: its pre-annotation (None: none) against the labels
-    submitted on its shown slices, both (S, Y, X)."""
-    effort = annotation_effort(predicted, shown)
-    return AnnotationCost(**{k: v for k, v in effort.as_dict().items() if k != "edits"})
-
-
 def _open_tasks(project: Project) -> list[tuple[TaskInfo, CropInfo, VolumeInfo]]:
     """Return the active tasks without an answer, with their crops and volumes."""
     with project.session() as session:
@@ -180,18 +171,6 @@ def _open_tasks(project: Project) -> list[tuple[TaskInfo, CropInfo, VolumeInfo]]
             )
         found.append((task, crop, volume))
     return found
-
-
-def pre_annotation(project: Project, task: TaskInfo) -> npt.NDArray[np.uint32] | None:
-    """Return the model's instances on a task's shown slices (what was pushed), or None."""
-    if task.round_id is None:
-        return None
-    with project.session() as session:
-        number = next(r.number for r in pool_rounds.list_rounds(session) if r.id == task.round_id)
-    path = analysis_path(project, number, task.crop_id)
-    if not path.exists():
-        return None
-    return read_analysis(path, "consensus")[list(task.slices)].astype(np.uint32)
 
 
 def answer_open_tasks(
@@ -218,10 +197,9 @@ def _answer_open_tasks(
         truth = read_ground_truth(project.resolve(volume.path), crop.box)
         labels = sparse_labels(truth, task.slices, noise, seed=task.id)
         predicted = pre_annotation(project, task)
-        shown = labels.labels[list(task.slices)]
-        cost = task_cost(predicted, shown)
+        cost = task_cost(predicted, labels.labels[list(task.slices)])
         if predicted is not None:
-            efforts.append((cost.repainted, shown.size))
+            efforts.append((cost.repainted, cost.voxels))
         now = datetime.now(UTC)
         path = project.crop_label_path(crop.id, f"simulated-task{task.id}")
         path.parent.mkdir(parents=True, exist_ok=True)
