@@ -137,6 +137,13 @@ class TrainConfig(Section):
     # EPYC at no loss of quality (see BENCHMARKS.md, Session 9); float32 elsewhere, where bf16
     # is slow.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Semi-supervised: "consensus" adds the current model's confident consensus on unlabeled
+    # pool crops as sparse pseudo-labels (voxels with mutual information at most
+    # pseudo_max_uncertainty), on the pseudo_crops most confident crops. Off until a
+    # benchmark shows it helps (see BENCHMARKS.md, label efficiency).
+    pseudo_labels: Literal["none", "consensus"] = "none"
+    pseudo_max_uncertainty: float = Field(0.02, ge=0.0)
+    pseudo_crops: int = Field(4, ge=1)
 
 
 class ClusterConfig(Section):

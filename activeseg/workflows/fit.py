@@ -16,6 +16,7 @@ from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CheckpointInfo
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
+from activeseg.workflows.pseudo import pseudo_crops
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,10 @@ def _train_project(
     crops = training_crops(project)
     init_from = warm_start_from(project) if project.config.train.warm_start else None
     out = checkpoint_dir(project, round_number)
-    result = train_model(crops, project.config, out, init_from=init_from, progress=progress)
+    extra = pseudo_crops(project, init_from)  # [] unless train.pseudo_labels is on
+    result = train_model(
+        [*crops, *extra], project.config, out, init_from=init_from, progress=progress
+    )
     with project.session() as session:
         return pool_rounds.add_checkpoint(
             session,
