@@ -91,3 +91,16 @@ def test_the_stopping_signal_says_stop_once_the_curve_is_flat() -> None:
     assert last is not None and last.stop and abs(last.next_gain or 1) < 0.02
     assert last.epistemic is None and last.epistemic_change is None  # round 5 not scored
     assert out[-1].as_dict()["outlook"]["stop"] is True
+
+
+def test_history_and_round_print_the_stopping_signal(capsys: pytest.CaptureFixture[str]) -> None:
+    from activeseg.cli.render import print_history, print_outlook
+
+    rows = [_row(1, 2, 0.20), _row(2, 4, 0.30), _row(3, 6, 0.30), _row(4, 8, 0.30)]
+    out = with_outlook(rows, {3: 0.2, 4: 0.19}, dict.fromkeys(range(5), 2), stop_gain=0.05)
+    print_history(out)
+    printed = capsys.readouterr().out
+    assert "next" in printed and "one more round: expected avF1" in printed
+    assert "(stopping is reasonable)" in printed and "-0.0100" in printed
+    print_outlook(out[0])
+    assert "not enough evaluated rounds" in capsys.readouterr().out
