@@ -299,9 +299,11 @@ def report(args: argparse.Namespace) -> None:
 def main() -> None:
     """Run the missing (variant, seed) runs, then report every run of this setup."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="projects go here")
+    parser.add_argument("--work", "--out", type=Path, required=True, help="projects go here")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/label_efficiency"))
-    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, "instance+pseudo"])
+    parser.add_argument(
+        "--variants", "--strategies", nargs="+", default=[*VARIANTS, "instance+pseudo"]
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--config", default="demo")
