@@ -90,6 +90,8 @@ def start_config(args: argparse.Namespace) -> Config:
     }
     if args.steps:
         updates["train"]["steps"] = args.steps
+    if args.threads:
+        updates["train"]["threads"] = args.threads
     return with_sections(config, updates)
 
 
@@ -312,6 +314,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, help="training steps per round (config's if unset)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, help="CPU threads (1 on a crowded machine)")
     parser.add_argument("--no-noise", dest="noise", action="store_false", help="exact annotator")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

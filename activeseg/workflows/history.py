@@ -77,7 +77,7 @@ class Outlook:
     avF1 = a + b ln(labels) over the last evaluated rounds (None before two of them);
     avf1_change: avF1 against the previous evaluated round; epistemic: mean epistemic
     uncertainty (BALD) of the scored pool crops, and its change against the previous round;
-    stop: whether next_gain is below ``loop.stop_gain``.
+    stop: whether next_gain is below ``loop.stop_gain`` (never while avF1 is still zero).
     """
 
     next_gain: float | None = None
@@ -325,7 +325,9 @@ def with_outlook(
             moved = current - previous_epistemic
         if current is not None:
             previous_epistemic = current
-        outlook = Outlook(gain, change, current, moved, gain is not None and gain < stop_gain)
+        # A curve flat at zero has not started (the model finds nothing yet): no reason to stop.
+        stop = gain is not None and gain < stop_gain and bool(f1)
+        outlook = Outlook(gain, change, current, moved, stop)
         out.append(replace(row, outlook=outlook))
     return out
 

@@ -91,6 +91,9 @@ def test_the_stopping_signal_says_stop_once_the_curve_is_flat() -> None:
     assert last is not None and last.stop and abs(last.next_gain or 1) < 0.02
     assert last.epistemic is None and last.epistemic_change is None  # round 5 not scored
     assert out[-1].as_dict()["outlook"]["stop"] is True
+    not_started = with_outlook([_row(1, 2, 0.0), _row(2, 4, 0.0)], {}, batch, stop_gain=0.02)
+    assert not_started[-1].outlook is not None and not_started[-1].outlook.next_gain == 0.0
+    assert not not_started[-1].outlook.stop  # flat at zero: the model has not started
 
 
 def test_history_and_round_print_the_stopping_signal(capsys: pytest.CaptureFixture[str]) -> None:
