@@ -204,7 +204,7 @@ def fraction_ci(random: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[f
     rng = np.random.default_rng(seed)
     draws = [fraction_needed(random, other, rng) for _ in range(BOOTSTRAP)]
     values = np.array([np.inf if d is None else d for d in draws])
-    low, high = np.percentile(values, [2.5, 97.5])
+    low, high = np.percentile(values, [2.5, 97.5], method="nearest")  # inf: never reached
     return float(np.isinf(values).mean()), float(low), float(high)
 
 
@@ -285,15 +285,12 @@ def report(args: argparse.Namespace) -> None:
                 f"  {name:>20}  {shown}  95 % CI [{ci_low:.2f}, {ci_high:.2f}]"
                 f"  (never reached in {never:.0%} of resamples)"
             )
-    costs = {
-        name: np.mean(
-            [r["rounds"][-1]["spent"]["edits"] for r in records if r["rounds"][-1].get("spent")]
-        )
-        for name, records in runs.items()
-    }
-    print("\ninstance edits spent by the last round, mean over seeds:")
-    for name, edits in costs.items():
-        print(f"  {name:>20}  {edits:.1f}")
+    print("\nspent by the last round, mean over seeds:")
+    for name, records in runs.items():
+        spent = [r["rounds"][-1]["spent"] for r in records if r["rounds"][-1].get("spent")]
+        means = [float(np.mean([x[k] for x in spent])) if spent else np.nan for k in SPENT_KEYS]
+        shown = "  ".join(f"{k} {v:.0f}" for k, v in zip(SPENT_KEYS, means, strict=True))
+        print(f"  {name:>20}  {shown}")
     figure = plot(runs, args.results / "label-efficiency.png")
     print(f"\nfigure: {figure}")
 
