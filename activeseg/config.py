@@ -137,6 +137,13 @@ class TrainConfig(Section):
     # EPYC at no loss of quality (see BENCHMARKS.md, Session 9); float32 elsewhere, where bf16
     # is slow.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Semi-supervised: "consensus" adds the current model's confident consensus on unlabeled
+    # pool crops as sparse pseudo-labels (voxels with mutual information at most
+    # pseudo_max_uncertainty), on the pseudo_crops most confident crops. Off until a
+    # benchmark shows it helps (see BENCHMARKS.md, label efficiency).
+    pseudo_labels: Literal["none", "consensus"] = "none"
+    pseudo_max_uncertainty: float = Field(0.02, ge=0.0)
+    pseudo_crops: int = Field(4, ge=1)
 
 
 class ClusterConfig(Section):
@@ -213,6 +220,14 @@ class LabelStudioConfig(Section):
     images: Literal["inline", "upload"] = "inline"
 
 
+class NoiseConfig(Section):
+    """How careless the simulated annotator is (all off: it copies the truth exactly)."""
+
+    drop_below: int = Field(0, ge=0, description="fragments under this many voxels are missed")
+    jitter: float = Field(0.0, ge=0.0, le=1.0, description="share of boundaries a voxel off")
+    merge: float = Field(0.0, ge=0.0, le=1.0, description="share of touching pairs merged")
+
+
 class LoopConfig(Section):
     """Who answers the tasks a round pushes."""
 
@@ -221,6 +236,11 @@ class LoopConfig(Section):
     annotator: Literal["labelstudio", "simulated", "file"] = "labelstudio"
     # Round 0 has no model: a model-free strategy picks the first batch.
     first_strategy: Literal["random", "diverse"] = "diverse"
+    # The simulated annotator's noise (benchmarks turn on a realistic one).
+    noise: NoiseConfig = NoiseConfig()
+    # The stopping signal says "stop" once one more round is expected to add less validation
+    # avF1 than this (see `activeseg history`).
+    stop_gain: float = Field(0.005, ge=0.0)
 
 
 class EvaluateConfig(Section):

@@ -22,6 +22,7 @@ from activeseg.cli.common import (
 from activeseg.cli.render import (
     print_history,
     print_metrics,
+    print_outlook,
     print_ranking,
     progress_bar,
     stage_printer,
@@ -120,6 +121,9 @@ def round_cmd(
         emit_json(round_detail(project, info.number).as_dict(config=False))
     else:
         console.print(f"round {info.number} {'finished' if info.finished_at else 'paused'}")
+        from activeseg.workflows.history import round_history
+
+        print_outlook(round_history(project)[-1])
 
 
 @command(app, "train")

@@ -116,11 +116,15 @@ def print_history(history: Sequence[RoundSummary]) -> None:
         "S",
         "MI AUC",
         "fixed",
+        "slices",
+        "edits",
+        "next",
         title="rounds",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     for row in history:
+        spent, outlook = row.spent, row.outlook
         table.add_row(
             str(row.number),
             f"{row.strategy} (abandoned)" if row.abandoned else row.strategy,
@@ -129,12 +133,43 @@ def print_history(history: Sequence[RoundSummary]) -> None:
             _number(row.training_seconds, 0),
             *(_number(row.metrics.get(k)) for k in HEADLINE_METRICS),
             _number(row.correction_fraction),
+            "–" if spent is None else str(spent.slices),
+            "–" if spent is None else str(spent.edits),
+            _gain(outlook.next_gain if outlook else None),
         )
     console.print(table)
     console.print(
         "[dim]crops: labeled so far; sec: training time; MI AUC: voxel-error AUROC of the "
-        "uncertainty; fixed: share of shown voxels repainted in the pre-annotations[/]"
+        "uncertainty; fixed: share of shown voxels repainted in the pre-annotations; slices, "
+        "edits: labels spent so far (slices looked at; instances added, removed, split, "
+        "merged); next: avF1 one more round is expected to add[/]"
     )
+    if history and history[-1].outlook is not None:
+        print_outlook(history[-1])
+
+
+def _gain(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def print_outlook(row: RoundSummary) -> None:
+    """Print a round's stopping signal: the expected gain of one more round, and why."""
+    outlook = row.outlook
+    if outlook is None:
+        return
+    parts = []
+    if outlook.avf1_change is not None:
+        parts.append(f"avF1 {outlook.avf1_change:+.3f} since the last evaluated round")
+    if outlook.epistemic_change is not None:
+        parts.append(f"pool epistemic uncertainty {outlook.epistemic_change:+.4f}")
+    if outlook.next_gain is None:
+        verdict = "one more round: not enough evaluated rounds to estimate its gain"
+    else:
+        advice = "stopping is reasonable" if outlook.stop else "worth continuing"
+        verdict = f"one more round: expected avF1 {outlook.next_gain:+.3f} ({advice})"
+    if parts:
+        verdict += "; " + ", ".join(parts)
+    console.print(verdict, highlight=False)
 
 
 def _flagged(flagged: Sequence[Mapping[str, Any]]) -> str:

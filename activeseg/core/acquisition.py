@@ -230,8 +230,8 @@ def select_batch(
 
     scores: the N crops' ``CropScores``; descriptors: (N, D) float, needed by "diverse" and by
     ``diversity``. With ``diversity``, a scored strategy starts at its top crop and goes on by
-    ``greedy_k_center`` weighted by score / max score; without, it sorts by score (ties: lower
-    index first). ``seed`` drives "random" and the first crop of "diverse".
+    ``greedy_k_center`` weighted by score / max score; without, it sorts by score (ties in a
+    seeded random order). ``seed`` drives "random", the first crop of "diverse" and ties.
     """
     _check_request(strategy, batch_size)
     count = min(batch_size, scores.count)
@@ -247,7 +247,12 @@ def select_batch(
     effective = effective_scores(scores, strategy, cost_aware=cost_aware, cost_alpha=cost_alpha)
     if diversity:
         return _diverse_by_score(scores, effective, count, descriptors)
-    by_score = np.argsort(-effective, kind="stable")[:count]
+    # Ties (a model that finds nothing scores every crop 0) go in a seeded random order, not
+    # by index: index order would take neighbouring crops of one volume (BENCHMARKS.md,
+    # label efficiency with confidence intervals).
+    tiebreak = np.empty(scores.count, np.int64)
+    tiebreak[random_order(scores.count, seed)] = np.arange(scores.count)
+    by_score = np.lexsort((tiebreak, -effective))[:count]
     return _selections(by_score.tolist(), scores, effective, None)
 
 

@@ -267,6 +267,15 @@ class Annotation(Base):
     # Superseded versions stay as history; exactly the newest one is current.
     current: Mapped[bool] = mapped_column(Boolean, default=True)
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # What it cost the annotator (None where not measured): slices and voxels shown, voxels
+    # repainted from the pre-annotation, instances added, removed, split and merged.
+    cost_slices: Mapped[int | None] = mapped_column(Integer)
+    cost_voxels: Mapped[int | None] = mapped_column(Integer)
+    cost_repainted: Mapped[int | None] = mapped_column(Integer)
+    cost_added: Mapped[int | None] = mapped_column(Integer)
+    cost_removed: Mapped[int | None] = mapped_column(Integer)
+    cost_split: Mapped[int | None] = mapped_column(Integer)
+    cost_merged: Mapped[int | None] = mapped_column(Integer)
 
     task: Mapped[Task] = relationship(back_populates="annotations")
 

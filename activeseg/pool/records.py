@@ -138,6 +138,25 @@ class AnnotationInfo:
 
 
 @dataclass(frozen=True)
+class AnnotationCost:
+    """What an annotation cost the annotator: slices and voxels shown, voxels repainted from
+    the pre-annotation, instances added, removed, split and merged."""
+
+    slices: int
+    voxels: int
+    repainted: int
+    added: int
+    removed: int
+    split: int
+    merged: int
+
+    @property
+    def edits(self) -> int:
+        """Return the instance edits: added + removed + split + merged."""
+        return self.added + self.removed + self.split + self.merged
+
+
+@dataclass(frozen=True)
 class CachedScore:
     """A crop's score parts computed by one model, and where its maps were written."""
 

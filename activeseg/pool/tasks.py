@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from activeseg.errors import NotFoundError, StateError
 from activeseg.pool.models import Annotation, Crop, CropStatus, Task, clip
-from activeseg.pool.records import AnnotationInfo, TaskInfo
+from activeseg.pool.records import AnnotationCost, AnnotationInfo, TaskInfo
 
 
 def _task_info(row: Task) -> TaskInfo:
@@ -187,6 +187,38 @@ def _settle_crop(
     else:
         crop.status, crop.skip_reason = CropStatus.LABELED, None
         crop.label_path, crop.labeled_round = annotation.label_path, round_number
+
+
+COST_FIELDS = ("slices", "voxels", "repainted", "added", "removed", "split", "merged")
+
+
+def record_cost(session: Session, annotation_id: int, cost: AnnotationCost) -> None:
+    """Store what an annotation cost the annotator."""
+    row = session.get(Annotation, annotation_id)
+    if row is None:
+        raise NotFoundError(f"no annotation with id {annotation_id} in this project")
+    for name in COST_FIELDS:
+        setattr(row, f"cost_{name}", int(getattr(cost, name)))
+    session.flush()
+
+
+def labeled_costs(session: Session) -> list[tuple[int | None, AnnotationCost]]:
+    """Return (round the crop was labeled in, cost) of every current, measured annotation."""
+    query = (
+        select(Annotation, Crop.labeled_round)
+        .join(Task, Annotation.task_id == Task.id)
+        .join(Crop, Task.crop_id == Crop.id)
+        .where(
+            Annotation.current.is_(True),
+            Annotation.cost_slices.is_not(None),
+            Crop.status == CropStatus.LABELED,
+        )
+        .order_by(Annotation.id)
+    )
+    return [
+        (labeled_round, AnnotationCost(**{n: getattr(row, f"cost_{n}") for n in COST_FIELDS}))
+        for row, labeled_round in session.execute(query)
+    ]
 
 
 def withdraw_annotations(session: Session, task_id: int) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from activeseg.core.effort import repainted_voxels
 from activeseg.core.instances import Instances
 from activeseg.data.ome import Placement
 from activeseg.data.volumes import CropLabels, read_ground_truth, write_crop_labels
@@ -31,16 +32,16 @@ from activeseg.errors import ConfigError, StateError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
-from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CropInfo, TaskInfo, VolumeInfo
+from activeseg.workflows.cost import pre_annotation, task_cost
 from activeseg.workflows.ingest import LOCK as INGEST_LOCK
 from activeseg.workflows.ingest import LOCK_WAIT_SECONDS, ingest_annotations
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 from activeseg.workflows.push import page_results, push_selected, relabel_shown
-from activeseg.workflows.score import analysis_path, plan_slices, read_analysis, selected_crops
+from activeseg.workflows.score import plan_slices, selected_crops
 from activeseg.workflows.stages import CorrectionEffort, IngestOutput, PushOutput, RoundContext
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,24 @@ FILE_ANNOTATOR = "file"
 
 @dataclass(frozen=True)
 class AnnotatorNoise:
-    """How careless the simulated annotator is (all off by default)."""
+    """How careless the simulated annotator is (all off by default).
+
+    The defaults of ``loop.noise`` in the config; benchmarks use :data:`REALISTIC`.
+    """
 
     drop_below: int = 0  # instance fragments smaller than this (voxels per slice) are missed
     jitter: float = 0.0  # probability that a fragment's boundary is eroded or dilated by 1
+    merge: float = 0.0  # probability that two touching neurons are labeled as one
+
+    @property
+    def active(self) -> bool:
+        """Return whether any noise is on."""
+        return self.drop_below > 0 or self.jitter > 0 or self.merge > 0
+
+
+# A hurried annotator: thin branches (fragments under 6 voxels on a slice) missed, a third of
+# the boundaries a voxel off, one in ten touching pairs merged.
+REALISTIC = AnnotatorNoise(drop_below=6, jitter=0.3, merge=0.1)
 
 
 def sparse_labels(
@@ -70,9 +85,12 @@ def sparse_labels(
     labels = np.zeros(truth.shape, np.uint32)
     mask = np.zeros(truth.shape, bool)
     rng = np.random.default_rng(seed)
+    noisy = noise is not None and noise.active
     for z in slices:
-        labels[z] = _annotate_slice(truth.labels[z], noise, rng) if noise else truth.labels[z]
+        labels[z] = _annotate_slice(truth.labels[z], noise, rng) if noisy else truth.labels[z]
         mask[z] = True
+    if noise is not None and noise.merge > 0:
+        labels = _merge_touching(labels, slices, noise.merge, rng)
     on_slices = np.isin(truth.overlaps[:, 0], np.asarray(slices, dtype=np.int64))
     rows = truth.overlaps[on_slices]
     kept = labels[rows[:, 0], rows[:, 1], rows[:, 2]] > 0
@@ -80,9 +98,11 @@ def sparse_labels(
 
 
 def _annotate_slice(
-    truth: npt.NDArray[np.uint32], noise: AnnotatorNoise, rng: np.random.Generator
+    truth: npt.NDArray[np.uint32], noise: AnnotatorNoise | None, rng: np.random.Generator
 ) -> npt.NDArray[np.uint32]:
     out = np.zeros_like(truth)
+    if noise is None:
+        return truth.copy()
     for instance_id in np.unique(truth[truth > 0]):
         region = truth == instance_id
         if region.sum() < noise.drop_below:
@@ -94,19 +114,41 @@ def _annotate_slice(
     return out
 
 
-def correction_effort(predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]) -> int:
-    """Return the voxels an annotator must repaint to turn a pre-annotation into the truth.
+def touching_pairs(labels: npt.NDArray[np.uint32], slices: Sequence[int]) -> set[tuple[int, int]]:
+    """Return the pairs (a < b) of instance ids that touch in y or x on the given slices."""
+    pairs: set[tuple[int, int]] = set()
+    for z in slices:
+        plane = labels[z]
+        for a, b in ((plane[1:], plane[:-1]), (plane[:, 1:], plane[:, :-1])):
+            touch = (a > 0) & (b > 0) & (a != b)
+            lo, hi = np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch])
+            pairs.update(zip(lo.tolist(), hi.tolist(), strict=True))
+    return pairs
 
-    Both (…, Y, X) label arrays of the shown slices. Each predicted id is matched to the true
-    id it overlaps most; voxels whose matched id differs from the truth need a correction.
-    """
-    mapping = np.zeros(int(predicted.max()) + 1, np.int64)
-    fg = predicted > 0
-    if fg.any():
-        pairs, counts = np.unique(np.stack([predicted[fg], truth[fg]]), axis=1, return_counts=True)
-        for (p, t), _ in sorted(zip(pairs.T.tolist(), counts, strict=True), key=lambda x: x[1]):
-            mapping[p] = t
-    return int((mapping[predicted] != truth).sum())
+
+def _merge_touching(
+    labels: npt.NDArray[np.uint32], slices: Sequence[int], rate: float, rng: np.random.Generator
+) -> npt.NDArray[np.uint32]:
+    """Label each touching pair as one neuron with probability ``rate`` (on every slice)."""
+    target = np.arange(int(labels.max()) + 1, dtype=np.uint32)
+    for a, b in sorted(touching_pairs(labels, slices)):
+        if rng.random() < rate:
+            root_a, root_b = _root(target, a), _root(target, b)
+            target[max(root_a, root_b)] = min(root_a, root_b)
+    for k in range(len(target)):
+        target[k] = _root(target, k)
+    return target[labels]
+
+
+def _root(target: npt.NDArray[np.uint32], k: int) -> int:
+    while target[k] != k:
+        k = int(target[k])
+    return k
+
+
+def correction_effort(predicted: npt.NDArray[np.uint32], truth: npt.NDArray[np.uint32]) -> int:
+    """Return the voxels an annotator must repaint to turn a pre-annotation into the truth."""
+    return repainted_voxels(predicted, truth)
 
 
 def _open_tasks(project: Project) -> list[tuple[TaskInfo, CropInfo, VolumeInfo]]:
@@ -130,18 +172,6 @@ def _open_tasks(project: Project) -> list[tuple[TaskInfo, CropInfo, VolumeInfo]]
             )
         found.append((task, crop, volume))
     return found
-
-
-def pre_annotation(project: Project, task: TaskInfo) -> npt.NDArray[np.uint32] | None:
-    """Return the model's instances on a task's shown slices (what was pushed), or None."""
-    if task.round_id is None:
-        return None
-    with project.session() as session:
-        number = next(r.number for r in pool_rounds.list_rounds(session) if r.id == task.round_id)
-    path = analysis_path(project, number, task.crop_id)
-    if not path.exists():
-        return None
-    return read_analysis(path, "consensus")[list(task.slices)].astype(np.uint32)
 
 
 def answer_open_tasks(
@@ -168,15 +198,15 @@ def _answer_open_tasks(
         truth = read_ground_truth(project.resolve(volume.path), crop.box)
         labels = sparse_labels(truth, task.slices, noise, seed=task.id)
         predicted = pre_annotation(project, task)
+        cost = task_cost(predicted, labels.labels[list(task.slices)])
         if predicted is not None:
-            shown = labels.labels[list(task.slices)]
-            efforts.append((correction_effort(predicted, shown), shown.size))
+            efforts.append((cost.repainted, cost.voxels))
         now = datetime.now(UTC)
         path = project.crop_label_path(crop.id, f"simulated-task{task.id}")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_crop_labels(path, labels, Placement(volume.voxel_size, crop.origin))
         with project.session() as session:
-            pool_tasks.record_annotation(
+            answer, _ = pool_tasks.record_annotation(
                 session,
                 task.id,
                 ls_annotation_id=None,
@@ -187,6 +217,7 @@ def _answer_open_tasks(
                 was_cancelled=False,
                 round_number=round_number,
             )
+            pool_tasks.record_cost(session, answer.id, cost)
     log.info("simulated annotator answered %d tasks", len(open_tasks))
     return IngestOutput(ingested=len(open_tasks), correction=_mean_effort(efforts))
 
@@ -309,7 +340,7 @@ def annotator_for(project: Project) -> Annotator:
     if name == "labelstudio":
         return LabelStudioAnnotator()
     if name == ANNOTATOR:
-        return SimulatedAnnotator()
+        return SimulatedAnnotator(AnnotatorNoise(**project.config.loop.noise.model_dump()))
     if name == FILE_ANNOTATOR:
         return FileAnnotator()
     raise ConfigError(

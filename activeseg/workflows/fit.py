@@ -27,6 +27,7 @@ from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import CheckpointInfo
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
+from activeseg.workflows.pseudo import pseudo_crops
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,11 @@ def _train_project(
     init_from = warm_start_from(project) if project.config.train.warm_start else None
     out = checkpoint_dir(project, round_number)
     processes = project.config.compute.train_processes
+    training = [*crops, *pseudo_crops(project, init_from)]  # no pseudo crops unless asked
     if processes > 1:
-        result = train_in_processes(crops, project.config, out, processes, init_from=init_from)
+        result = train_in_processes(training, project.config, out, processes, init_from=init_from)
     else:
-        result = train_model(crops, project.config, out, init_from=init_from, progress=progress)
+        result = train_model(training, project.config, out, init_from=init_from, progress=progress)
     with project.session() as session:
         return pool_rounds.add_checkpoint(
             session,

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import CropInfo, RoundInfo, ScoreInfo, StageInfo, TaskInfo
+from activeseg.pool.records import (
+    AnnotationCost,
+    CropInfo,
+    RoundInfo,
+    ScoreInfo,
+    StageInfo,
+    TaskInfo,
+)
 from activeseg.workflows.project import Project
 
 CURVE_METRICS = ("AP50", "avF1", "C", "S")
@@ -24,6 +34,67 @@ class StageTiming:
 
     status: str
     seconds: float | None
+
+
+@dataclass(frozen=True)
+class Spent:
+    """Labels spent up to a round in the annotator's units, over the measured annotations.
+
+    slices: z-slices looked at; repainted: voxels painted or repainted from the
+    pre-annotation; edits: instances added, removed, split or merged; measured: annotations
+    whose cost is known (those answered before costs were recorded are not).
+    """
+
+    slices: int = 0
+    repainted: int = 0
+    edits: int = 0
+    measured: int = 0
+
+    def add(self, cost: AnnotationCost) -> Spent:
+        """Return this plus one annotation's cost."""
+        return Spent(
+            self.slices + cost.slices,
+            self.repainted + cost.repainted,
+            self.edits + cost.edits,
+            self.measured + 1,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the spent labels as JSON-able data."""
+        return {
+            "slices": self.slices,
+            "repainted": self.repainted,
+            "edits": self.edits,
+            "measured": self.measured,
+        }
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """The stopping signal of a round: what one more round is expected to gain.
+
+    next_gain: validation avF1 one more batch of labels is expected to add, from a fit of
+    avF1 = a + b ln(labels) over the last evaluated rounds (None before two of them);
+    avf1_change: avF1 against the previous evaluated round; epistemic: mean epistemic
+    uncertainty (BALD) of the scored pool crops, and its change against the previous round;
+    stop: whether next_gain is below ``loop.stop_gain`` (never while avF1 is still zero).
+    """
+
+    next_gain: float | None = None
+    avf1_change: float | None = None
+    epistemic: float | None = None
+    epistemic_change: float | None = None
+    stop: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the outlook as JSON-able data."""
+        return {
+            "next_gain": self.next_gain,
+            "avF1_change": self.avf1_change,
+            "epistemic": self.epistemic,
+            "epistemic_change": self.epistemic_change,
+            "stop": self.stop,
+        }
 
 
 @dataclass(frozen=True)
@@ -45,6 +116,8 @@ class RoundSummary:
     stages: dict[str, StageTiming]
     finished: bool
     abandoned: bool = False
+    spent: Spent | None = None
+    outlook: Outlook | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the row as JSON-able data (the keys of `activeseg history --json`)."""
@@ -62,6 +135,8 @@ class RoundSummary:
             },
             "finished": self.finished,
             "abandoned": self.abandoned,
+            "spent": None if self.spent is None else self.spent.as_dict(),
+            "outlook": None if self.outlook is None else self.outlook.as_dict(),
         }
 
 
@@ -191,7 +266,77 @@ def _seconds(round_info: RoundInfo, stage: str) -> float | None:
     return (record.finished_at - record.started_at).total_seconds()
 
 
-def _summary(info: RoundInfo, labeled: Sequence[CropInfo]) -> RoundSummary:
+def _spent(number: int, costs: Sequence[tuple[int | None, AnnotationCost]]) -> Spent | None:
+    if not costs:
+        return None
+    total = Spent()
+    for labeled_round, cost in costs:
+        if labeled_round is None or labeled_round <= number:
+            total = total.add(cost)
+    return total
+
+
+def next_round_gain(labels: Sequence[float], values: Sequence[float], batch: int) -> float | None:
+    """Return the metric one more batch of labels is expected to add.
+
+    A least-squares fit of value = a + b ln(labels) over the points given (the last few
+    evaluated rounds), extrapolated from the last point to ``batch`` more labels. None with
+    fewer than two distinct label counts.
+    """
+    x = np.log(np.asarray(labels, dtype=np.float64))
+    y = np.asarray(values, dtype=np.float64)
+    if len(x) < 2 or np.ptp(x) == 0 or labels[-1] <= 0:
+        return None
+    slope = float(np.polyfit(x, y, 1)[0])
+    return slope * math.log((labels[-1] + batch) / labels[-1])
+
+
+def with_outlook(
+    rows: Sequence[RoundSummary],
+    epistemic: Mapping[int, float],
+    batch: Mapping[int, int],
+    stop_gain: float,
+    window: int = 4,
+) -> list[RoundSummary]:
+    """Return the rows with each round's stopping signal (see :class:`Outlook`).
+
+    epistemic: mean pool BALD by round number; batch: the batch size by round number.
+    """
+    out: list[RoundSummary] = []
+    points: list[tuple[float, float]] = []
+    previous_epistemic: float | None = None
+    for row in rows:
+        f1, labels = row.metrics.get("avF1"), row.trained_on
+        change = None
+        if f1 is not None and labels:
+            if points:
+                change = float(f1) - points[-1][1]
+            if not points or labels != points[-1][0]:
+                points.append((float(labels), float(f1)))
+        recent = points[-window:]
+        gain = None
+        if f1 is not None and recent:
+            gain = next_round_gain(
+                [p[0] for p in recent], [p[1] for p in recent], batch[row.number]
+            )
+        current = epistemic.get(row.number)
+        moved = None
+        if current is not None and previous_epistemic is not None:
+            moved = current - previous_epistemic
+        if current is not None:
+            previous_epistemic = current
+        # A curve flat at zero has not started (the model finds nothing yet): no reason to stop.
+        stop = gain is not None and gain < stop_gain and bool(f1)
+        outlook = Outlook(gain, change, current, moved, stop)
+        out.append(replace(row, outlook=outlook))
+    return out
+
+
+def _summary(
+    info: RoundInfo,
+    labeled: Sequence[CropInfo],
+    costs: Sequence[tuple[int | None, AnnotationCost]] = (),
+) -> RoundSummary:
     train, select, ingest = info.stage("train"), info.stage("select"), info.stage("ingest")
     return RoundSummary(
         number=info.number,
@@ -207,15 +352,30 @@ def _summary(info: RoundInfo, labeled: Sequence[CropInfo]) -> RoundSummary:
         stages={s.name: StageTiming(s.status, _seconds(info, s.name)) for s in info.stages},
         finished=info.finished_at is not None,
         abandoned=info.abandoned,
+        spent=_spent(info.number, costs),
     )
 
 
+def _mean_epistemic(scores: Sequence[ScoreInfo]) -> float | None:
+    values = [float(s.parts["bald"]) for s in scores if s.parts.get("bald") is not None]
+    return float(np.mean(values)) if values else None
+
+
 def round_history(project: Project) -> list[RoundSummary]:
-    """Return one summary per round: labels used, crops added, strategy, metrics, timings."""
+    """Return one summary per round: labels used and spent (in the annotator's units), crops
+    added, strategy, metrics, timings, and the stopping signal."""
     with project.session() as session:
         rounds = pool_rounds.list_rounds(session)
         labeled = pool_volumes.list_crops(session, status="labeled", split="pool")
-    return [_summary(info, labeled) for info in rounds]
+        costs = pool_tasks.labeled_costs(session)
+        epistemic = {
+            info.number: e
+            for info in rounds
+            if (e := _mean_epistemic(pool_rounds.round_scores(session, info.id))) is not None
+        }
+    rows = [_summary(info, labeled, costs) for info in rounds]
+    batch = {info.number: info.batch_size for info in rounds}
+    return with_outlook(rows, epistemic, batch, project.config.loop.stop_gain)
 
 
 def round_ranking(project: Project, number: int) -> list[RankedCrop]:

@@ -45,6 +45,7 @@ from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
 from activeseg.pool.records import TaskInfo
+from activeseg.workflows.cost import record_task_cost
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.project import Project
 from activeseg.workflows.push import PROJECT_SETTING, SINCE_SETTING, reconcile_deleted
@@ -264,7 +265,7 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
     label_path = None if skipped else _write_labels(project, pooled, annotation, ls_id)
     lead_time = annotation.get("lead_time")
     with project.session() as session:
-        pool_tasks.record_annotation(
+        recorded, _ = pool_tasks.record_annotation(
             session,
             pooled.id,
             ls_annotation_id=int(annotation["id"]),
@@ -279,6 +280,9 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
         )
     if skipped:
         return "skipped"
+    if label_path is not None:  # what it cost the annotator, against the pre-annotation
+        labels = read_crop_labels(project.resolve(label_path)).labels
+        record_task_cost(project, pooled, recorded.id, labels)
     return "ingested" if current is None or current.was_cancelled else "updated"
 
 

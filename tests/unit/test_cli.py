@@ -180,6 +180,7 @@ def test_round_history_and_show_keep_their_json_keys(scored: Path) -> None:
     assert set(row) == {
         "round", "strategy", "labeled_crops", "trained_on", "crops_added",
         "correction_fraction", "training_seconds", "metrics", "stages", "finished", "abandoned",
+        "spent", "outlook",
     }  # fmt: skip
     assert (row["round"], row["crops_added"], row["finished"]) == (0, 2, True)
     assert set(row["stages"]["push"]) == {"status", "seconds"}

@@ -492,6 +492,11 @@ def test_an_untouched_pre_annotation_is_marked_as_such(
             for t in pool_tasks.list_tasks(session)
         }
     assert statuses[as_drawn] == "untouched" and statuses[corrected] is None
+    with project.session() as session:  # what each cost, in the annotator's units
+        costs = [cost for _, cost in pool_tasks.labeled_costs(session)]
+        shown = [len(t.slices) for t in pool_tasks.list_tasks(session)]
+    assert [(c.added, c.removed, c.split, c.merged) for c in costs] == [(1, 0, 0, 0)] * 2
+    assert [c.slices for c in costs] == shown and all(c.repainted > 0 for c in costs)
 
 
 def test_tasks_deleted_in_labelstudio_return_their_crops_to_the_pool(

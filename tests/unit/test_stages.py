@@ -7,6 +7,7 @@ from typing import cast
 
 import pytest
 
+from activeseg.config import NoiseConfig
 from activeseg.errors import ConfigError
 from activeseg.workflows import annotators
 from activeseg.workflows.ingest import IngestResult
@@ -85,8 +86,12 @@ def test_label_studio_annotator_stores_what_push_and_ingest_always_stored(
     ],
 )
 def test_the_config_names_the_annotator(name: str, kind: type) -> None:
-    project = SimpleNamespace(config=SimpleNamespace(loop=SimpleNamespace(annotator=name)))
-    assert isinstance(annotators.annotator_for(project), kind)  # type: ignore[arg-type]
+    loop = SimpleNamespace(annotator=name, noise=NoiseConfig(jitter=0.25))
+    project = SimpleNamespace(config=SimpleNamespace(loop=loop))
+    chosen = annotators.annotator_for(project)  # type: ignore[arg-type]
+    assert isinstance(chosen, kind)
+    if isinstance(chosen, annotators.SimulatedAnnotator):  # with the config's noise
+        assert chosen.noise == annotators.AnnotatorNoise(jitter=0.25)
 
 
 def test_an_unknown_annotator_is_a_config_error() -> None:
