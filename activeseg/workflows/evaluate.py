@@ -89,9 +89,9 @@ def _predict_volume(
         return _predict_volume_streamed(project, trained, path, volume.name)
     prediction = predict_array(trained, read_raw(path))
     options = project.config.cluster.options()
-    shared = trained.config.model.shared_embedding
+    spaces = trained.config.model.embedding_spaces
     consensus = segment_consensus(
-        prediction.foreground, prediction.embedding, shared_space=shared, **options
+        prediction.foreground, prediction.embedding, spaces=spaces, **options
     )
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     truth = read_ground_truth(path)
