@@ -57,7 +57,7 @@ def member_net(config: ModelConfig) -> SegmentationNet:
     if config.kind == "probunet":
         return ProbUNet(config, draws)
     if config.kind == "mheads":
-        heads = config.heads or config.samples if config.sampler == "shake" else config.samples
+        heads = (config.heads or config.samples) if config.sampler == "shake" else config.samples
         return SegmentationNet(config, heads, 0.0, draws=draws)
     if config.kind == "dropout":
         return SegmentationNet(config, 1, config.dropout, draws=draws)
