@@ -18,8 +18,10 @@ and recorded), for ``--seeds`` seeds, and is scored on held-out synthetic volume
 
 Each (row, seed) writes benchmarks/results/backbones/<row>-<seed>.json and is skipped when the
 file exists, so an interrupted run resumes; rows run seed by seed (every row's first seed,
-then every row's second), so a short run still fills every row. The table prints mean ± the
-spread (sample standard deviation) over the seeds present.
+then every row's second), so a short run still fills every row. On a machine shared with
+other work neither clock is fair (threads spinning in contention count as CPU time too):
+``--steps N`` gives every row N network updates instead (an ensemble's members share them).
+The table prints mean ± the spread (sample standard deviation) over the seeds present.
 
     nice -n 10 .venv/bin/python benchmarks/bench_backbones.py [--budget-seconds 600] \\
         [--seeds 3] [--device cpu|cuda] [--rows single mheads ...] [--samples 4] \\
@@ -184,6 +186,8 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     train_crops = crops(args.train_volumes, shape)
     per_step = seconds_per_step(config, train_crops)
     steps = max(1, int(args.budget_seconds / per_step))
+    if args.steps:  # equal network updates, members sharing them (a contended machine)
+        steps = max(1, args.steps // config.model.embedding_spaces)
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(train_crops, with_steps(config, steps), Path(tmp) / "model")
         trained = load_model(result.checkpoint)
@@ -208,7 +212,7 @@ def run_one(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     ]
     return {
         "row": row, "seed": seed, "device": args.device, "budget_s": args.budget_seconds,
-        "clock": args.clock, "shape": list(config.synth.shape),
+        "clock": args.clock, "fixed_steps": args.steps, "shape": list(config.synth.shape),
         "steps": result.steps, "train_s": result.seconds, "train_s_per_step": per_step,
         "precision": result.precision, "params": sum(p.numel() for p in trained.model.parameters()),
         "samples": trained.model.n_samples, "inference_s": infer, "deterministic_s": reference,
@@ -309,6 +313,9 @@ def arguments() -> argparse.Namespace:
         help="budget and costs in wall-clock or this process's CPU seconds",
     )
     parser.add_argument("--shape", type=int, nargs=3, help="synthetic volume shape (Z Y X)")
+    parser.add_argument(
+        "--steps", type=int, help="instead of the budget: this many updates, members sharing them"
+    )
     return parser.parse_args()
 
 

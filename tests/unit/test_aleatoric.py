@@ -3,18 +3,12 @@ attenuated pull, and the split of total uncertainty into aleatoric and epistemic
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from activeseg.config import load_config
-from activeseg.core.models.checkpoint import load_model
 from activeseg.core.models.heads import embedding_scale
 from activeseg.core.models.losses import Target, attenuated_pull, discriminative_loss
-from activeseg.core.tiling import predict_array
-from activeseg.core.training import TrainingCrop, train_model
 from activeseg.core.uncertainty import decompose, instance_means
 
 
@@ -65,30 +59,3 @@ def test_decomposition_splits_total_into_aleatoric_and_epistemic() -> None:
     assert np.all(decompose(fg, embedding).embedding_aleatoric == 0)
     means = instance_means(np.array([[[1, 1], [0, 2]]], np.uint32), parts.embedding_total)
     assert means == {1: pytest.approx(1.5), 2: pytest.approx(0.0)}
-
-
-@pytest.mark.slow
-def test_a_trained_models_embedding_scale_rises_where_the_raw_is_noisier(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    shape = (16, 32, 64)
-    labels = np.zeros(shape, np.uint32)
-    for k, y in enumerate((4, 12, 20, 28)):
-        labels[:, y - 1 : y + 2, :] = k + 1
-    noise_sd = np.where(np.arange(64) < 32, 5.0, 400.0)  # the right half is far noisier
-    raw = 100 + 300 * (labels > 0) + rng.normal(size=shape) * noise_sd
-    crop = TrainingCrop(
-        raw[None].clip(0, None).astype(np.uint16), labels, np.ones(shape, bool), labels > 9
-    )
-    config = load_config("smoke")
-    data = config.model_dump()
-    data["model"].update(kind="single", aleatoric=True)
-    data["train"].update(steps=150, patch=[16, 32, 32], precision="float32")
-    data["crops"]["size"] = [16, 32, 64]
-    config = type(config).model_validate(data)
-    trained = load_model(train_model([crop], config, tmp_path / "m").checkpoint)
-    prediction = predict_array(trained, crop.raw)
-    assert prediction.embedding_scale is not None
-    scale = prediction.embedding_scale[0]
-    neuron = labels > 0
-    clean, noisy = scale[neuron & (np.arange(64) < 32)], scale[neuron & (np.arange(64) >= 32)]
-    assert float(noisy.mean()) > float(clean.mean())
