@@ -80,7 +80,8 @@ PROBE_STEPS = 4
 COLUMNS = (
     ("f1", "F1@0.5"), ("avF1", "avF1"), ("voxel_error_auroc", "voxel AUROC"),
     ("instance_error_auroc", "inst AUROC"), ("PAvPU", "PAvPU"),
-    ("p_accurate_given_certain", "p(acc|cert)"), ("p_uncertain_given_inaccurate", "p(unc|inacc)"),
+    ("p_accurate_given_certain", "p(acc\\|cert)"),
+    ("p_uncertain_given_inaccurate", "p(unc\\|inacc)"),
     ("ECE", "ECE"), ("aleatoric_auroc", "aleat AUROC"), ("fg_error_auroc", "fg-call AUROC"),
     ("instance_voxel_error_auroc", "inst-voxel AUROC"), ("inference_ratio", "infer x"),
     ("train_s_per_step", "s/step"), ("steps", "steps"),
