@@ -54,7 +54,7 @@ def report(name: str, trained: TrainedModel, seed: int, calibrate: bool) -> None
         import activeseg.core.tiling as tiling
 
         original = tiling.calibrate
-        tiling.calibrate = lambda trained, raw: per_pass_statistics(trained)  # type: ignore[assignment]
+        tiling.calibrate = lambda trained, raw: per_pass_statistics(trained)
     try:
         prediction = predict_array(trained, volume.raw, core=config.synth.shape)  # one tile
     finally:
