@@ -272,6 +272,8 @@ def fuse_segmentations(labels: npt.ArrayLike, *, min_size: int = 0) -> npt.NDArr
         raise InputError(f"fusion needs (K, Z, Y, X) integer labels, got {stack.shape}")
     ids = [np.unique(member[member > 0]) for member in stack]
     offsets = np.cumsum([0] + [len(i) for i in ids])
+    if offsets[-1] == 0:  # no segmentation found anything
+        return np.zeros(stack.shape[1:], np.uint32)
     parent = np.arange(offsets[-1])
     for a in range(len(stack)):
         for b in range(a + 1, len(stack)):

@@ -244,6 +244,8 @@ def test_fusion_keeps_an_instance_most_members_found_and_drops_small_ones() -> N
     missing = np.where(truth == 3, 0, truth)
     fused = cluster.fuse_segmentations(np.stack([missing, truth, truth]))
     assert adjusted_rand_score(truth.ravel(), fused.ravel()) == 1.0
+    empty = cluster.fuse_segmentations(np.zeros((3, *truth.shape), np.uint32))
+    assert empty.shape == truth.shape and not empty.any()
     small = cluster.fuse_segmentations(np.stack([truth, truth]), min_size=100)
     assert len(np.unique(small)) == 3  # neuron 3 (72 voxels) is dropped, 1 and 2 (144) kept
     with pytest.raises(InputError, match="embedding spaces"):
