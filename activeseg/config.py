@@ -50,8 +50,16 @@ class SynthConfig(Section):
 class ModelConfig(Section):
     """The U-Net backbone and its probabilistic variant."""
 
-    kind: Literal["single", "mheads", "ensemble", "dropout"] = "mheads"
-    samples: int = Field(8, ge=1, description="M heads, K ensemble members or K dropout passes")
+    # single: one network; mheads: M heads on one backbone; ensemble: K single networks (kept
+    # for old configs: kind single with members K is the same); dropout: MC dropout; bbb:
+    # Bayes by Backprop (variational weights); probunet: probabilistic U-Net (Kohl et al. 2018).
+    kind: Literal["single", "mheads", "ensemble", "dropout", "bbb", "probunet"] = "mheads"
+    samples: int = Field(
+        8, ge=1, description="M heads, K ensemble members, or passes / draws per member"
+    )
+    # Independently initialized and trained members, each of ``kind`` (an ensemble of
+    # probabilistic models); their samples are pooled. kind ensemble sets it from samples.
+    members: int = Field(1, ge=1, description="independently trained members of this kind")
     # "auto": the channel count of the project's first volume (fixed by it), or of the data
     # a model is first trained on.
     in_channels: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
@@ -64,12 +72,40 @@ class ModelConfig(Section):
     embed_dim: int = Field(8, ge=2)
     groups: int = Field(4, ge=1, description="GroupNorm groups")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="channel dropout; kind dropout only")
+    # Predicted scales: the foreground logit's variance and the embedding's pull scale
+    # (Kendall & Gal 2017 loss attenuation).
     aleatoric: bool = False
+    # mheads: mix the heads with shake-shake while training (Gastaldi 2017); false mixes them
+    # with one random convex draw used both forward and backward.
+    shake_shake: bool = True
+    # mheads at test time: "heads" takes every head as a sample; "shake" draws ``samples``
+    # random convex mixes of the heads (shake-shake draws as a sampler).
+    sampler: Literal["heads", "shake"] = "heads"
+    heads: int = Field(0, ge=0, description="M for sampler shake; 0 = samples")
+    # bbb and probunet: the weight of the KL term (bbb: mean KL per weight to the prior;
+    # probunet: KL of posterior to prior latent, per patch).
+    kl_weight: float = Field(1.0, ge=0.0)
+    prior_sigma: float = Field(0.1, gt=0, description="bbb: std of the Gaussian weight prior")
+    latent_dim: int = Field(6, ge=1, description="probunet: latent dimensions")
 
     @property
     def shared_embedding(self) -> bool:
         """Whether all samples embed into one space (not so for independently trained members)."""
-        return self.kind != "ensemble"
+        return self.embedding_spaces == 1
+
+    @property
+    def embedding_spaces(self) -> int:
+        """Return how many embedding spaces the samples come in: one per trained member."""
+        return self.samples if self.kind == "ensemble" else self.members
+
+    @model_validator(mode="after")
+    def _members_of_one_kind(self) -> ModelConfig:
+        if self.kind == "ensemble" and self.members != 1:
+            raise ValueError(
+                "model.kind ensemble takes its K members from model.samples; for an ensemble "
+                "of probabilistic members set model.members with that kind"
+            )
+        return self
 
     @model_validator(mode="after")
     def _levels_match(self) -> ModelConfig:

@@ -78,9 +78,9 @@ def predict_case(trained: TrainedModel, seed: int) -> Case:
     volume = generate_mcfo(config.synth.shape, config.synth.neurons, seed)
     prediction = predict_array(trained, volume.raw)
     options = config.cluster.options()
-    shared = config.model.shared_embedding
+    spaces = config.model.embedding_spaces
     consensus = segment_consensus(
-        prediction.foreground, prediction.embedding, shared_space=shared, **options
+        prediction.foreground, prediction.embedding, spaces=spaces, **options
     )
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     risks = instance_uncertainty(consensus, samples)

@@ -351,6 +351,13 @@ def evaluate_cmd(
         Path | None,
         typer.Option(help="With --uncertainty: draw the foreground reliability diagram (PNG)."),
     ] = None,
+    curves: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --uncertainty: draw PAvPU, p(accurate|certain) and p(uncertain|"
+            "inaccurate) over the uncertainty threshold (PNG)."
+        ),
+    ] = None,
     labels_key: Annotated[
         str | None,
         typer.Option("--labels", help="Ground-truth label dataset inside a zarr/HDF5 file."),
@@ -368,7 +375,7 @@ def evaluate_cmd(
     raw), a zarr array or group, a TIFF, or an HDF5 file (name the dataset with --labels).
 
     Example: [bold]activeseg evaluate pred.zarr val0 --fisbe --json[/]
-    or [bold]activeseg evaluate pred.zarr val0 --uncertainty --reliability calib.png[/]
+    or [bold]activeseg evaluate pred.zarr val0 --uncertainty --curves pavpu.png[/]
     """
     from activeseg.errors import ProjectNotFoundError
     from activeseg.workflows.evaluate import evaluate_files
@@ -390,6 +397,7 @@ def evaluate_cmd(
         reliability_plot=reliability,
         labels_key=labels_key,
         pred_labels_key=pred_labels_key,
+        curves_plot=curves,
     )
     if as_json:
         emit_json(result)

@@ -210,14 +210,18 @@ def segment_consensus(
     seed: int = 0,
     device: str | torch.device = "cpu",
     shared_space: bool = True,
+    spaces: int | None = None,
 ) -> npt.NDArray[np.uint32]:
-    """Return the (Z, Y, X) uint32 segmentation of the sample mean of foreground and embeddings.
+    """Return the (Z, Y, X) uint32 consensus segmentation of S samples.
 
     foreground: (S, Z, Y, X) float; embeddings: (S, E, Z, Y, X) float.
-    Averaging embeddings is only meaningful when the samples share one embedding space (MC
-    dropout, heads trained jointly with a shared embedding target); independently trained
-    ensemble members learn embedding spaces that differ by an arbitrary rotation, so with
-    ``shared_space=False`` the mean foreground is clustered in the first sample's embedding.
+    spaces: how many embedding spaces the samples come in, in equal consecutive groups (one
+    per independently trained member; None: 1 when ``shared_space``, else S). Averaging
+    embeddings is only meaningful within one space (heads or dropout passes of one network);
+    independently trained members embed into spaces that differ by an arbitrary rotation. With
+    one space the sample mean of foreground and embeddings is clustered; with several, the mean
+    foreground of all samples is clustered in each member's mean embedding and the members'
+    instances are matched and fused by vote (:func:`fuse_segmentations`), so every member counts.
     """
     fg, emb = np.asarray(foreground), np.asarray(embeddings)
     if fg.ndim != 4 or emb.ndim != 5 or len(fg) != len(emb):
@@ -225,17 +229,111 @@ def segment_consensus(
             f"samples need foreground (S, Z, Y, X) and embeddings (S, E, Z, Y, X), "
             f"got {fg.shape} and {emb.shape}"
         )
-    return segment(
-        fg.mean(axis=0),
-        emb.mean(axis=0) if shared_space else emb[0],
-        threshold=threshold,
-        bandwidth=bandwidth,
-        min_size=min_size,
-        max_seeds=max_seeds,
-        kernel=kernel,
-        seed=seed,
-        device=device,
-    )
+    groups = (1 if shared_space else len(fg)) if spaces is None else spaces
+    if groups < 1 or len(fg) % groups:
+        raise InputError(f"{len(fg)} samples do not split into {groups} embedding spaces")
+    mean_fg = fg.mean(axis=0)
+    per_member = emb.reshape(groups, len(fg) // groups, *emb.shape[1:]).mean(axis=1)
+    members = [
+        segment(
+            mean_fg,
+            member,
+            threshold=threshold,
+            bandwidth=bandwidth,
+            min_size=min_size,
+            max_seeds=max_seeds,
+            kernel=kernel,
+            seed=seed,
+            device=device,
+        )
+        for member in per_member
+    ]
+    if groups == 1:
+        return members[0]
+    return fuse_segmentations(np.stack(members), min_size=min_size)
+
+
+# Two members' instances are the same neuron when their IoU exceeds this; above 0.5 an
+# instance can match at most one instance of another segmentation.
+MATCH_IOU = 0.5
+
+
+def fuse_segmentations(labels: npt.ArrayLike, *, min_size: int = 0) -> npt.NDArray[np.uint32]:
+    """Return the (Z, Y, X) uint32 fusion of K segmentations (K, Z, Y, X) of one volume.
+
+    Instances of different segmentations whose IoU exceeds MATCH_IOU are one neuron (matches
+    chain: a group holds every instance linked to it). Each voxel takes the group most of the
+    segmentations give it (ties: the group more segmentations found), background where none
+    gives it one; ids follow decreasing size, fused instances under min_size become background.
+    No segmentation is the reference: relabelling or reordering them changes nothing but ids.
+    """
+    stack = np.asarray(labels)
+    if stack.ndim != 4 or stack.dtype.kind not in "ui":
+        raise InputError(f"fusion needs (K, Z, Y, X) integer labels, got {stack.shape}")
+    ids = [np.unique(member[member > 0]) for member in stack]
+    offsets = np.cumsum([0] + [len(i) for i in ids])
+    if offsets[-1] == 0:  # no segmentation found anything
+        return np.zeros(stack.shape[1:], np.uint32)
+    parent = np.arange(offsets[-1])
+    for a in range(len(stack)):
+        for b in range(a + 1, len(stack)):
+            for i, j in _matches(stack[a], stack[b], ids[a], ids[b]):
+                _union(parent, offsets[a] + i, offsets[b] + j)
+    group_of = np.array([_root(parent, n) for n in range(offsets[-1])], np.int64)
+    support = np.bincount(group_of, minlength=offsets[-1])
+    votes = np.full(stack.shape, -1, np.int64)  # each segmentation's group per voxel
+    for k, member in enumerate(stack):
+        inside = member > 0
+        votes[k][inside] = group_of[offsets[k] + np.searchsorted(ids[k], member[inside])]
+    fused = _plurality(votes, support)
+    image = torch.from_numpy(fused.ravel() + 1)
+    return _relabel_by_size(image, min_size).numpy().reshape(fused.shape).astype(np.uint32)
+
+
+def _matches(
+    a: npt.NDArray[np.integer], b: npt.NDArray[np.integer],
+    ids_a: npt.NDArray[np.integer], ids_b: npt.NDArray[np.integer],
+) -> list[tuple[int, int]]:  # fmt: skip
+    """Return (index in ids_a, index in ids_b) of instance pairs of a and b with IoU > MATCH_IOU."""
+    both = (a > 0) & (b > 0)
+    ia, ib = np.searchsorted(ids_a, a[both]), np.searchsorted(ids_b, b[both])
+    pairs, counts = np.unique(ia * len(ids_b) + ib, return_counts=True)
+    size_a = np.bincount(np.searchsorted(ids_a, a[a > 0]), minlength=len(ids_a))
+    size_b = np.bincount(np.searchsorted(ids_b, b[b > 0]), minlength=len(ids_b))
+    i, j = np.divmod(pairs, len(ids_b))
+    iou = counts / (size_a[i] + size_b[j] - counts)
+    keep = iou > MATCH_IOU
+    return list(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
+
+
+def _root(parent: npt.NDArray[np.int64], n: int) -> int:
+    while parent[n] != n:
+        parent[n] = parent[parent[n]]
+        n = int(parent[n])
+    return n
+
+
+def _union(parent: npt.NDArray[np.int64], a: int, b: int) -> None:
+    ra, rb = _root(parent, int(a)), _root(parent, int(b))
+    parent[max(ra, rb)] = min(ra, rb)
+
+
+def _plurality(
+    votes: npt.NDArray[np.int64], support: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Return per voxel the group (K, ...) votes name most often (-1: none), ties broken by
+    the group's support (how many segmentations found it)."""
+    best = np.full(votes.shape[1:], -1, np.int64)
+    best_score = np.zeros(votes.shape[1:], np.float64)
+    scale = 1.0 / (support.max(initial=0) + 1)
+    for k in range(len(votes)):
+        named = votes[k] >= 0
+        count = (votes == votes[k][None]).sum(axis=0)
+        score = np.where(named, count + scale * support[np.maximum(votes[k], 0)], 0.0)
+        better = score > best_score
+        best[better] = votes[k][better]
+        best_score[better] = score[better]
+    return best
 
 
 def _check_points(points: torch.Tensor, settings: _Settings) -> None:

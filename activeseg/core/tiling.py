@@ -16,12 +16,14 @@ Zarr output (a v3 group) has one of two layouts, recorded in its ``layout`` attr
     foreground      (S, Z, Y, X) float16 foreground probability of each sample
     embedding       (S, E, Z, Y, X) float16
     aleatoric_var   (S, Z, Y, X) float16, only for aleatoric models
+    embedding_scale (S, Z, Y, X) float16, only for aleatoric models
 
 ``moments`` (otherwise: per-voxel statistics over the S samples)::
 
     foreground_mean (Z, Y, X) float32       foreground_var (Z, Y, X) float32
     embedding_mean  (E, Z, Y, X) float16    embedding_var  (Z, Y, X) float32, summed over E
     aleatoric_var   (Z, Y, X) float32, the mean over samples, only for aleatoric models
+    embedding_scale (Z, Y, X) float32, the mean over samples, only for aleatoric models
 
 Both layouts also hold ``mutual_information`` (Z, Y, X) float32, the voxel BALD uncertainty of
 the foreground over the S samples (:func:`activeseg.core.uncertainty.mutual_information`),
@@ -83,11 +85,13 @@ class Prediction:
 
     foreground: (S, Z, Y, X) float32 probability. embedding: (S, E, Z, Y, X) float32.
     aleatoric_var: (S, Z, Y, X) float32 variance of the foreground logit, or None.
+    embedding_scale: (S, Z, Y, X) float32 aleatoric scale (>= 1) of the embedding, or None.
     """
 
     foreground: npt.NDArray[np.float32]
     embedding: npt.NDArray[np.float32]
     aleatoric_var: npt.NDArray[np.float32] | None
+    embedding_scale: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,12 @@ def predict_array(
             if name not in parts:
                 parts[name] = np.zeros((*value.shape[:-3], *shape), np.float32)
             parts[name][(..., *box)] = value
-    return Prediction(parts["foreground"], parts["embedding"], parts.get("aleatoric_var"))
+    return Prediction(
+        parts["foreground"],
+        parts["embedding"],
+        parts.get("aleatoric_var"),
+        parts.get("embedding_scale"),
+    )
 
 
 def predict_to_zarr(
@@ -301,11 +310,12 @@ def predict_tile(
     batch = torch.from_numpy(_read_normalized(trained, raw, start, stop))[None]
     keep = _box(margin, (size[0], size[1], size[2]), (1 << 62,) * 3)
     samples = trained.model.sample(batch, seed=seed, keep=keep)
-    var = samples.aleatoric_var
+    var, scale = samples.aleatoric_var, samples.embedding_scale
     return Prediction(
         samples.foreground[:, 0].numpy(),
         samples.embedding[:, 0].numpy(),
         None if var is None else var[:, 0].numpy(),
+        None if scale is None else scale[:, 0].numpy(),
     )
 
 
@@ -344,6 +354,8 @@ def _named(tile: Prediction) -> dict[str, npt.NDArray[np.float32]]:
     named = {"foreground": tile.foreground, "embedding": tile.embedding}
     if tile.aleatoric_var is not None:
         named["aleatoric_var"] = tile.aleatoric_var
+    if tile.embedding_scale is not None:
+        named["embedding_scale"] = tile.embedding_scale
     return named
 
 
@@ -357,6 +369,8 @@ def _moments(tile: Prediction) -> dict[str, npt.NDArray[np.float32]]:
     }
     if tile.aleatoric_var is not None:
         moments["aleatoric_var"] = tile.aleatoric_var.mean(axis=0)
+    if tile.embedding_scale is not None:
+        moments["embedding_scale"] = tile.embedding_scale.mean(axis=0)
     return moments
 
 
@@ -365,7 +379,7 @@ def _choose_layout(trained: TrainedModel, shape: Triple, layout: Layout, budget:
         return layout
     model = trained.config.model
     voxels = int(np.prod(shape))
-    needed = trained.model.n_samples * (model.embed_dim + 1 + int(model.aleatoric)) * voxels * 2
+    needed = trained.model.n_samples * (model.embed_dim + 1 + 2 * int(model.aleatoric)) * voxels * 2
     return "samples" if needed <= budget else "moments"
 
 
@@ -380,6 +394,7 @@ def _create_arrays(
             "foreground": ((s,), np.float16),
             "embedding": ((s, e), np.float16),
             "aleatoric_var": ((s,), np.float16),
+            "embedding_scale": ((s,), np.float16),
         }
     else:
         specs = {
@@ -388,10 +403,12 @@ def _create_arrays(
             "embedding_mean": ((e,), np.float16),
             "embedding_var": ((), np.float32),
             "aleatoric_var": ((), np.float32),
+            "embedding_scale": ((), np.float32),
         }
     specs[UNCERTAINTY] = ((), np.float32)
     if not trained.config.model.aleatoric:
         specs.pop("aleatoric_var")
+        specs.pop("embedding_scale")
     return {
         name: group.create_array(
             name,

@@ -344,14 +344,16 @@ def _train_step(
     device = next(net.parameters()).device
     target = Target(target.labels.to(device), target.mask.to(device), target.overlap.to(device))
     with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
-        output = net(x.to(device))
+        output = net(x.to(device), target)  # the probabilistic U-Net's posterior sees target
     terms = segmentation_loss(output.float(), target, config.loss)
+    # KL of the variational kinds (bbb, probunet); zero for the others
+    total = terms.total + config.model.kl_weight * net.kl_divergence().float()
     optimizer.zero_grad(set_to_none=True)
-    terms.total.backward()
+    total.backward()
     if shard is not None:
         shard.average_gradients(net)
     optimizer.step()
-    loss = float(terms.total.detach())
+    loss = float(total.detach())
     return loss if shard is None else shard.mean(loss)
 
 

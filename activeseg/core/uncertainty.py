@@ -112,6 +112,67 @@ def mutual_information(fg: npt.ArrayLike) -> FloatVolume:
     return np.clip(mi, 0.0, 1.0).astype(np.float32)  # rounding can dip a hair below 0
 
 
+@dataclass(frozen=True)
+class Decomposition:
+    """Total predictive uncertainty per voxel split into an aleatoric and an epistemic part.
+
+    Foreground (bits): total = entropy of the mean probability; aleatoric = mean entropy of
+    the samples (what each sample is unsure of: noise that no label removes); epistemic = their
+    difference, the mutual information (Kendall & Gal 2017). Embedding (squared embedding
+    units): epistemic = variance of the samples' embeddings, summed over dimensions; aleatoric
+    = the mean predicted scale above its floor of 1 (``heads.embedding_scale``; zero for a
+    model without one); total = their sum. All maps (Z, Y, X) float32.
+    """
+
+    foreground_total: FloatVolume
+    foreground_aleatoric: FloatVolume
+    foreground_epistemic: FloatVolume
+    embedding_total: FloatVolume
+    embedding_aleatoric: FloatVolume
+    embedding_epistemic: FloatVolume
+
+
+def decompose(
+    fg: npt.ArrayLike, embedding: npt.ArrayLike, scale: npt.ArrayLike | None = None
+) -> Decomposition:
+    """Return the aleatoric / epistemic decomposition of S samples (see ``Decomposition``).
+
+    fg: (S, Z, Y, X) float foreground probability; embedding: (S, E, Z, Y, X) float;
+    scale: (S, Z, Y, X) float predicted embedding scale (>= 1), or None.
+    """
+    p = _probabilities(fg)
+    emb = _float_array(embedding, "embedding", 5, "(S, E, Z, Y, X)")
+    _same_volume("embedding", emb.shape[2:], p.shape[1:])
+    total = binary_entropy(p.mean(axis=0))
+    aleatoric = binary_entropy(p).mean(axis=0)
+    spread = emb.astype(np.float64).var(axis=0).sum(axis=0)
+    if scale is None:
+        noise = np.zeros_like(spread)
+    else:
+        values = _float_array(scale, "embedding scale", 4, "(S, Z, Y, X)")
+        _same_volume("embedding scale", values.shape[1:], p.shape[1:])
+        noise = np.clip(values.astype(np.float64).mean(axis=0) - 1.0, 0.0, None)
+    return Decomposition(
+        total.astype(np.float32),
+        aleatoric.astype(np.float32),
+        np.clip(total - aleatoric, 0.0, 1.0).astype(np.float32),
+        (spread + noise).astype(np.float32),
+        noise.astype(np.float32),
+        spread.astype(np.float32),
+    )
+
+
+def instance_means(labels: npt.ArrayLike, values: npt.ArrayLike) -> dict[int, float]:
+    """Return the mean of a (Z, Y, X) map over each instance of labels (Z, Y, X), by id."""
+    ids = _labels(labels, "labels", 3)
+    volume = _float_array(values, "values", 3, "(Z, Y, X)")
+    _same_volume("values", volume.shape, ids.shape)
+    present, index = np.unique(ids, return_inverse=True)
+    sums = np.bincount(index.ravel(), volume.ravel().astype(np.float64), len(present))
+    counts = np.bincount(index.ravel(), minlength=len(present))
+    return {int(i): float(s / c) for i, s, c in zip(present, sums, counts, strict=True) if i}
+
+
 # --------------------------------------------------------------------------- instance level
 
 

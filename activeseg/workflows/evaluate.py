@@ -91,9 +91,9 @@ def _predict_volume(
         return _predict_volume_streamed(project, trained, path, volume.name)
     prediction = predict_array(trained, read_raw(path))
     options = project.config.cluster.options()
-    shared = trained.config.model.shared_embedding
+    spaces = trained.config.model.embedding_spaces
     consensus = segment_consensus(
-        prediction.foreground, prediction.embedding, shared_space=shared, **options
+        prediction.foreground, prediction.embedding, spaces=spaces, **options
     )
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     truth = read_ground_truth(path)
@@ -252,29 +252,87 @@ def uncertainty_report(
     truth: npt.NDArray[np.uint32],
     foreground: npt.NDArray[np.float32],
     risks: Sequence[InstanceRisk],
+    *,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Return the uncertainty quality of one prediction: error AUROCs, PAvPU and ECE.
 
     consensus, truth: (Z, Y, X) label images; foreground: (S, Z, Y, X) float per-sample
     foreground probability; risks: ``instance_uncertainty`` of consensus. PAvPU uses voxel
-    mutual information, best over a sweep of its quantiles, on patches that hold predicted or
-    true foreground, judged by the accuracy of those voxels (neurons fill a few percent of a
-    volume: judged on all voxels, every patch is accurate); ECE is that of the sample mean
-    foreground probability against the true foreground.
+    mutual information on patches that hold predicted or true foreground, judged by the
+    accuracy of those voxels (neurons fill a few percent of a volume: judged on all voxels,
+    every patch is accurate). threshold: the MI level above which a patch is uncertain, chosen
+    beforehand on validation volumes (``choose_pavpu_threshold``), as Mukhoti & Gal do; None
+    takes the best of a sweep of this prediction's own MI quantiles, which is optimistic. ECE
+    is that of the sample mean foreground probability against the true foreground.
     """
     mi = mutual_information(foreground)
     quality = uncertainty_quality(consensus, truth, mi, risks)
+    if threshold is None:
+        curve = pavpu_curve(consensus, truth, mi, np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99]))
+        entries = _pavpu_entries(curve)
+    else:
+        curve = pavpu_curve(consensus, truth, mi, [threshold])
+        entries = _pavpu_entries(curve) | {"PAvPU_threshold_from": "validation"}
+    return quality | entries | {"ECE": metrics.ece(foreground.mean(axis=0), truth > 0)}
+
+
+# PAvPU curves over the threshold are drawn at this many quantiles of the uncertainty.
+CURVE_LEVELS = 41
+
+
+def pavpu_curve(
+    consensus: npt.NDArray[np.uint32],
+    truth: npt.NDArray[np.uint32],
+    uncertainty: npt.NDArray[np.float32],
+    thresholds: npt.ArrayLike | None = None,
+) -> metrics.PavpuCurve:
+    """Return PAvPU, p(accurate | certain) and p(uncertain | inaccurate) per threshold.
+
+    consensus, truth: (Z, Y, X) label images; uncertainty: (Z, Y, X) float voxel map.
+    thresholds: (T,) levels; None: CURVE_LEVELS quantiles of the uncertainty from 0 to 1.
+    """
     accurate = _matched_truth(consensus, truth)[consensus] == truth
-    thresholds = np.quantile(mi, [0.5, 0.8, 0.9, 0.95, 0.99])
-    curve = metrics.pavpu(accurate, mi, thresholds, relevant=(consensus > 0) | (truth > 0))
-    return (
-        quality | _pavpu_entries(curve) | {"ECE": metrics.ece(foreground.mean(axis=0), truth > 0)}
-    )
+    if thresholds is None:
+        thresholds = np.unique(np.quantile(uncertainty, np.linspace(0, 1, CURVE_LEVELS)))
+    relevant = (consensus > 0) | (truth > 0)
+    return metrics.pavpu(accurate, uncertainty, thresholds, relevant=relevant)
+
+
+def choose_pavpu_threshold(curve: metrics.PavpuCurve) -> float:
+    """Return the threshold of a (validation) curve with the highest PAvPU."""
+    if not np.isfinite(curve.pavpu).any():
+        return float(curve.thresholds[len(curve.thresholds) // 2])
+    return float(curve.thresholds[int(np.nanargmax(curve.pavpu))])
+
+
+def plot_pavpu_curves(curve: metrics.PavpuCurve, path: Path, chosen: float | None = None) -> Path:
+    """Draw PAvPU, p(accurate | certain) and p(uncertain | inaccurate) over the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(5, 3.6))
+    for values, label in (
+        (curve.pavpu, "PAvPU"),
+        (curve.p_accurate_given_certain, "p(accurate | certain)"),
+        (curve.p_uncertain_given_inaccurate, "p(uncertain | inaccurate)"),
+    ):
+        axis.plot(curve.thresholds, values, marker=".", label=label)
+    if chosen is not None:
+        axis.axvline(chosen, color="gray", linestyle="--", label="chosen threshold")
+    axis.set(xlabel="uncertainty threshold (voxel MI, bits)", ylabel="fraction", ylim=(0, 1.02))
+    axis.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def _pavpu_entries(curve: metrics.PavpuCurve) -> dict[str, Any]:
     """Return the report's PAvPU entries: the best threshold of the sweep, and the sweep."""
-    best = int(np.nanargmax(curve.pavpu))
+    best = int(np.nanargmax(curve.pavpu)) if np.isfinite(curve.pavpu).any() else 0
     return {
         "PAvPU": float(curve.pavpu[best]),
         "PAvPU_threshold": float(curve.thresholds[best]),
@@ -369,16 +427,20 @@ def evaluate_files(
     reliability_plot: Path | None = None,
     labels_key: str | None = None,
     pred_labels_key: str | None = None,
+    curves_plot: Path | None = None,
 ) -> dict[str, Any]:
     """Return the instance metrics of a prediction against ground truth, both named by spec
     (see :func:`load_instances`; labels_key and pred_labels_key name their label datasets).
 
     With ``uncertainty``, the prediction must be an ``activeseg predict`` output holding
     per-sample foreground and embeddings; uncertainty-quality metrics are added, and the
-    reliability diagram of the mean foreground probability is drawn to ``reliability_plot``.
+    reliability diagram of the mean foreground probability is drawn to ``reliability_plot``,
+    and PAvPU with its two conditionals over the MI threshold to ``curves_plot``.
     """
     if reliability_plot is not None and not uncertainty:
         raise InputError("a reliability diagram needs --uncertainty (per-sample foreground)")
+    if curves_plot is not None and not uncertainty:
+        raise InputError("PAvPU curves need --uncertainty (per-sample foreground)")
     pred, pred_path = load_instances(pred_spec, project, pred_labels_key)
     gt, _ = load_instances(gt_spec, project, labels_key)
     if pred.shape != gt.shape:
@@ -392,7 +454,17 @@ def evaluate_files(
         result |= _uncertainty_report(
             pred_path, pred, gt, cluster or ClusterConfig(), reliability_plot
         )
+        if curves_plot is not None:
+            result["curves_plot"] = str(_draw_curves(pred_path, pred, gt, curves_plot))
     return result
+
+
+def _draw_curves(path: Path, pred: Instances, gt: Instances, plot: Path) -> Path:
+    """Draw the PAvPU curves of a prediction group's stored voxel MI (or its samples')."""
+    group = zarr.open_group(path, mode="r")
+    whole = (slice(0, pred.shape[0]), slice(0, pred.shape[1]), slice(0, pred.shape[2]))
+    curve = pavpu_curve(pred.labels, gt.labels, _uncertainty_slab(group, whole))
+    return plot_pavpu_curves(curve, plot)
 
 
 def _uncertainty_report(

@@ -123,9 +123,9 @@ def analyse_crop(trained: TrainedModel, raw: npt.NDArray[Any], config: Config) -
     prediction = predict_array(trained, raw)
     options = config.cluster.options()
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
-    shared = trained.config.model.shared_embedding
+    spaces = trained.config.model.embedding_spaces
     consensus = segment_consensus(
-        prediction.foreground, prediction.embedding, shared_space=shared, **options
+        prediction.foreground, prediction.embedding, spaces=spaces, **options
     )
     foreground = prediction.foreground.mean(axis=0)
     return CropAnalysis(

@@ -189,9 +189,9 @@ def test_samples_and_consensus() -> None:
         segment_samples(foreground, embeddings, threshold=0.5, bandwidth=1.0, min_size=5)
 
 
-def test_consensus_of_unaligned_embedding_spaces_uses_the_first_sample() -> None:
+def test_consensus_of_unaligned_embedding_spaces_is_clustered_member_by_member() -> None:
     # Two ensemble members embed the same two halves at swapped places: their mean puts
-    # every voxel at one point, the first member alone keeps the halves apart.
+    # every voxel at one point, each member alone keeps the halves apart.
     foreground = np.ones((2, 2, 4, 8), np.float32)
     first = np.zeros((2, 2, 4, 8), np.float32)
     first[0, :, :, 4:] = 3.0
@@ -204,3 +204,50 @@ def test_consensus_of_unaligned_embedding_spaces_uses_the_first_sample() -> None
     assert len(np.unique(merged)) == 1
     assert len(np.unique(kept)) == 2
     assert len(np.unique(kept[:, :, :4])) == len(np.unique(kept[:, :, 4:])) == 1
+
+
+def rotated_members(members: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return foreground (K, Z, Y, X), embeddings (K, E, Z, Y, X) and truth: the K members'
+    embeddings of one three-neuron volume are random rotations of each other."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((4, 12, 12), np.int64)
+    truth[:, 1:4, :], truth[:, 5:8, :], truth[:, 9:12, :6] = 1, 2, 3
+    centres = 3.0 * np.eye(4)[:, :4]  # background at 0, neurons on the axes
+    base = centres[truth] + rng.normal(0, 0.1, (*truth.shape, 4))  # (Z, Y, X, E)
+    foreground = np.stack([(truth > 0).astype(np.float32)] * members)
+    embeddings = []
+    for _ in range(members):
+        rotation, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+        embeddings.append(np.moveaxis(base @ rotation, -1, 0))
+    return foreground, np.stack(embeddings).astype(np.float32), truth
+
+
+def test_members_whose_embeddings_are_rotations_of_each_other_agree() -> None:
+    foreground, embeddings, truth = rotated_members(4)
+    options = {"threshold": 0.5, "bandwidth": 0.75, "min_size": 3}
+    fused = segment_consensus(foreground, embeddings, spaces=4, **options)
+    assert adjusted_rand_score(truth.ravel(), fused.ravel()) == 1.0
+    assert fused.dtype == np.uint32
+
+
+def test_fusion_follows_the_majority_not_the_first_member() -> None:
+    _, _, truth = rotated_members(1)
+    wrong = np.where(truth == 2, 1, truth)  # the first member merges neurons 1 and 2
+    right = [np.where(truth > 0, truth * 7 + k, 0) for k in range(3)]  # others: any ids
+    fused = cluster.fuse_segmentations(np.stack([wrong, *right]))
+    assert adjusted_rand_score(truth.ravel(), fused.ravel()) == 1.0
+    assert fused.dtype == np.uint32 and sorted(np.unique(fused)) == [0, 1, 2, 3]
+
+
+def test_fusion_keeps_an_instance_most_members_found_and_drops_small_ones() -> None:
+    _, _, truth = rotated_members(1)
+    missing = np.where(truth == 3, 0, truth)
+    fused = cluster.fuse_segmentations(np.stack([missing, truth, truth]))
+    assert adjusted_rand_score(truth.ravel(), fused.ravel()) == 1.0
+    empty = cluster.fuse_segmentations(np.zeros((3, *truth.shape), np.uint32))
+    assert empty.shape == truth.shape and not empty.any()
+    small = cluster.fuse_segmentations(np.stack([truth, truth]), min_size=100)
+    assert len(np.unique(small)) == 3  # neuron 3 (72 voxels) is dropped, 1 and 2 (144) kept
+    with pytest.raises(InputError, match="embedding spaces"):
+        segment_consensus(np.ones((3, 2, 2, 2)), np.ones((3, 2, 2, 2, 2)), spaces=2,
+                          threshold=0.5, bandwidth=1.0, min_size=1)  # fmt: skip

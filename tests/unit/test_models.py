@@ -79,7 +79,7 @@ def test_mixing_head_parameters_equals_mixing_head_outputs() -> None:
     weights = random_convex_weights(2, 4, features.device)
     mixed = heads.mix(features, weights)
     expected = (heads(features) * weights[:, :, None, None, None, None]).sum(dim=1)
-    assert mixed.shape == (2, 5, 2, 3, 4)
+    assert mixed.shape == (2, 6, 2, 3, 4)  # 3 embedding, logit, its log-variance, scale
     assert torch.allclose(mixed, expected, atol=1e-5)
 
 

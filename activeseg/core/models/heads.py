@@ -1,4 +1,4 @@
-"""Per-voxel output heads: embedding, foreground logit, optional aleatoric log-variance.
+"""Per-voxel output heads: embedding, foreground logit, optional aleatoric scales.
 
 M heads share one backbone (the M-heads U-Net of Kohl et al. 2018). While training, their
 outputs are mixed with shake-shake regularization (Gastaldi 2017): the forward pass uses one
@@ -9,6 +9,7 @@ sample of the prediction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,16 +24,29 @@ class HeadOutput:
     embedding: ([S,] B, E, Z, Y, X) float32.
     logit: ([S,] B, 1, Z, Y, X) float32 foreground logit.
     log_var: ([S,] B, 1, Z, Y, X) float32 aleatoric log-variance of the logit, or None.
+    scale: ([S,] B, 1, Z, Y, X) float32 raw aleatoric scale of the embedding (see
+      ``embedding_scale``), or None.
     """
 
     embedding: torch.Tensor
     logit: torch.Tensor
     log_var: torch.Tensor | None
+    scale: torch.Tensor | None = None
 
     def float(self) -> HeadOutput:
         """Return the outputs as float32 (losses are computed in full precision)."""
         log_var = None if self.log_var is None else self.log_var.float()
-        return HeadOutput(self.embedding.float(), self.logit.float(), log_var)
+        scale = None if self.scale is None else self.scale.float()
+        return HeadOutput(self.embedding.float(), self.logit.float(), log_var, scale)
+
+
+def embedding_scale(raw: torch.Tensor) -> torch.Tensor:
+    """Return the embedding's aleatoric scale b = 1 + softplus(raw), >= 1, of raw head output.
+
+    b scales the pull of a voxel towards its instance (``losses.attenuated_pull``); the floor
+    of 1 keeps the attenuated pull from ever exceeding the plain one.
+    """
+    return 1.0 + torch.nn.functional.softplus(raw)
 
 
 class OutputHeads(nn.Module):
@@ -44,16 +58,25 @@ class OutputHeads(nn.Module):
     which costs one head instead of M (see BENCHMARKS.md, Session 14).
     """
 
-    def __init__(self, features: int, embed_dim: int, heads: int, aleatoric: bool) -> None:
+    out: nn.Conv3d
+
+    def __init__(
+        self,
+        features: int,
+        embed_dim: int,
+        heads: int,
+        aleatoric: bool,
+        conv: Callable[..., nn.Conv3d] = nn.Conv3d,
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.embed_dim = embed_dim
         self.aleatoric = aleatoric
-        self.channels = embed_dim + 1 + int(aleatoric)
-        self.out = nn.Conv3d(features, heads * self.channels, 1)
+        self.channels = embed_dim + 1 + 2 * int(aleatoric)
+        self.out = conv(features, heads * self.channels, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Return raw outputs (B, M, K, Z, Y, X) of features (B, F, Z, Y, X); K = E + 1 [+ 1]."""
+        """Return raw outputs (B, M, K, Z, Y, X) of features (B, F, Z, Y, X); K = E + 1 [+ 2]."""
         return self.out(features).unflatten(1, (self.heads, self.channels))
 
     def mix(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -78,8 +101,14 @@ class OutputHeads(nn.Module):
     def split(self, raw: torch.Tensor) -> HeadOutput:
         """Return the named parts of raw outputs (..., K, Z, Y, X) along the channel axis -4."""
         e = self.embed_dim
-        log_var = raw[..., e + 1 : e + 2, :, :, :] if self.aleatoric else None
-        return HeadOutput(raw[..., :e, :, :, :], raw[..., e : e + 1, :, :, :], log_var)
+        if not self.aleatoric:
+            return HeadOutput(raw[..., :e, :, :, :], raw[..., e : e + 1, :, :, :], None)
+        return HeadOutput(
+            raw[..., :e, :, :, :],
+            raw[..., e : e + 1, :, :, :],
+            raw[..., e + 1 : e + 2, :, :, :],
+            raw[..., e + 2 : e + 3, :, :, :],
+        )
 
 
 def random_convex_weights(batch: int, heads: int, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from activeseg.config import LossConfig
-from activeseg.core.models.heads import HeadOutput
+from activeseg.core.models.heads import HeadOutput, embedding_scale
 
 # Logit samples per voxel for the aleatoric loss (Kendall & Gal 2017 use tens; 8 suffices here).
 ALEATORIC_SAMPLES = 8
@@ -55,7 +55,9 @@ class Target:
 
 def segmentation_loss(output: HeadOutput, target: Target, config: LossConfig) -> LossTerms:
     """Return the weighted sum of discriminative and foreground losses for one batch."""
-    pull, push, reg = discriminative_loss(output.embedding, target, config.delta_v, config.delta_d)
+    pull, push, reg = discriminative_loss(
+        output.embedding, target, config.delta_v, config.delta_d, scale=output.scale
+    )
     fg = foreground_loss(
         output.logit[:, 0],
         target,
@@ -75,6 +77,7 @@ def discriminative_loss(
     target: Target,
     delta_v: float,
     delta_d: float,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (pull, push, reg) of De Brabandere et al. 2017 on annotated neuron voxels,
     averaged over the batch.
@@ -82,12 +85,17 @@ def discriminative_loss(
     embedding: (B, E, Z, Y, X) float. Pull: squared hinge (distance to the instance mean beyond
     delta_v), averaged per instance, then over instances. Push: squared hinge (2 delta_d minus
     the distance between two instance means), averaged over pairs. Reg: mean norm of the means.
+    scale: (B, 1, Z, Y, X) raw aleatoric scale of the embedding, or None; with it the pull is
+    attenuated (``attenuated_pull``).
     """
     terms = []
     for b in range(embedding.shape[0]):
         emb, ids = _annotated_voxels(embedding[b], target, b, with_background=False)
+        voxel_scale = None
+        if scale is not None:
+            voxel_scale, _ = _annotated_voxels(scale[b], target, b, with_background=False)
         if ids.numel():
-            terms.append(_instance_terms(emb, ids, delta_v, delta_d))
+            terms.append(_instance_terms(emb, ids, delta_v, delta_d, voxel_scale))
     if not terms:
         zero = embedding.sum() * 0.0  # keeps the graph, so backward() works on empty batches
         return zero, zero, zero
@@ -141,13 +149,20 @@ def _annotated_voxels(
 
 
 def _instance_terms(
-    emb: torch.Tensor, labels: torch.Tensor, delta_v: float, delta_d: float
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    delta_v: float,
+    delta_d: float,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,)."""
+    """Return (pull, push, reg) of embeddings (N, E) grouped by labels (N,); scale: (N, 1)
+    raw aleatoric scales, or None."""
     inverse, counts, means = _instance_means(emb, labels)
     n = counts.numel()
     spread = _norm(emb - means[inverse])
     per_voxel = F.relu(spread - delta_v) ** 2
+    if scale is not None:
+        per_voxel = attenuated_pull(per_voxel, embedding_scale(scale[:, 0]))
     pull = (emb.new_zeros(n).index_add_(0, inverse, per_voxel) / counts).mean()
     if n > 1:
         first, second = torch.triu_indices(n, n, offset=1, device=emb.device)
@@ -157,6 +172,18 @@ def _instance_terms(
         push = emb.sum() * 0.0
     reg = _norm(means).mean()
     return pull, push, reg
+
+
+def attenuated_pull(squared_hinge: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Return the pull per voxel attenuated by its aleatoric scale (all shapes (N,)).
+
+    The squared hinge h is taken as the squared residual of a Gaussian with variance b, the
+    voxel's scale (Kendall & Gal 2017, eq. 8, up to constants): h / b + log b. A voxel whose
+    embedding the network cannot place (noise, a dim gap) is pulled less, at the cost of log b;
+    the best b is h, floored at 1 (``heads.embedding_scale``), so the pull is never amplified
+    and a voxel within the margin (h = 0) gets b = 1 and costs nothing.
+    """
+    return squared_hinge / scale + torch.log(scale)
 
 
 def _instance_means(

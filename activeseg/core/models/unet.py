@@ -13,7 +13,7 @@ from training (see BENCHMARKS.md, Session 5), which are therefore not kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -23,6 +23,9 @@ from torch.nn import functional as F
 logger = logging.getLogger(__name__)
 
 Triple = tuple[int, int, int]
+# Makes a convolution from (in_channels, out_channels, kernel_size, padding): nn.Conv3d, or a
+# variational one (bayes.BayesConv3d).
+ConvFactory = Callable[..., nn.Module]
 
 
 class CalibratedGroupNorm(nn.Module):
@@ -86,13 +89,17 @@ def calibrating(module: nn.Module) -> Iterator[None]:
 
 
 def conv_block(
-    in_channels: int, out_channels: int, groups: int, dropout: float = 0.0
+    in_channels: int,
+    out_channels: int,
+    groups: int,
+    dropout: float = 0.0,
+    conv: ConvFactory = nn.Conv3d,
 ) -> nn.Sequential:
     """Return two (3x3x3 conv, GroupNorm, ReLU) layers, then channel dropout when dropout > 0."""
     layers: list[nn.Module] = []
     for cin in (in_channels, out_channels):
         layers += [
-            nn.Conv3d(cin, out_channels, 3, padding=1),
+            conv(cin, out_channels, 3, padding=1),
             CalibratedGroupNorm(min(groups, out_channels), out_channels),
             nn.ReLU(inplace=True),
         ]
@@ -116,6 +123,7 @@ class UNet3d(nn.Module):
         pool: Sequence[Triple],
         groups: int,
         dropout: float = 0.0,
+        conv: ConvFactory = nn.Conv3d,
     ) -> None:
         super().__init__()
         self.widths = tuple(widths)
@@ -126,13 +134,13 @@ class UNet3d(nn.Module):
         self.decoders = nn.ModuleList()
         cin = in_channels
         for level, width in enumerate(self.widths):
-            self.encoders.append(conv_block(cin, width, groups, dropout if level else 0.0))
+            self.encoders.append(conv_block(cin, width, groups, dropout if level else 0.0, conv))
             cin = width
         for level, factor in enumerate(self.pool):
             self.pools.append(nn.MaxPool3d(factor, stride=factor))
             fine, coarse = self.widths[level], self.widths[level + 1]
             self.ups.append(nn.ConvTranspose3d(coarse, fine, factor, stride=factor))
-            self.decoders.append(conv_block(2 * fine, fine, groups, dropout))
+            self.decoders.append(conv_block(2 * fine, fine, groups, dropout, conv))
 
     @property
     def out_channels(self) -> int:
