@@ -212,17 +212,24 @@ def test_uncertainty_tables_summed_over_slabs_match_the_whole_volume_metrics() -
     assert tables.ece() == pytest.approx(metrics.ece(fg, truth > 0), abs=1e-12)
 
 
-def test_round_evaluation_of_a_large_volume_streams_and_scores_like_the_whole_volume(
-    smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _validating(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """Return the project with a small validation volume, a trained model standing in for its
+    checkpoint and a clustering that finds that model's instances."""
     volume = generate_mcfo((16, 48, 48), 3, seed=2)
     write_fisbe(tmp_path / "val.zarr", volume.raw, volume.instances)
-    import_volume(smoke_project, tmp_path / "val.zarr", "fisbe", split="val")
+    import_volume(project, tmp_path / "val.zarr", "fisbe", split="val")
     trained = trained_model()
     monkeypatch.setattr(evaluate, "load_model", lambda _: trained)
     cluster = ClusterConfig(foreground_threshold=0.5, bandwidth=0.1, min_size=20)
-    config = smoke_project.config.model_copy(update={"cluster": cluster})  # finds instances
-    project = dataclasses.replace(smoke_project, config=config)
+    return dataclasses.replace(
+        project, config=project.config.model_copy(update={"cluster": cluster})
+    )
+
+
+def test_round_evaluation_of_a_large_volume_streams_and_scores_like_the_whole_volume(
+    smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _validating(smoke_project, tmp_path, monkeypatch)
     whole = evaluate.evaluate_project(project, tmp_path)
     monkeypatch.setattr(evaluate, "IN_MEMORY_BYTES", 0)
     slabs = evaluate.evaluate_project(project, tmp_path)
@@ -237,13 +244,7 @@ def test_round_evaluation_of_a_large_volume_streams_and_scores_like_the_whole_vo
 def test_round_evaluation_follows_the_fisbe_protocol_when_the_config_says_so(
     smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    volume = generate_mcfo((16, 48, 48), 3, seed=2)
-    write_fisbe(tmp_path / "val.zarr", volume.raw, volume.instances)
-    import_volume(smoke_project, tmp_path / "val.zarr", "fisbe", split="val")
-    trained = trained_model()
-    monkeypatch.setattr(evaluate, "load_model", lambda _: trained)
-    cluster = ClusterConfig(foreground_threshold=0.5, bandwidth=0.1, min_size=20)
-    plain = smoke_project.config.model_copy(update={"cluster": cluster})
+    plain = _validating(smoke_project, tmp_path, monkeypatch).config
     fisbe = plain.model_copy(update={"evaluate": EvaluateConfig(protocol="fisbe")})
     scores = {
         name: evaluate.evaluate_project(dataclasses.replace(smoke_project, config=config), tmp_path)

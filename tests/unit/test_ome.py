@@ -11,6 +11,7 @@ import zarr
 from ome_zarr_models import open_ome_zarr
 from ome_zarr_models.v05.image import Image
 from ome_zarr_models.v05.image_label import ImageLabel
+from test_predict import trained_model
 from typer.testing import CliRunner
 
 from activeseg.cli import app
@@ -25,7 +26,6 @@ from activeseg.workflows import predict as predict_workflow
 from activeseg.workflows.importing import import_volume
 from activeseg.workflows.project import Project
 from activeseg.workflows.view import prediction_scene
-from tests.unit.test_predict import trained_model
 
 VOXEL = (2.0, 0.5, 0.25)
 runner = CliRunner()
