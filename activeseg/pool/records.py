@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from activeseg.core.effort import Effort
+
 Box = tuple[slice, slice, slice]
 
 
@@ -137,23 +139,8 @@ class AnnotationInfo:
     status: str | None = None
 
 
-@dataclass(frozen=True)
-class AnnotationCost:
-    """What an annotation cost the annotator: slices and voxels shown, voxels repainted from
-    the pre-annotation, instances added, removed, split and merged."""
-
-    slices: int
-    voxels: int
-    repainted: int
-    added: int
-    removed: int
-    split: int
-    merged: int
-
-    @property
-    def edits(self) -> int:
-        """Return the instance edits: added + removed + split + merged."""
-        return self.added + self.removed + self.split + self.merged
+# What an annotation cost the annotator, as the ledger stores it (see core.effort.Effort).
+AnnotationCost = Effort
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,7 @@ def task_cost(
 ) -> AnnotationCost:
     """Return what answering a task cost: its pre-annotation (None: none) against the labels
     submitted on its shown slices, both (S, Y, X)."""
-    effort = annotation_effort(predicted, shown)
-    return AnnotationCost(**{k: v for k, v in effort.as_dict().items() if k != "edits"})
+    return annotation_effort(predicted, shown)
 
 
 def record_task_cost(
