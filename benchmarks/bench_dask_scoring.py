@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import psutil
 from bench_pool_scoring import bench_config, make_project, make_sources, untrained_checkpoint
 from distributed import LocalCluster
@@ -39,7 +40,7 @@ from distributed import LocalCluster
 from activeseg.config import ComputeConfig, Config
 from activeseg.pool import rounds as pool_rounds
 from activeseg.workflows import score
-from activeseg.workflows.distributed import dask_client
+from activeseg.workflows.distributed import WORKER_SETTINGS, dask_client
 from activeseg.workflows.project import Project, open_project
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dask_scoring"
@@ -99,9 +100,12 @@ def run_variant(
     load = os.getloadavg()[0]
     if workers:
         start = time.perf_counter()
-        with LocalCluster(
-            n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-        ) as cluster:
+        with (
+            dask.config.set(WORKER_SETTINGS),
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+            ) as cluster,
+        ):
             started = time.perf_counter() - start
             address = str(cluster.scheduler_address)
             result = score_once(

@@ -153,13 +153,17 @@ def predict_array(
     core: Triple | None = None,
     margin: Triple | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> Prediction:
-    """Return the sampled prediction of raw (C, Z, Y, X), any numeric dtype, held in memory."""
+    """Return the sampled prediction of raw (C, Z, Y, X), any numeric dtype, held in memory.
+
+    threads: torch's intra-op threads (None: the checkpoint's ``train.threads``).
+    """
     array = np.asarray(raw)
     shape = _spatial_shape(array, trained)
     tiling = plan_tiling(trained, shape, core, margin)
     parts: dict[str, npt.NDArray[np.float32]] = {}
-    for box, tile in iterate_tiles(trained, array, tiling, seed):
+    for box, tile in iterate_tiles(trained, array, tiling, seed, threads):
         for name, value in _named(tile).items():
             if name not in parts:
                 parts[name] = np.zeros((*value.shape[:-3], *shape), np.float32)
@@ -183,13 +187,14 @@ def predict_to_zarr(
     seed: int = 0,
     sample_budget_bytes: int = SAMPLE_BUDGET_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
 ) -> str:
     """Write the prediction of raw (C, Z, Y, X) to a zarr group at out; return its layout.
 
     raw is anything with ``shape`` and numpy slicing (numpy, zarr, h5py). Tiles are read,
     predicted and written one at a time. layout "auto" picks "samples" when S x (E + 1) x
     voxels in float16 fit sample_budget_bytes, else "moments" (see the module docstring).
-    ``progress(done, total)`` is called after each tile.
+    ``progress(done, total)`` is called after each tile; threads as in :func:`predict_array`.
     """
     chosen, tiling = prepare_prediction(
         trained,
@@ -203,7 +208,7 @@ def predict_to_zarr(
     )
     arrays = prediction_arrays(out)
     total = len(tiling.boxes(_spatial_shape(raw, trained)))
-    for done, (box, tile) in enumerate(iterate_tiles(trained, raw, tiling, seed), start=1):
+    for done, (box, tile) in enumerate(iterate_tiles(trained, raw, tiling, seed, threads), start=1):
         write_tile(arrays, box, tile, chosen)
         if progress is not None:
             progress(done, total)
@@ -249,11 +254,16 @@ def write_tile(arrays: dict[str, Any], box: Box, tile: Prediction, layout: str) 
 
 
 def iterate_tiles(
-    trained: TrainedModel, raw: Any, tiling: Tiling, seed: int = 0
+    trained: TrainedModel, raw: Any, tiling: Tiling, seed: int = 0, threads: int | None = None
 ) -> Iterator[tuple[Box, Prediction]]:
-    """Yield (core box, prediction of that core) for every tile of raw (C, Z, Y, X)."""
+    """Yield (core box, prediction of that core) for every tile of raw (C, Z, Y, X).
+
+    threads: torch's intra-op threads (None: the checkpoint's ``train.threads``). Callers
+    with a project pass its own: a checkpoint trained elsewhere must not decide how many
+    threads a worker here runs, and the bits of a result depend on the count.
+    """
     shape = _spatial_shape(raw, trained)
-    with torch_threads(trained.config.train.threads):
+    with torch_threads(trained.config.train.threads if threads is None else threads):
         calibrate(trained, raw)
         for box in tiling.boxes(shape):
             yield box, predict_tile(trained, raw, box, tiling.margin, seed)

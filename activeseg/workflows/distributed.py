@@ -41,6 +41,15 @@ R = TypeVar("R")
 TaskMap = Callable[[Callable[[J], R], Sequence[J]], Iterator[R]]
 
 TASK_RETRIES = 2
+# Dask settings of the local workers we start. Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for
+# its workers, which also turns off glibc's adaptive mmap threshold: every large tensor torch
+# frees is unmapped and the next one faults its pages in again (about 1.5x the CPU of a
+# crop, see BENCHMARKS.md "Scale-out"); its sampling profiler wakes every 10 ms. Workers
+# started elsewhere (dask-jobqueue, dask worker) should be started without them too: README.
+WORKER_SETTINGS = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 
 
 def with_compute(
@@ -105,6 +114,7 @@ def dask_client(compute: ComputeConfig) -> Iterator[Any]:
     """Yield a ``distributed.Client`` of compute's scheduler, or of a new LocalCluster of
     ``compute.workers`` single-threaded processes on 127.0.0.1 (closed after the block)."""
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError as exc:
         raise InputError(
@@ -116,13 +126,14 @@ def dask_client(compute: ComputeConfig) -> Iterator[Any]:
             log.info("using the Dask scheduler at %s", compute.scheduler)
             yield client
         return
-    cluster = LocalCluster(
-        n_workers=compute.workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
+    with dask.config.set(WORKER_SETTINGS):
+        cluster = LocalCluster(
+            n_workers=compute.workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
     with cluster, Client(cluster) as client:
         log.info("started a LocalCluster of %d workers", compute.workers)
         yield client

@@ -89,7 +89,7 @@ def _predict_volume(
     raw = raw_array(path)
     if not fits_in_memory(trained, tuple(raw.shape[1:])):
         return _predict_volume_streamed(project, trained, path, volume.name)
-    prediction = predict_array(trained, read_raw(path))
+    prediction = predict_array(trained, read_raw(path), threads=project.config.train.threads)
     options = project.config.cluster.options()
     spaces = trained.config.model.embedding_spaces
     consensus = segment_consensus(
@@ -113,7 +113,7 @@ def _predict_volume_streamed(
     The instance-risk AUROC needs every sample clustered over the whole volume: it is NaN."""
     with tempfile.TemporaryDirectory(prefix=".evaluate-", dir=project.root) as scratch:
         out = Path(scratch) / "prediction.zarr"
-        predict_to_zarr(trained, raw_array(path), out)
+        predict_to_zarr(trained, raw_array(path), out, threads=project.config.train.threads)
         shared = trained.config.model.shared_embedding
         write_consensus(out, project.config.cluster, shared=shared)
         group = zarr.open_group(str(out), mode="r")

@@ -166,7 +166,10 @@ def predict_volume(
         reference = RawRef(str(resolve_volume(project, volume).resolve()), fmt, raw_key)
         chosen = predict_on_cluster(project, trained, reference, out, chosen_layout)
     else:
-        chosen = predict_to_zarr(trained, raw, out, layout=chosen_layout, progress=progress)
+        threads = project.config.train.threads
+        chosen = predict_to_zarr(
+            trained, raw, out, layout=chosen_layout, progress=progress, threads=threads
+        )
     shared = trained.config.model.shared_embedding
     if chosen == "moments" and not shared:
         log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
@@ -209,6 +212,7 @@ class TileJob:
     margin: tuple[int, int, int]
     seed: int
     layout: str
+    threads: int
 
 
 def predict_on_cluster(
@@ -222,8 +226,9 @@ def predict_on_cluster(
     if ref is None:
         raise InputError("a cluster prediction needs a model saved in a checkpoint folder")
     shape = (int(raw.shape[1]), int(raw.shape[2]), int(raw.shape[3]))
+    threads = project.config.train.threads
     jobs = [
-        TileJob(ref, source, str(out.resolve()), box, tiling.margin, 0, chosen)
+        TileJob(ref, source, str(out.resolve()), box, tiling.margin, 0, chosen, threads)
         for box in tiling.boxes(shape)
     ]
     with task_map(project.config.compute) as run:
@@ -237,7 +242,7 @@ def predict_tile_job(job: TileJob) -> None:
     """Predict one tile and write it into the prediction group (runs on a worker)."""
     raw = job.raw.open()
     trained = loaded_model(job.model)
-    with torch_threads(trained.config.train.threads):  # as serial predict: the same bits
+    with torch_threads(job.threads):  # the project's, as serial predict: the same bits
         calibrated_model(job.model, (job.raw, job.out), lambda model: calibrate(model, raw))
         tile = predict_tile(trained, raw, job.box, job.margin, job.seed)
     write_tile(prediction_arrays(Path(job.out)), job.box, tile, job.layout)

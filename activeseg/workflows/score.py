@@ -120,7 +120,7 @@ class CropAnalysis:
 
 def analyse_crop(trained: TrainedModel, raw: npt.NDArray[Any], config: Config) -> CropAnalysis:
     """Return the model's segmentation and uncertainty of one raw (C, Z, Y, X) crop."""
-    prediction = predict_array(trained, raw)
+    prediction = predict_array(trained, raw, threads=config.train.threads)
     options = config.cluster.options()
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     spaces = trained.config.model.embedding_spaces

@@ -21,7 +21,7 @@ from activeseg.config import ComputeConfig
 from activeseg.core import tiling
 from activeseg.errors import InputError
 from activeseg.pool import rounds as pool_rounds
-from activeseg.workflows.distributed import ModelRef, task_map, with_compute
+from activeseg.workflows.distributed import ModelRef, dask_client, task_map, with_compute
 from activeseg.workflows.loop import run_round
 from activeseg.workflows.predict import CONSENSUS, predict_volume
 from activeseg.workflows.project import Project, open_project
@@ -158,3 +158,16 @@ def test_two_workers_predict_a_volume_as_one_process_does(
     assert want.keys() == have.keys() and CONSENSUS in want
     for name in want:
         assert want[name].tobytes() == have[name].tobytes(), name
+
+
+@pytest.mark.slow
+def test_local_workers_keep_the_allocator_and_run_no_profiler() -> None:
+    def settings() -> tuple[str | None, bool]:
+        import dask
+
+        enabled = bool(dask.config.get("distributed.worker.profile.enabled"))
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), enabled
+
+    with dask_client(ComputeConfig(workers=1)) as client:
+        # Dask's own default trims at 64 KiB, which makes every freed tensor unmapped
+        assert list(client.run(settings).values()) == [(None, False)]

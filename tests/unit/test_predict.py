@@ -343,3 +343,23 @@ def test_the_default_core_shrinks_until_a_tile_fits_the_memory_budget() -> None:
     assert predict._fit_budget((8, 8, 8), (512, 512, 512), (8, 8, 8), 16) == (8, 8, 8)
     trained = trained_model()
     assert plan_tiling(trained, SHAPE, core=(6, 24, 24)).core == (6, 24, 24)  # asked: kept
+
+
+def test_inference_runs_on_the_callers_threads_not_the_checkpoints() -> None:
+    from activeseg.workflows.score import analyse_crop
+
+    base = trained_model()
+    saved = base.config.train.model_copy(update={"threads": 3})  # saved where cores abound
+    trained = TrainedModel(
+        base.model, base.config.model_copy(update={"train": saved}), base.normalization
+    )
+    seen: list[int] = []
+    conv = next(m for m in trained.model.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    predict_array(trained, volume())
+    assert set(seen) == {3}  # no caller's count: the checkpoint's
+    seen.clear()
+    config = load_config("smoke")
+    config = config.model_copy(update={"train": config.train.model_copy(update={"threads": 1})})
+    analyse_crop(trained, volume(), config)  # the project's (a Dask worker's) count wins
+    assert seen and set(seen) == {1}

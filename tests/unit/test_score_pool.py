@@ -37,7 +37,7 @@ class FakeModel:
         self.calls = 0
         self.crash_after = crash_after
 
-    def __call__(self, trained: Any, raw: npt.ArrayLike) -> Prediction:
+    def __call__(self, trained: Any, raw: npt.ArrayLike, threads: int | None = None) -> Prediction:
         if self.crash_after is not None and self.calls >= self.crash_after:
             raise CrashAfter(f"killed after {self.calls} crops")
         self.calls += 1
