@@ -14,8 +14,9 @@ overhead per task is measured (a no-op mapped over ``--overhead-tasks`` jobs on 
 and the model of K workers is printed: per-crop cost x crops / K + overhead x crops +
 start-up. Goal: dask-2 >= 1.8x serial (2 workers on 2 cores, a pool large enough).
 
-Each variant's result goes to benchmarks/results/bench_dask_scoring/<variant>.json and is not
-run again while that file exists (delete it, or pass --fresh).
+Each variant's result goes to benchmarks/results/bench_dask_scoring/<pool>/<variant>.json
+(one folder per pool size, crop and thread setting) and is not run again while that file
+exists (delete it, or pass --fresh).
 
     .venv/bin/python benchmarks/bench_dask_scoring.py [--volumes 2] [--shape 16 128 128]
         [--crop 16 32 32] [--threads 1] [--overhead-tasks 500] [--fresh]
@@ -88,11 +89,18 @@ def variant_config(config: Config, threads: int, scheduler: str | None = None) -
 
 
 def run_variant(
-    name: str, base: Path, model: Path, config: Config, work: Path, fresh: bool, workers: int
+    name: str,
+    base: Path,
+    model: Path,
+    config: Config,
+    work: Path,
+    fresh: bool,
+    workers: int,
+    results: Path,
 ) -> dict[str, Any]:
     """Return a variant's result, from its results file when one exists; workers > 0 runs it
     on a LocalCluster of that many workers, started (and timed) before the score stage."""
-    path = RESULTS / f"{name}.json"
+    path = results / f"{name}.json"
     if path.exists() and not fresh:
         print(f"{name}: from {path}")
         return dict(json.loads(path.read_text()))
@@ -116,9 +124,15 @@ def run_variant(
         result = score_once(root, model, config)
     result["scores"] = {str(k): v for k, v in result["scores"].items()}
     result["load"] = (load + os.getloadavg()[0]) / 2
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def pool_name(args: argparse.Namespace) -> str:
+    """Return the results folder of a pool and thread setting, e.g. v4-16x128x128-c16x32x32-t1."""
+    shape, crop = ("x".join(map(str, v)) for v in (args.shape, args.crop))
+    return f"v{args.volumes}-{shape}-c{crop}-t{args.threads}"
 
 
 def _noop(x: int) -> int:
@@ -154,17 +168,18 @@ def main() -> None:
         base = work / "base"
         make_project(base, config, sources).engine.dispose()
         model = untrained_checkpoint(work / "model", config, 3)
+        results = RESULTS / pool_name(args)
         variants = {
             "serial": (variant_config(config, args.threads), 0),
             f"serial-{cores}t": (variant_config(config, cores), 0),
             "dask-1": (variant_config(config, args.threads), 1),
             "dask-2": (variant_config(config, args.threads), 2),
         }
-        results = {
-            name: run_variant(name, base, model, cfg, work, args.fresh, workers)
+        measured = {
+            name: run_variant(name, base, model, cfg, work, args.fresh, workers, results)
             for name, (cfg, workers) in variants.items()
         }
-    report(results, args, cores)
+    report(measured, args, cores)
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, cores: int) -> None:

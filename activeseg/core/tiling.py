@@ -130,6 +130,20 @@ def plan_tiling(
     return Tiling(_fit_budget(wanted, context, divisor, trained.config.model.widths[0]), context)
 
 
+def crop_tiling(trained: TrainedModel, shape: Triple) -> Tiling:
+    """Return the tiling of a crop predicted on its own: one tile of the crop, no margin.
+
+    The network then sees the crop as training sees a patch (its convolutions pad the
+    borders), at a fraction of the work of a margin of the receptive field around it, which
+    holds only zeros for a crop read alone. A crop over TILE_FEATURE_BUDGET is tiled with
+    margins as a volume is (:func:`plan_tiling`), so its tiles still meet without seams.
+    """
+    core = _round_up(shape, trained.model.divisor())
+    if trained.config.model.widths[0] * int(np.prod(core)) <= TILE_FEATURE_BUDGET:
+        return Tiling(core, (0, 0, 0))
+    return plan_tiling(trained, shape)
+
+
 def _fit_budget(core: Triple, margin: Triple, divisor: Triple, width: int) -> Triple:
     """Return core, its largest axis halved (to a multiple of divisor) until a tile of it with
     margin times width (the U-Net's full-resolution channels) fits TILE_FEATURE_BUDGET."""

@@ -43,7 +43,7 @@ from activeseg.core.models.checkpoint import (
     TrainedModel,
     load_model,
 )
-from activeseg.core.tiling import predict_array, torch_threads
+from activeseg.core.tiling import crop_tiling, predict_array, torch_threads
 from activeseg.core.uncertainty import (
     InstanceRisk,
     choose_slices,
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 COLUMNS = ("uncertainty", "bald", "instance", "cost")
 # Bump when what a score holds changes: every cached score is then computed again.
-SCORE_VERSION = "scores-1"
+SCORE_VERSION = "scores-2"  # 2: a crop is predicted on its own, without margin
 COMMIT_EVERY = 16
 
 
@@ -119,8 +119,13 @@ class CropAnalysis:
 
 
 def analyse_crop(trained: TrainedModel, raw: npt.NDArray[Any], config: Config) -> CropAnalysis:
-    """Return the model's segmentation and uncertainty of one raw (C, Z, Y, X) crop."""
-    prediction = predict_array(trained, raw, threads=config.train.threads)
+    """Return the model's segmentation and uncertainty of one raw (C, Z, Y, X) crop, predicted
+    on its own as training sees a patch (:func:`activeseg.core.tiling.crop_tiling`)."""
+    z, y, x = (int(n) for n in raw.shape[1:])
+    tiling = crop_tiling(trained, (z, y, x))
+    prediction = predict_array(
+        trained, raw, core=tiling.core, margin=tiling.margin, threads=config.train.threads
+    )
     options = config.cluster.options()
     samples = segment_samples(prediction.foreground, prediction.embedding, **options)
     spaces = trained.config.model.embedding_spaces

@@ -363,3 +363,28 @@ def test_inference_runs_on_the_callers_threads_not_the_checkpoints() -> None:
     config = config.model_copy(update={"train": config.train.model_copy(update={"threads": 1})})
     analyse_crop(trained, volume(), config)  # the project's (a Dask worker's) count wins
     assert seen and set(seen) == {1}
+
+
+def test_a_crop_is_predicted_in_one_pass_without_margin() -> None:
+    from activeseg.workflows.score import analyse_crop
+
+    trained = trained_model()
+    inputs: list[tuple[int, ...]] = []
+    conv = next(m for m in trained.model.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda _, args, out: inputs.append(tuple(args[0].shape[2:])))
+    crop = volume()[:, :8, :16, :16]  # a multiple of the pooling divisor
+    analyse_crop(trained, crop, trained.config)
+    # the crop as a training patch (calibration, then one pass), with no receptive field of
+    # zeros around it
+    assert inputs and set(inputs) == {(8, 16, 16)}
+
+
+def test_a_crop_over_the_tile_budget_is_tiled_with_margins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trained = trained_model()
+    width = trained.config.model.widths[0]
+    monkeypatch.setattr(predict, "TILE_FEATURE_BUDGET", width * 8 * 16 * 16)
+    tiling = predict.crop_tiling(trained, (8, 32, 32))
+    assert tiling.margin != (0, 0, 0) and tiling == plan_tiling(trained, (8, 32, 32))
+    assert predict.crop_tiling(trained, (8, 16, 16)) == Tiling((8, 16, 16), (0, 0, 0))

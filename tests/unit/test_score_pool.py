@@ -30,6 +30,10 @@ class CrashAfter(RuntimeError):
     """Raised by the fake model after its allowed number of calls."""
 
 
+# What the score stage needs of a loaded checkpoint when FakeModel stands in for the network.
+FAKE_TRAINED = SimpleNamespace(config=Config(), model=SimpleNamespace(divisor=lambda: (1, 1, 1)))
+
+
 class FakeModel:
     """A deterministic stand-in for ``predict_array`` that counts calls (and can crash)."""
 
@@ -37,7 +41,7 @@ class FakeModel:
         self.calls = 0
         self.crash_after = crash_after
 
-    def __call__(self, trained: Any, raw: npt.ArrayLike, threads: int | None = None) -> Prediction:
+    def __call__(self, trained: Any, raw: npt.ArrayLike, **tiling: Any) -> Prediction:
         if self.crash_after is not None and self.calls >= self.crash_after:
             raise CrashAfter(f"killed after {self.calls} crops")
         self.calls += 1
@@ -63,7 +67,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeModel:
     """Return the fake model, installed in place of loading and predicting."""
     model = FakeModel()
     monkeypatch.setattr(score, "predict_array", model)
-    monkeypatch.setattr(score, "load_model", lambda path: SimpleNamespace(config=Config()))
+    monkeypatch.setattr(score, "load_model", lambda path: FAKE_TRAINED)
     return model
 
 
@@ -198,7 +202,7 @@ def test_a_budget_prefers_crops_the_model_already_scored(
 def test_a_killed_score_stage_resumes_without_rescoring(
     pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(score, "load_model", lambda path: SimpleNamespace(config=Config()))
+    monkeypatch.setattr(score, "load_model", lambda path: FAKE_TRAINED)
     reference = _copy(pool, tmp_path / "reference")
     monkeypatch.setattr(score, "predict_array", FakeModel())
     ref_id, ref_number = _round(reference)
