@@ -353,14 +353,22 @@ def cluster_block(
     decreasing size, as :func:`activeseg.core.cluster.segment_consensus` labels a volume.
 
     With several embedding spaces the mean foreground is clustered in each one and the
-    members' labels are fused by vote (:func:`activeseg.core.cluster.fuse_segmentations`):
-    memory holds one block's labels per member, and one embedding channel at a time.
+    members' labels are fused by vote (:func:`activeseg.core.cluster.fuse_segmentations`).
+    Embeddings are read one channel at a time; the members' labels, one per foreground voxel
+    of the box, are fused over those voxels only (background votes for no instance, so the
+    result is the same) to keep the fusion's memory that of the foreground.
     """
     mask = maps.foreground(box) > cluster.threshold
+    labels = np.zeros(mask.shape, np.uint32)
+    if not mask.any():
+        return labels
     members = [_cluster_space(maps, box, mask, k, cluster, device) for k in range(maps.spaces)]
     if len(members) == 1:
-        return members[0]
-    return fuse_segmentations(np.stack(members), min_size=cluster.min_size)
+        labels[mask] = members[0]
+    else:
+        stacked = np.stack(members)[:, None, None, :]  # (K, 1, 1, N): a volume of N voxels
+        labels[mask] = fuse_segmentations(stacked, min_size=cluster.min_size)[0, 0]
+    return labels
 
 
 def _cluster_space(
@@ -370,11 +378,8 @@ def _cluster_space(
     space: int,
     cluster: ClusterOptions,
     device: str | torch.device,
-) -> LabelImage:
-    """Return the (z, y, x) uint32 mean-shift instances of box's masked voxels in one space."""
-    labels = np.zeros(mask.shape, np.uint32)
-    if not mask.any():
-        return labels
+) -> npt.NDArray[np.uint32]:
+    """Return the (N,) uint32 mean-shift labels of box's N masked voxels in one space."""
     points = torch.from_numpy(maps.points(box, mask, space)).to(device)
     found = mean_shift(
         points,
@@ -385,8 +390,7 @@ def _cluster_space(
         merge_fraction=cluster.merge_fraction,
         seed=cluster.seed,
     )
-    labels[mask] = found.cpu().numpy()
-    return labels
+    return found.cpu().numpy().astype(np.uint32)
 
 
 def anchored(labels: LabelImage, core: Box) -> LabelImage:
