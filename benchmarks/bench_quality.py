@@ -125,7 +125,8 @@ def consensus(trained: TrainedModel, seed: int) -> Consensus:
     config = trained.config
     volume = generate_mcfo(config.synth.shape, config.synth.neurons, seed)
     prediction = predict_array(trained, volume.raw)
-    # ensemble members embed into unrelated spaces: cluster in the first one's, as the product
+    # ensemble members embed into unrelated spaces: tune in the first one's (the product
+    # clusters in each member's and fuses them, segment_consensus)
     shared = config.model.shared_embedding
     embedding = prediction.embedding.mean(axis=0) if shared else prediction.embedding[0]
     return Consensus(prediction.foreground.mean(axis=0), embedding, volume.instances)

@@ -7,7 +7,8 @@ blocks (large enough for neurons to meet inside), each block is clustered with a
 context on every side, and instances are joined across block borders where two blocks agree:
 
 1. every block's *outer* box (its core plus ``margin``, clipped to the volume) is clustered on
-   its own (:func:`activeseg.core.cluster.mean_shift`); parts of a cluster in foreground pieces
+   its own (:func:`activeseg.core.cluster.mean_shift`; an ensemble's in each member's
+   embedding space, the members' labels fused by vote); parts of a cluster in foreground pieces
    apart from its core part are dropped (:func:`anchored`: a look-alike of a neighbour's core,
    clustered with a neuron of this one, must not join them); the labels get ids unique
    over the volume and are kept in a :class:`LabelStore` (on disk for large volumes);
@@ -19,8 +20,8 @@ context on every side, and instances are joined across block borders where two b
 
 A neuron cut by a border is one instance (both blocks cluster the same voxels of the shared
 margin); look-alikes in different blocks, never sharing margin voxels, stay apart. A volume
-that fits one block is clustered exactly as :func:`activeseg.core.cluster.segment` does.
-Memory holds one block's maps and labels at a time, whatever the volume's size.
+that fits one block is clustered exactly as :func:`activeseg.core.cluster.segment_consensus`
+does. Memory holds one block's maps and labels at a time, whatever the volume's size.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import zarr
 from skimage.measure import label as label_components
 
 from activeseg.config import Triple
-from activeseg.core.cluster import Kernel, mean_shift
+from activeseg.core.cluster import Kernel, fuse_segmentations, mean_shift
 from activeseg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -105,25 +106,35 @@ def _intersection(a: Box, b: Box) -> Box | None:
 
 
 class MeanMaps(Protocol):
-    """The maps clustered into instances, read box by box."""
+    """The maps clustered into instances, read box by box: a mean foreground and the mean
+    embedding of each of ``spaces`` embedding spaces (one per independently trained member)."""
 
     @property
     def shape(self) -> Triple:
         """Return the (Z, Y, X) shape of the volume."""
         ...
 
+    @property
+    def spaces(self) -> int:
+        """Return K, the number of embedding spaces whose clusterings are fused."""
+        ...
+
     def foreground(self, box: Box) -> npt.NDArray[np.float32]:
         """Return the (z, y, x) float32 mean foreground probability inside box."""
         ...
 
-    def points(self, box: Box, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-        """Return the (N, E) float32 embeddings of the voxels of box where mask is True."""
+    def points(
+        self, box: Box, mask: npt.NDArray[np.bool_], space: int = 0
+    ) -> npt.NDArray[np.float32]:
+        """Return the (N, E) float32 embeddings, in embedding space ``space`` (0..K-1), of the
+        voxels of box where mask is True."""
         ...
 
 
 @dataclass(frozen=True)
 class ArrayMaps:
-    """Mean maps held in arrays (numpy or zarr): foreground (Z, Y, X), embedding (E, Z, Y, X).
+    """Mean maps held in arrays (numpy or zarr): foreground (Z, Y, X), embedding (E, Z, Y, X),
+    or (K, E, Z, Y, X) with one mean embedding per member's space (K = ``spaces``).
 
     Embeddings are read one channel at a time, so a block costs one channel of memory.
     """
@@ -137,15 +148,23 @@ class ArrayMaps:
         z, y, x = (int(n) for n in self.foreground_array.shape)
         return z, y, x
 
+    @property
+    def spaces(self) -> int:
+        """Return K: the length of the embedding's member axis, 1 without one."""
+        return int(self.embedding_array.shape[0]) if self.embedding_array.ndim == 5 else 1
+
     def foreground(self, box: Box) -> npt.NDArray[np.float32]:
         """Return the foreground inside box as float32."""
         return np.asarray(self.foreground_array[box], dtype=np.float32)
 
-    def points(self, box: Box, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-        """Return the embeddings of the masked voxels of box, (N, E) float32."""
+    def points(
+        self, box: Box, mask: npt.NDArray[np.bool_], space: int = 0
+    ) -> npt.NDArray[np.float32]:
+        """Return the embeddings (of member space's) of the masked voxels of box, (N, E)."""
+        member = (space,) if self.embedding_array.ndim == 5 else ()
         channels = [
-            np.asarray(self.embedding_array[(e, *box)], dtype=np.float32)[mask]
-            for e in range(int(self.embedding_array.shape[0]))
+            np.asarray(self.embedding_array[(*member, e, *box)], dtype=np.float32)[mask]
+            for e in range(int(self.embedding_array.shape[-4]))
         ]
         return np.ascontiguousarray(np.stack(channels, axis=1))
 
@@ -154,14 +173,20 @@ class ArrayMaps:
 class SampleMaps:
     """Mean maps of per-sample arrays: foreground (S, Z, Y, X), embedding (S, E, Z, Y, X).
 
-    The means are those numpy's ``mean(axis=0)`` gives, summed one sample at a time; with
-    ``shared`` False (ensemble members with unrelated embedding spaces) the first sample's
-    embedding is used instead of the mean.
+    The samples come in ``spaces`` equal consecutive groups, one per embedding space (as in
+    :func:`activeseg.core.cluster.segment_consensus`): the foreground is the mean over all
+    samples, the embedding of space k the mean over group k. The means are those numpy's
+    ``mean`` gives, summed one sample at a time.
     """
 
     foreground_array: Any
     embedding_array: Any
-    shared: bool = True
+    spaces: int = 1
+
+    def __post_init__(self) -> None:
+        samples = int(self.embedding_array.shape[0])
+        if self.spaces < 1 or samples % self.spaces:
+            raise InputError(f"{samples} samples do not split into {self.spaces} embedding spaces")
 
     @property
     def shape(self) -> Triple:
@@ -171,11 +196,15 @@ class SampleMaps:
 
     def foreground(self, box: Box) -> npt.NDArray[np.float32]:
         """Return the sample mean of the foreground inside box."""
-        return _sample_mean(self.foreground_array, (), box, int(self.foreground_array.shape[0]))
+        samples = range(int(self.foreground_array.shape[0]))
+        return _sample_mean(self.foreground_array, (), box, samples)
 
-    def points(self, box: Box, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
-        """Return the sample mean embeddings (or the first sample's) of the masked voxels."""
-        samples = int(self.embedding_array.shape[0]) if self.shared else 1
+    def points(
+        self, box: Box, mask: npt.NDArray[np.bool_], space: int = 0
+    ) -> npt.NDArray[np.float32]:
+        """Return the mean embeddings of space's group of samples at the masked voxels."""
+        group = int(self.embedding_array.shape[0]) // self.spaces
+        samples = range(space * group, (space + 1) * group)
         channels = [
             _sample_mean(self.embedding_array, (e,), box, samples)[mask]
             for e in range(int(self.embedding_array.shape[1]))
@@ -184,14 +213,14 @@ class SampleMaps:
 
 
 def _sample_mean(
-    array: Any, lead: tuple[int, ...], box: Box, samples: int
+    array: Any, lead: tuple[int, ...], box: Box, samples: range
 ) -> npt.NDArray[np.float32]:
-    """Return the float32 mean of array[s, *lead, *box] over s < samples, summed and divided
-    as numpy's ``mean(axis=0)`` does (so the result is the same to the bit)."""
-    total = np.asarray(array[(0, *lead, *box)], dtype=np.float32)
-    for s in range(1, samples):
+    """Return the float32 mean of array[s, *lead, *box] over s in samples, summed and divided
+    as numpy's ``mean`` over a sample axis does (so the result is the same to the bit)."""
+    total = np.asarray(array[(samples[0], *lead, *box)], dtype=np.float32)
+    for s in samples[1:]:
         total += np.asarray(array[(s, *lead, *box)], dtype=np.float32)
-    return np.true_divide(total, np.intp(samples), out=total, casting="unsafe")
+    return np.true_divide(total, np.intp(len(samples)), out=total, casting="unsafe")
 
 
 class LabelStore(Protocol):
@@ -321,12 +350,37 @@ def cluster_block(
     maps: MeanMaps, box: Box, cluster: ClusterOptions, device: str | torch.device = "cpu"
 ) -> LabelImage:
     """Return the (z, y, x) uint32 instances of one box clustered on its own: ids 1..K by
-    decreasing size, as :func:`activeseg.core.cluster.segment` labels a volume."""
+    decreasing size, as :func:`activeseg.core.cluster.segment_consensus` labels a volume.
+
+    With several embedding spaces the mean foreground is clustered in each one and the
+    members' labels are fused by vote (:func:`activeseg.core.cluster.fuse_segmentations`).
+    Embeddings are read one channel at a time; the members' labels, one per foreground voxel
+    of the box, are fused over those voxels only (background votes for no instance, so the
+    result is the same) to keep the fusion's memory that of the foreground.
+    """
     mask = maps.foreground(box) > cluster.threshold
     labels = np.zeros(mask.shape, np.uint32)
     if not mask.any():
         return labels
-    points = torch.from_numpy(maps.points(box, mask)).to(device)
+    members = [_cluster_space(maps, box, mask, k, cluster, device) for k in range(maps.spaces)]
+    if len(members) == 1:
+        labels[mask] = members[0]
+    else:
+        stacked = np.stack(members)[:, None, None, :]  # (K, 1, 1, N): a volume of N voxels
+        labels[mask] = fuse_segmentations(stacked, min_size=cluster.min_size)[0, 0]
+    return labels
+
+
+def _cluster_space(
+    maps: MeanMaps,
+    box: Box,
+    mask: npt.NDArray[np.bool_],
+    space: int,
+    cluster: ClusterOptions,
+    device: str | torch.device,
+) -> npt.NDArray[np.uint32]:
+    """Return the (N,) uint32 mean-shift labels of box's N masked voxels in one space."""
+    points = torch.from_numpy(maps.points(box, mask, space)).to(device)
     found = mean_shift(
         points,
         cluster.bandwidth,
@@ -336,8 +390,7 @@ def cluster_block(
         merge_fraction=cluster.merge_fraction,
         seed=cluster.seed,
     )
-    labels[mask] = found.cpu().numpy()
-    return labels
+    return found.cpu().numpy().astype(np.uint32)
 
 
 def anchored(labels: LabelImage, core: Box) -> LabelImage:

@@ -22,6 +22,8 @@ Zarr output (a v3 group) has one of two layouts, recorded in its ``layout`` attr
 
     foreground_mean (Z, Y, X) float32       foreground_var (Z, Y, X) float32
     embedding_mean  (E, Z, Y, X) float16    embedding_var  (Z, Y, X) float32, summed over E
+                    (K, E, Z, Y, X) for K embedding spaces (an ensemble's members): each
+                    member's mean, since means across unrelated spaces cannot be clustered
     aleatoric_var   (Z, Y, X) float32, the mean over samples, only for aleatoric models
     embedding_scale (Z, Y, X) float32, the mean over samples, only for aleatoric models
 
@@ -261,7 +263,7 @@ def prediction_arrays(out: Path) -> dict[str, Any]:
 
 def write_tile(arrays: dict[str, Any], box: Box, tile: Prediction, layout: str) -> None:
     """Write the prediction of one tile's core box into the arrays of a prediction group."""
-    values = _named(tile) if layout == "samples" else _moments(tile)
+    values = _named(tile) if layout == "samples" else _moments(tile, _spaces(arrays))
     values[UNCERTAINTY] = mutual_information(tile.foreground)
     for name, value in values.items():
         arrays[name][(..., *box)] = value.astype(arrays[name].dtype)
@@ -383,19 +385,35 @@ def _named(tile: Prediction) -> dict[str, npt.NDArray[np.float32]]:
     return named
 
 
-def _moments(tile: Prediction) -> dict[str, npt.NDArray[np.float32]]:
-    """Return per-voxel mean and variance over the S samples of a tile, by output name."""
+def _moments(tile: Prediction, spaces: int) -> dict[str, npt.NDArray[np.float32]]:
+    """Return per-voxel mean and variance over the S samples of a tile, by output name; the
+    embedding's mean is taken per embedding space when there are several (see the module)."""
+    embedding = tile.embedding
     moments = {
         "foreground_mean": tile.foreground.mean(axis=0),
         "foreground_var": tile.foreground.var(axis=0),
-        "embedding_mean": tile.embedding.mean(axis=0),
-        "embedding_var": tile.embedding.var(axis=0).sum(axis=0),
+        "embedding_mean": _space_means(embedding, spaces),
+        "embedding_var": embedding.var(axis=0).sum(axis=0),
     }
     if tile.aleatoric_var is not None:
         moments["aleatoric_var"] = tile.aleatoric_var.mean(axis=0)
     if tile.embedding_scale is not None:
         moments["embedding_scale"] = tile.embedding_scale.mean(axis=0)
     return moments
+
+
+def _space_means(embedding: npt.NDArray[np.float32], spaces: int) -> npt.NDArray[np.float32]:
+    """Return the mean over samples of embedding (S, E, Z, Y, X): (E, Z, Y, X) for one space,
+    else (K, E, Z, Y, X), the mean of each of K equal consecutive groups of samples."""
+    if spaces == 1:
+        return embedding.mean(axis=0)
+    return embedding.reshape(spaces, -1, *embedding.shape[1:]).mean(axis=1)
+
+
+def _spaces(arrays: dict[str, Any]) -> int:
+    """Return the embedding spaces of a moments prediction: its embedding_mean's member axis."""
+    embedding_mean = arrays["embedding_mean"]
+    return int(embedding_mean.shape[0]) if embedding_mean.ndim == 5 else 1
 
 
 def _choose_layout(trained: TrainedModel, shape: Triple, layout: Layout, budget: int) -> str:
@@ -412,6 +430,7 @@ def _create_arrays(
 ) -> dict[str, Any]:
     """Create and return the output arrays of a layout, chunked by the tiling's cores."""
     s, e = trained.model.n_samples, trained.config.model.embed_dim
+    k = trained.config.model.embedding_spaces
     chunk = tuple(min(c, n) for c, n in zip(core, shape, strict=True))
     if layout == "samples":
         specs: dict[str, tuple[tuple[int, ...], type[np.floating[Any]]]] = {
@@ -424,7 +443,7 @@ def _create_arrays(
         specs = {
             "foreground_mean": ((), np.float32),
             "foreground_var": ((), np.float32),
-            "embedding_mean": ((e,), np.float16),
+            "embedding_mean": ((e,) if k == 1 else (k, e), np.float16),
             "embedding_var": ((), np.float32),
             "aleatoric_var": ((), np.float32),
             "embedding_scale": ((), np.float32),

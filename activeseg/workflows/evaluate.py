@@ -114,8 +114,8 @@ def _predict_volume_streamed(
     with tempfile.TemporaryDirectory(prefix=".evaluate-", dir=project.root) as scratch:
         out = Path(scratch) / "prediction.zarr"
         predict_to_zarr(trained, raw_array(path), out, threads=project.config.train.threads)
-        shared = trained.config.model.shared_embedding
-        write_consensus(out, project.config.cluster, shared=shared)
+        spaces = trained.config.model.embedding_spaces
+        write_consensus(out, project.config.cluster, spaces=spaces)
         group = zarr.open_group(str(out), mode="r")
         consensus = np.asarray(zarr.open_array(str(out), path=CONSENSUS, mode="r")[...], np.uint32)
         truth = read_ground_truth(path)

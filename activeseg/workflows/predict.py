@@ -170,10 +170,8 @@ def predict_volume(
         chosen = predict_to_zarr(
             trained, raw, out, layout=chosen_layout, progress=progress, threads=threads
         )
-    shared = trained.config.model.shared_embedding
-    if chosen == "moments" and not shared:
-        log.warning("ensemble members' mean embedding is clustered: predict with --samples samples")
-    n = write_consensus(out, project.config.cluster, shared=shared, stitch=stitch)
+    spaces = trained.config.model.embedding_spaces
+    n = write_consensus(out, project.config.cluster, spaces=spaces, stitch=stitch)
     placement = Placement(source_voxel_size(project, volume, fmt, raw_key))
     source = volume if not Path(volume).exists() else str(Path(volume).resolve())
     describe_prediction(out, placement, n, image=UNCERTAINTY, labels=CONSENSUS, source=source)
@@ -248,11 +246,12 @@ def predict_tile_job(job: TileJob) -> None:
     write_tile(prediction_arrays(Path(job.out)), job.box, tile, job.layout)
 
 
-def prediction_maps(group: zarr.Group, shared: bool = True) -> MeanMaps:
+def prediction_maps(group: zarr.Group, spaces: int = 1) -> MeanMaps:
     """Return the mean maps of a prediction group to cluster (see segment_consensus): sample
-    means of a samples layout (the first sample's embedding unless shared), or the moments."""
+    means of a samples layout, whose samples come in ``spaces`` embedding spaces (one per
+    ensemble member), or the moments (one mean embedding per member when they hold several)."""
     if group.attrs.get("layout") == "samples" or "embedding" in group:
-        return SampleMaps(group["foreground"], group["embedding"], shared)
+        return SampleMaps(group["foreground"], group["embedding"], spaces)
     if "foreground_mean" in group and "embedding_mean" in group:
         return ArrayMaps(group["foreground_mean"], group["embedding_mean"])
     raise VolumeFormatError(
@@ -262,15 +261,17 @@ def prediction_maps(group: zarr.Group, shared: bool = True) -> MeanMaps:
 
 
 def write_consensus(
-    out: Path, cluster: ClusterConfig, *, shared: bool = True, stitch: StitchOptions | None = None
+    out: Path, cluster: ClusterConfig, *, spaces: int = 1, stitch: StitchOptions | None = None
 ) -> int:
     """Return the number of consensus instances written to ``out``/consensus (uint32).
 
-    The prediction group's mean maps are clustered block by block and stitched; blocks' labels
-    wait in a scratch zarr beside ``out`` (removed afterwards) when there is more than one.
+    The prediction group's mean maps are clustered block by block and stitched; with several
+    embedding ``spaces`` (the model's ``embedding_spaces``) every block is clustered in each
+    and fused, as segment_consensus does. Blocks' labels wait in a scratch zarr beside ``out``
+    (removed afterwards) when there is more than one.
     """
     group = zarr.open_group(str(out), mode="a")
-    maps = prediction_maps(group, shared)
+    maps = prediction_maps(group, spaces)
     stitch = stitch or StitchOptions()
     chunks = tuple(min(b, n) for b, n in zip(stitch.block, maps.shape, strict=True))
     labels = group.create_array(

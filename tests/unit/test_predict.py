@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from activeseg.cli import app
 from activeseg.config import ClusterConfig, Config, load_config
 from activeseg.core import tiling as predict
-from activeseg.core.cluster import segment
+from activeseg.core.cluster import fuse_segmentations, segment, segment_consensus
 from activeseg.core.models.checkpoint import TrainedModel
 from activeseg.core.models.normalization import Normalization
 from activeseg.core.models.probabilistic import ProbabilisticModel
@@ -191,6 +192,16 @@ def test_zarr_moments_layout_holds_the_statistics_over_samples(tmp_path: Path) -
     assert read(group, "embedding_mean").shape == (4, *SHAPE)
 
 
+def test_moments_of_an_ensemble_keep_one_mean_embedding_per_member(tmp_path: Path) -> None:
+    trained = trained_model("ensemble")
+    raw = volume()
+    predict_to_zarr(trained, raw, tmp_path / "m.zarr", core=(6, 24, 24), sample_budget_bytes=1000)
+    stored = read(zarr.open_group(tmp_path / "m.zarr", mode="r"), "embedding_mean")
+    members = predict_array(trained, raw, core=(6, 24, 24)).embedding  # one sample per member
+    assert stored.shape == (4, 4, *SHAPE)
+    np.testing.assert_allclose(stored, members, rtol=2e-3, atol=2e-3)
+
+
 def test_raw_with_the_wrong_channels_is_refused() -> None:
     with pytest.raises(InputError, match="channels"):
         predict_array(trained_model(), np.zeros((2, *SHAPE), np.uint16))
@@ -250,6 +261,39 @@ def test_consensus_of_many_blocks_is_written_block_by_block_with_unique_ids(
     np.testing.assert_array_equal(stored, segment_volume(fg, emb, options, blocks))
     assert count == stored.max() and set(np.unique(stored)) == set(range(count + 1))
     assert not list(tmp_path.glob(".pred.zarr.blocks-*"))  # the scratch labels are gone
+
+
+@pytest.mark.parametrize("layout", ["samples", "moments"])
+def test_predict_fuses_the_members_of_an_ensemble_as_the_in_memory_consensus(
+    smoke_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    trained = trained_model("ensemble")
+    monkeypatch.setattr(predict_workflow, "latest_model_path", lambda _: tmp_path)
+    monkeypatch.setattr(predict_workflow, "load_model", lambda _: trained)
+    raw = tmp_path / "raw.zarr"
+    zarr.create_array(raw, data=volume())
+    first = predict_array(trained, volume())
+    cluster = _cluster_config(first.foreground.mean(axis=0), first.embedding[0])
+    config = smoke_project.config.model_copy(update={"cluster": cluster})
+    project = dataclasses.replace(smoke_project, config=config)
+    out = tmp_path / "pred.zarr"
+    result = predict_workflow.predict_volume(project, str(raw), out, layout)
+    group = zarr.open_group(out, mode="r")
+    options = cluster.options()
+    if layout == "samples":
+        fg = read(group, "foreground").astype(np.float32)
+        expected = segment_consensus(
+            fg, read(group, "embedding").astype(np.float32), spaces=4, **options
+        )
+        mean_fg, first_member = fg.mean(axis=0), read(group, "embedding")[0].astype(np.float32)
+    else:
+        mean_fg, members = read(group, "foreground_mean"), read(group, "embedding_mean")
+        per_member = [segment(mean_fg, m.astype(np.float32), **options) for m in members]
+        expected = fuse_segmentations(np.stack(per_member), min_size=cluster.min_size)
+        first_member = members[0].astype(np.float32)
+    np.testing.assert_array_equal(read(group, predict_workflow.CONSENSUS), expected)
+    assert result["instances"] == expected.max() > 1
+    assert not np.array_equal(segment(mean_fg, first_member, **options), expected)
 
 
 def test_the_uncertainty_map_is_the_mutual_information_of_the_samples(tmp_path: Path) -> None:

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activeseg.core.cluster import segment
+from activeseg.core.cluster import segment, segment_consensus
 from activeseg.core.stitching import (
     ArrayMaps,
+    Box,
     ClusterOptions,
+    MeanMaps,
+    SampleMaps,
     StitchOptions,
     ZarrStore,
     agreeing_labels,
@@ -120,6 +123,75 @@ def test_labels_agree_when_they_share_enough_of_the_smaller_one() -> None:
     assert pairs.tolist() == [[1, 7], [3, 9]]
     assert agreeing_labels(a, b, agreement=0.5, min_shared=3).tolist() == [[1, 7]]
     assert agreeing_labels(a * 0, b, 0.5, 1).shape == (0, 2)
+
+
+def member_samples(
+    truth: np.ndarray, spaces: list[dict[int, np.ndarray]], draws: int = 1, noise: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return foreground (S, Z, Y, X) and embeddings (S, E, Z, Y, X) of an ensemble: one group
+    of ``draws`` samples per member, each member placing the neurons at its own centres."""
+    fg, emb = [], []
+    for k, centres in enumerate(spaces):
+        for d in range(draws):
+            f, e = oracle_maps(truth, centres, noise, seed=k * draws + d)
+            fg.append(f - 0.1 * d)
+            emb.append(e)
+    return np.stack(fg), np.stack(emb)
+
+
+def blockwise(maps: MeanMaps, stitch: StitchOptions | None = None) -> np.ndarray:
+    """Return the stitched instances of maps, gathered in memory."""
+    out = np.zeros(maps.shape, np.uint32)
+
+    def write(box: Box, labels: np.ndarray) -> None:
+        out[box] = labels
+
+    segment_blockwise(maps, write, OPTIONS, stitch)
+    return out
+
+
+def test_an_ensemble_of_one_block_is_the_fused_consensus_bit_for_bit() -> None:
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 4, (6, 20, 20))
+    spaces = [{k: rng.normal(0, 1.5, 4) for k in (1, 2, 3)} for _ in range(3)]
+    spaces[0][3] = spaces[0][2]  # member 0 alone merges neurons 2 and 3
+    fg, emb = member_samples(truth, spaces, draws=2, noise=0.3)
+    fg += rng.normal(0, 0.2, fg.shape).astype(np.float32)
+    expected = segment_consensus(fg, emb, spaces=3, **_keywords(OPTIONS))
+    np.testing.assert_array_equal(blockwise(SampleMaps(fg, emb, spaces=3)), expected)
+    assert expected.max() == 3
+    first_member = ArrayMaps(fg.mean(axis=0), emb[:2].mean(axis=0))
+    assert blockwise(first_member).max() == 2
+
+
+def test_members_outvote_the_first_member_that_merges_two_neurons() -> None:
+    truth = np.zeros((8, 16, 32), np.uint32)
+    truth[1:3, 3:6, 2:30] = 1  # both cross the block border at x = 16
+    truth[5:7, 10:13, 2:30] = 2
+    merging = {1: np.array([2.0, 0.0, 0.0]), 2: np.array([2.0, 0.0, 0.0])}
+    spaces = [merging] + [{1: np.eye(3)[k] * 2, 2: np.eye(3)[k + 1] * -2} for k in (0, 1)]
+    fg, emb = member_samples(truth, spaces)
+    stitch = StitchOptions(block=(8, 16, 16), margin=(2, 4, 4))
+    first_only = blockwise(SampleMaps(fg[:1], emb[:1]), stitch)
+    assert len(np.unique(first_only[truth > 0])) == 1  # member 0's space merges them
+    fused = blockwise(SampleMaps(fg, emb, spaces=3), stitch)
+    assert same_partition(fused, truth)
+
+
+def test_sample_maps_refuse_samples_that_do_not_split_into_the_spaces() -> None:
+    with pytest.raises(InputError, match="3 samples"):
+        SampleMaps(np.ones((3, 2, 2, 2)), np.ones((3, 2, 2, 2, 2)), spaces=2)
+
+
+def test_moments_with_a_member_axis_are_fused_as_their_samples_are() -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 4, (6, 20, 20))
+    spaces = [{k: rng.normal(0, 1.5, 4) for k in (1, 2, 3)} for _ in range(3)]
+    fg, emb = member_samples(truth, spaces, noise=0.4)
+    moments = ArrayMaps(fg.mean(axis=0), emb)  # one sample per member: its mean is itself
+    assert moments.spaces == 3
+    expected = segment_consensus(fg, emb, spaces=3, **_keywords(OPTIONS))
+    np.testing.assert_array_equal(blockwise(moments), expected)
 
 
 def _keywords(options: ClusterOptions) -> dict[str, object]:
