@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from activeseg.cli import app
-from activeseg.data.volumes import read_crop_labels
+from activeseg.data.volumes import CropLabels, read_crop_labels
+from activeseg.errors import InputError
 from activeseg.labelstudio.brush import instances_to_results, results_to_instances
 from activeseg.labelstudio.client import API_KEY_ENV, URL_ENV, LabelStudioClient
 from activeseg.labelstudio.labeling import status_result
@@ -24,7 +25,7 @@ from activeseg.workflows.check import check_project
 from activeseg.workflows.fit import training_crops
 from activeseg.workflows.ingest import ingest_annotations
 from activeseg.workflows.project import DATABASE_FILE, Project
-from activeseg.workflows.push import PROJECT_SETTING, latest_round, push_reviews
+from activeseg.workflows.push import PROJECT_SETTING, latest_round, push_reviews, stored_on_slices
 from activeseg.workflows.simulate import create_demo_project
 
 Json = dict[str, Any]
@@ -254,3 +255,17 @@ def test_a_skipped_review_leaves_the_reviewed_labels_in_force(
         assert pool_volumes.get_crop(session, crop.id).label_path == crop.label_path
         assert pool_tasks.list_tasks(session, active=True) == []
     assert check_project(project).consistent
+
+
+def test_stored_ids_beyond_the_brush_labels_are_renumbered_with_their_overlaps() -> None:
+    labels = np.zeros((4, 6, 6), np.uint32)
+    labels[1, 0, :] = 900
+    labels[3, 2, :] = 70
+    overlaps = np.array([(1, 0, 2, 70), (2, 5, 5, 900)])  # the second is off the label slices
+    mask = np.zeros(labels.shape, bool)
+    mask[[1, 3]] = True
+    shown, rows = stored_on_slices(CropLabels(labels, mask, overlaps), [1, 3], 4)
+    assert np.array_equal(shown[0, 0], [2] * 6) and np.array_equal(shown[1, 2], [1] * 6)
+    assert rows.tolist() == [[0, 0, 2, 1]]
+    with pytest.raises(InputError, match=r"crop 5: 2 neurons .*max_instances is 1"):
+        stored_on_slices(CropLabels(labels, mask, overlaps), [1, 3], 1, "crop 5")
