@@ -28,6 +28,7 @@ from activeseg.cli.render import (
     stage_printer,
     training_bar,
 )
+from activeseg.errors import InputError
 
 if TYPE_CHECKING:
     from activeseg.workflows.project import Project
@@ -191,7 +192,23 @@ def push_cmd(
     limit: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Push the top N ranked crops (selecting more than the batch if needed)."
+            min=1,
+            help="Push the top N ranked crops (selecting more than the batch if needed); "
+            "with --review, at most N review tasks.",
+        ),
+    ] = None,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Push review tasks instead: each crop whose labels are marked unsure (or each "
+            "--crop) shown again with its stored labels, overlaps painted in both neurons.",
+        ),
+    ] = False,
+    crops: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--crop", metavar="ID", help="With --review: review this labeled crop (repeatable)."
         ),
     ] = None,
     project_dir: ProjectOption = None,
@@ -204,14 +221,31 @@ def push_cmd(
     crops not pushed yet go out, beyond the round's batch if N is larger; fewer only when the
     round has no more, and then it says why.
 
-    Example: [bold]activeseg push --limit 10 --json[/]
+    With --review, every crop whose labels the annotator marked unsure (or each --crop) goes
+    out again as a review task, pre-annotated with its stored labels, unless it has a task
+    nobody answered yet; the answer, ingested, becomes the crop's labels.
+
+    Example: [bold]activeseg push --limit 10 --json[/]; [bold]activeseg push --review --crop 7[/]
     """
     from activeseg.workflows.project import open_project
-    from activeseg.workflows.push import latest_round, push_selected
+    from activeseg.workflows.push import latest_round, push_reviews, push_selected
     from activeseg.workflows.score import widen_selection
 
+    if crops and not review:
+        raise InputError("--crop names crops to review: add --review")
     project = open_project(project_dir)
     newest = latest_round(project)
+    if review:
+        with progress_bar("rendering crops") as progress:
+            result = push_reviews(
+                project, newest, crop_ids=crops or (), limit=limit, progress=progress
+            )
+        if as_json:
+            emit_json(result.as_dict())
+            return
+        console.print(f"pushed {result.pushed} review tasks to Label Studio project "
+                      f"{result.project_id}")  # fmt: skip
+        return
     plan = widen_selection(project, newest.id, newest.number, limit)
     with progress_bar("rendering crops") as progress:
         result = push_selected(project, newest, limit=limit, progress=progress)

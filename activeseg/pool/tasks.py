@@ -13,6 +13,11 @@ from activeseg.errors import NotFoundError, StateError
 from activeseg.pool.models import Annotation, Crop, CropStatus, Task, clip
 from activeseg.pool.records import AnnotationCost, AnnotationInfo, TaskInfo
 
+# A review task's ``pushed`` holds, under this key, what it reviews: the crop's labels then in
+# force ("labels", a path), the annotation they came from ("annotation", None for labels given
+# at import) and the round the crop was labeled in ("round").
+REVIEW_KEY = "review"
+
 
 def _task_info(row: Task) -> TaskInfo:
     return TaskInfo(
@@ -71,6 +76,89 @@ def queue_crop(
     crop.status = CropStatus.QUEUED
     session.flush()
     return _task_info(row)
+
+
+def queue_review(
+    session: Session,
+    crop_id: int,
+    *,
+    round_id: int | None,
+    slices: Sequence[int],
+    pushed: dict[str, Any],
+    ls_project_id: int | None = None,
+    ls_task_id: int | None = None,
+) -> TaskInfo:
+    """Record a review task for a labeled crop, in the caller's transaction.
+
+    The crop's earlier tasks retire (kept as history; their later edits are not ingested) and
+    the crop stays labeled, its labels in force, until the review is answered. ``pushed``
+    carries what is reviewed under ``REVIEW_KEY``.
+    """
+    crop = session.get(Crop, crop_id)
+    if crop is None:
+        raise NotFoundError(f"no crop with id {crop_id} in this project")
+    if REVIEW_KEY not in pushed:
+        raise ValueError(f"a review task's pushed data names what it reviews ({REVIEW_KEY!r})")
+    if crop.status is not CropStatus.LABELED:
+        raise StateError(f"crop {crop_id} is {crop.status.value}, not labeled: not reviewed")
+    for old in session.scalars(select(Task).where(Task.crop_id == crop_id, Task.active.is_(True))):
+        old.active = False
+    session.flush()  # one active task per crop (a unique index): retire before adding
+    row = Task(
+        crop_id=crop_id,
+        round_id=round_id,
+        slices=[int(s) for s in slices],
+        pushed=pushed,
+        ls_project_id=ls_project_id,
+        ls_task_id=ls_task_id,
+        active=True,
+    )
+    session.add(row)
+    session.flush()
+    return _task_info(row)
+
+
+def open_task_crop_ids(session: Session) -> set[int]:
+    """Return the crops with an active task that nobody has answered yet."""
+    answered = select(Annotation.task_id).where(Annotation.current.is_(True))
+    query = select(Task.crop_id).where(Task.active.is_(True), Task.id.not_in(answered))
+    return set(session.scalars(query))
+
+
+def labels_annotation(session: Session, crop_id: int) -> AnnotationInfo | None:
+    """Return the annotation whose labels are the crop's labels in force, or None (labels
+    given at import, or none)."""
+    crop = session.get(Crop, crop_id)
+    if crop is None:
+        raise NotFoundError(f"no crop with id {crop_id} in this project")
+    row = session.scalar(
+        select(Annotation)
+        .join(Task, Annotation.task_id == Task.id)
+        .where(
+            Task.crop_id == crop_id,
+            Annotation.current.is_(True),
+            Annotation.label_path == crop.label_path,
+        )
+        .order_by(Annotation.id.desc())
+        .limit(1)
+    )
+    return None if row is None or crop.label_path is None else _annotation_info(row)
+
+
+def replacing_review(session: Session, ls_task_id: int) -> tuple[TaskInfo, TaskInfo] | None:
+    """Return (retired task, review task) when the task pushed as this Label Studio task was
+    replaced by a review task (even one retired in turn since), or None."""
+    old = session.scalar(
+        select(Task)
+        .where(Task.ls_task_id == ls_task_id, Task.active.is_(False))
+        .order_by(Task.id.desc())
+        .limit(1)
+    )
+    if old is None:
+        return None
+    newer = select(Task).where(Task.crop_id == old.crop_id, Task.id > old.id).order_by(Task.id)
+    review = next((t for t in session.scalars(newer) if REVIEW_KEY in t.pushed), None)
+    return None if review is None else (_task_info(old), _task_info(review))
 
 
 def list_tasks(session: Session, *, active: bool | None = None) -> list[TaskInfo]:
@@ -143,9 +231,11 @@ def record_annotation(
     """Record an annotation version and move its crop to labeled or skipped.
 
     Returns the annotation and whether anything changed: the same version twice changes
-    nothing; a newer version supersedes the current one, which is kept as history. A version
-    recorded before that is newest again (a reviewer deleted the newer one) becomes current
-    again in place, with the given details: never a second row for the same version.
+    nothing; a newer version supersedes the crop's current ones (a review's answer those of
+    the tasks it replaced), which are kept as history. A version recorded before that is
+    newest again (a reviewer deleted the newer one) becomes current again in place, with the
+    given details: never a second row for the same version. A skipped review leaves the labels
+    it reviewed in force, and a review keeps the round its crop was labeled in.
     """
     task = session.get(Task, task_id)
     if task is None:
@@ -160,7 +250,9 @@ def record_annotation(
     if row is not None and row.current:
         return _annotation_info(row), False
     for old in session.scalars(
-        select(Annotation).where(Annotation.task_id == task_id, Annotation.current.is_(True))
+        select(Annotation)
+        .join(Task, Annotation.task_id == Task.id)
+        .where(Task.crop_id == task.crop_id, Annotation.current.is_(True))
     ):
         old.current = False
     if row is None:
@@ -172,9 +264,29 @@ def record_annotation(
         label_path,
     )
     row.was_cancelled, row.current, row.status = was_cancelled, True, status
-    _settle_crop(session.get_one(Crop, task.crop_id), row, round_number, skip_reason)
+    crop = session.get_one(Crop, task.crop_id)
+    review = task.pushed.get(REVIEW_KEY)
+    if review is not None and was_cancelled:
+        _restore_reviewed(session, crop, review)
+    elif review is not None:
+        crop.status, crop.label_path = CropStatus.LABELED, label_path
+    else:
+        _settle_crop(crop, row, round_number, skip_reason)
     session.flush()
     return _annotation_info(row), True
+
+
+def _restore_reviewed(session: Session, crop: Crop, review: dict[str, Any]) -> None:
+    """Put the labels a review task reviewed back in force (its answer was skipped or
+    withdrawn); the crop was labeled all along."""
+    crop.status, crop.skip_reason, crop.label_path = CropStatus.LABELED, None, review["labels"]
+    reviewed = (
+        None
+        if review.get("annotation") is None
+        else session.get(Annotation, int(review["annotation"]))
+    )
+    if reviewed is not None:
+        reviewed.current = True
 
 
 def _settle_crop(
@@ -223,8 +335,9 @@ def labeled_costs(session: Session) -> list[tuple[int | None, AnnotationCost]]:
 
 def withdraw_annotations(session: Session, task_id: int) -> bool:
     """Mark a task's Label Studio annotations withdrawn (deleted there); its crop is queued
-    again. Labels that came from elsewhere (``ingest --from-file``) are not Label Studio's to
-    withdraw and stay. Returns whether anything changed.
+    again, or for a review task has the labels it reviewed back in force. Labels that came
+    from elsewhere (``ingest --from-file``) are not Label Studio's to withdraw and stay.
+    Returns whether anything changed.
     """
     task = session.get(Task, task_id)
     if task is None:
@@ -240,7 +353,10 @@ def withdraw_annotations(session: Session, task_id: int) -> bool:
     )
     for row in rows:
         row.current = False
-    if rows:
+    review = task.pushed.get(REVIEW_KEY)
+    if rows and review is not None:
+        _restore_reviewed(session, session.get_one(Crop, task.crop_id), review)
+    elif rows:
         crop = session.get_one(Crop, task.crop_id)
         crop.status, crop.label_path, crop.labeled_round, crop.skip_reason = (
             CropStatus.QUEUED,

@@ -1,8 +1,9 @@
 """What an answered task cost its annotator, recorded with the annotation.
 
 The simulated annotator and the Label Studio ingest both record it: the task's shown slices,
-its pre-annotation (the model's instances pushed with it, when the round kept them) against
-the labels submitted on those slices (:func:`activeseg.core.effort.annotation_effort`).
+its pre-annotation (the model's instances pushed with it, when the round kept them; the stored
+labels a review task showed) against the labels submitted on those slices
+(:func:`activeseg.core.effort.annotation_effort`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ import numpy as np
 import numpy.typing as npt
 
 from activeseg.core.effort import annotation_effort
+from activeseg.data.volumes import read_crop_labels
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool.records import AnnotationCost, TaskInfo
+from activeseg.pool.tasks import REVIEW_KEY
 from activeseg.workflows.project import Project
 from activeseg.workflows.score import analysis_path, read_analysis
 
 
 def pre_annotation(project: Project, task: TaskInfo) -> npt.NDArray[np.uint32] | None:
-    """Return the model's instances on a task's shown slices (what was pushed), or None."""
+    """Return the model's instances on a task's shown slices (what was pushed), or None; for
+    a review task the stored labels it showed."""
+    review = task.pushed.get(REVIEW_KEY)
+    if review is not None:
+        return read_crop_labels(project.resolve(review["labels"])).labels[list(task.slices)]
     if task.round_id is None:
         return None
     with project.session() as session:

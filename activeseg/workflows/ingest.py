@@ -10,6 +10,10 @@ the server's own timestamps). For each task the newest annotation is the one in 
   offered) marks the crop ``skipped``;
 - no annotation left (deleted) returns the crop to ``queued``.
 
+A review task (``push --review``) is answered the same way; its answer becomes the crop's
+labels (the reviewed ones stay as history), while a skip or a deletion there leaves the
+reviewed labels in force. The task it replaced is no longer ingested.
+
 Ingesting the same state twice changes nothing. A bad annotation (unknown label, region on a
 slice that was not pushed, undecodable RLE, empty result) is reported with its task and
 leaves that task as it was; the other tasks still ingest.
@@ -236,6 +240,9 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
     with project.session() as session:
         pooled = pool_tasks.task_by_ls_id(session, ls_id)
         current = None if pooled is None else pool_tasks.current_annotation(session, pooled.id)
+        replaced = None if pooled is not None else pool_tasks.replacing_review(session, ls_id)
+    if replaced is not None:
+        return _replaced_task(project, task, *replaced)
     if pooled is None:
         raise AnnotationError(
             f"task {ls_id}: not pushed by this project (no such task in the pool)"
@@ -284,6 +291,28 @@ def ingest_task(project: Project, task: Mapping[str, Any], round_number: int | N
         labels = read_crop_labels(project.resolve(label_path)).labels
         record_task_cost(project, pooled, recorded.id, labels)
     return "ingested" if current is None or current.was_cancelled else "updated"
+
+
+def _replaced_task(
+    project: Project, task: Mapping[str, Any], retired: TaskInfo, review: TaskInfo
+) -> str:
+    """Return "unchanged" for a task a review task replaced, warning when it holds an
+    annotation the pool does not have: edits there no longer count."""
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, Mapping)]
+    with project.session() as session:
+        known = {(a.ls_annotation_id, a.updated_at)
+                 for a in pool_tasks.annotation_history(session, retired.id)}  # fmt: skip
+    where = f"task {retired.ls_task_id}"
+    if any(not _has_time(a) or (a.get("id"), updated_time(a, where)) not in known
+           for a in annotations):  # fmt: skip
+        log.warning(
+            "%s (crop %d) was replaced by the review task %s: its new annotation is not "
+            "ingested; make the change in the review task",
+            where,
+            review.crop_id,
+            review.ls_task_id,
+        )
+    return "unchanged"
 
 
 def _write_labels(

@@ -13,6 +13,10 @@ the label pages are a brush pre-annotation whose ``score`` is the crop's priorit
 (1 = ranked first; the default Data Manager view sorts by it), and the task offers only the
 brush labels its crop needs plus a few spare.
 
+A *review task* (:func:`push_reviews`) shows a labeled crop again, the same way, with its
+stored labels instead of the model's: the slices they were painted on are the label pages, a
+voxel in two neurons is in both regions, and it replaces the crop's earlier task in the pool.
+
 The push is safe to re-run. Images go up first (an orphaned upload is harmless); tasks are
 imported with their predictions inline in one call per batch, so a task never lacks its
 pre-annotation; and the pool records the tasks and marks the crops ``queued`` in one
@@ -34,8 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from activeseg.data.volumes import RAW_PATH, read_raw
-from activeseg.errors import LabelStudioError, StateError
+from activeseg.data.volumes import RAW_PATH, CropLabels, read_crop_labels, read_raw
+from activeseg.errors import InputError, LabelStudioError, StateError
 from activeseg.labelstudio.brush import instances_to_results
 from activeseg.labelstudio.client import LabelStudioClient, checked_id, chunks
 from activeseg.labelstudio.labeling import (
@@ -61,7 +65,8 @@ from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import settings as pool_settings
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
-from activeseg.pool.records import CropInfo, RoundInfo
+from activeseg.pool.records import CropInfo, RoundInfo, VolumeInfo
+from activeseg.pool.tasks import REVIEW_KEY
 from activeseg.workflows.project import Project
 from activeseg.workflows.score import (
     analysis_path,
@@ -96,6 +101,9 @@ DOUBT_VMAX = 0.5
 NAPARI_MARGIN = 16
 # Task data the Data Manager should not show as columns (images, long text).
 HIDDEN_DATA = (IMAGES_KEY, OVERVIEW_KEY, LABELS_KEY, NAPARI_KEY, CAPTION_KEY, "flagged")
+# A review task's pre-annotation is the crop's stored labels; its data names them.
+REVIEW_VERSION = "stored labels"
+REVIEW_OF = "review_of"
 Json = dict[str, Any]
 Progress = Callable[[int, int], None]
 
@@ -329,26 +337,36 @@ def _read_model(
     return _Model(shown, label_ids, notes, first)
 
 
+@dataclass(frozen=True)
+class _Shown:
+    """What a task shows of its crop beyond the pages: the task data and the record of what
+    was pushed that are its own, and its pre-annotation on the label slices."""
+
+    slices: list[int]
+    pages: list[int]
+    caption: str
+    offered: int
+    prediction: Json | None
+    data: Json
+    pushed: Json
+    uncertainty: npt.NDArray[np.float32] | None = None
+    consensus: Path | None = None
+
+
 def build_task(
     project: Project, round_info: RoundInfo, crop: CropInfo, score: float, rank: int | None
 ) -> CropTask:
     """Return one selected crop as a Label Studio task, rendered from the pool and its zarrs."""
     settings = project.config.labelstudio
     with project.session() as session:
-        volume = next(v for v in pool_volumes.list_volumes(session) if v.id == crop.volume_id)
+        volume = pool_volumes.get_volume(session, crop.volume_name)
         ranked = sum(s.rank is not None for s in pool_rounds.round_scores(session, round_info.id))
-    raw = read_raw(project.resolve(volume.path), crop.box)
     slices, reason = plan_slices(project, round_info.number, crop)
     path = analysis_path(project, round_info.number, crop.id)
     has_model = path.exists()
     z0 = crop.origin[0]
     model = _read_model(path, slices, z0, settings.max_instances, crop.shape)
     pages = plan_pages(crop.shape[0], slices, model.first)
-    uncertainty = read_analysis(path, "mutual_information") if has_model else None
-    vmax = settings.overlay_vmax or DOUBT_VMAX
-    prefix = f"crop{crop.id}_r{round_info.number}"
-    images = render_pages(raw, pages, slices, uncertainty, vmax, z0, prefix)
-    view = overview_image(raw, channel_limits(raw), slices, pages, z0, uncertainty, vmax)
     share = priority(rank, ranked, score)
     prediction: Json | None = None
     if has_model:
@@ -357,45 +375,133 @@ def build_task(
             "score": share,
             "model_version": f"round-{round_info.number}",
         }
-    offered = len(model.label_ids) + SPARE_LABELS if has_model else ROUND0_LABELS
     place = f"rank {rank + 1} of {ranked}, " if rank is not None and ranked else ""
+    standing = place + f"priority {share:.2f}"
+    shown = _Shown(
+        slices,
+        pages,
+        _caption(
+            crop, volume.name, round_info.number, standing, slices, pages, reason, model.notes
+        ),
+        len(model.label_ids) + SPARE_LABELS if has_model else ROUND0_LABELS,
+        prediction,
+        data={"priority": share, "score": score, "rank": rank, "flagged": model.notes},
+        pushed={
+            "reason": reason,
+            "score": score,
+            "priority": share,
+            "rank": rank,
+            "flagged": model.notes,
+            "instances": {instance_label(new): old for new, old in model.label_ids.items()},
+        },
+        uncertainty=read_analysis(path, "mutual_information") if has_model else None,
+        consensus=path if has_model else None,
+    )
+    return _crop_task(project, volume, round_info.number, crop, shown)
+
+
+def _crop_task(
+    project: Project, volume: VolumeInfo, round_number: int, crop: CropInfo, shown: _Shown
+) -> CropTask:
+    """Return a crop rendered as a task: its pages, overview, napari line and data."""
+    settings = project.config.labelstudio
+    raw = read_raw(project.resolve(volume.path), crop.box)
+    z0, slices, pages = crop.origin[0], shown.slices, shown.pages
+    vmax = settings.overlay_vmax or DOUBT_VMAX
+    prefix = f"crop{crop.id}_r{round_number}" + ("_review" if REVIEW_KEY in shown.pushed else "")
+    images = render_pages(raw, pages, slices, shown.uncertainty, vmax, z0, prefix)
+    view = overview_image(raw, channel_limits(raw), slices, pages, z0, shown.uncertainty, vmax)
     data = {
-        CAPTION_KEY: _caption(
-            crop,
-            volume.name,
-            round_info.number,
-            place + f"priority {share:.2f}",
-            slices,
-            pages,
-            reason,
-            model.notes,
-        ),
+        CAPTION_KEY: shown.caption,
         NAPARI_KEY: napari_command(
-            project.resolve(volume.path), crop, z0 + model.first, path if has_model else None
+            project.resolve(volume.path), crop, z0 + pages[0], shown.consensus
         ),
-        LABELS_KEY: offered_labels(min(offered, settings.max_instances)),
+        LABELS_KEY: offered_labels(min(shown.offered, settings.max_instances)),
         "crop_id": crop.id,
-        "round": round_info.number,
-        "priority": share,
-        "score": score,
-        "rank": rank,
+        "round": round_number,
+        **shown.data,
         "slices": [z0 + z for z in slices],
         "pages": f"z {z0 + min(pages)}-{z0 + max(pages)}",
-        "flagged": model.notes,
     }
-    pushed = {
-        "reason": reason,
-        "score": score,
-        "priority": share,
-        "rank": rank,
-        "flagged": model.notes,
+    pushed = shown.pushed | {
         "shape": list(crop.shape),
         "pages": pages,
-        "instances": {instance_label(new): old for new, old in model.label_ids.items()},
-        "model_version": prediction["model_version"] if prediction else None,
+        "model_version": shown.prediction["model_version"] if shown.prediction else None,
     }
     overview = {f"{prefix}_overview.png": png_bytes(view)}
-    return CropTask(crop.id, slices, pages, images, overview, data, prediction, pushed)
+    return CropTask(crop.id, slices, pages, images, overview, data, shown.prediction, pushed)
+
+
+def build_review_task(project: Project, round_info: RoundInfo, crop: CropInfo) -> CropTask:
+    """Return a labeled crop as a review task: its stored labels on the slices they were
+    annotated on as the pre-annotation, a voxel in two neurons a region of each."""
+    if crop.label_path is None:
+        raise StateError(f"crop {crop.id} is {crop.status}: no labels to review")
+    with project.session() as session:
+        volume = pool_volumes.get_volume(session, crop.volume_name)
+        reviewed = pool_tasks.labels_annotation(session, crop.id)
+    stored = read_crop_labels(project.resolve(crop.label_path))
+    slices = [int(z) for z in np.flatnonzero(stored.mask.any(axis=(1, 2)))]
+    if not slices:
+        raise StateError(f"crop {crop.id}: its labels {crop.label_path} mark no annotated slice")
+    labels, overlaps = stored_on_slices(
+        stored, slices, project.config.labelstudio.max_instances, f"crop {crop.id}"
+    )
+    crossed = np.bincount(overlaps[:, 0], minlength=len(slices))
+    pages = plan_pages(crop.shape[0], slices, slices[int(np.argmax(crossed))])
+    results = instances_to_results(labels, overlaps=overlaps)
+    prediction = {
+        "result": page_results(results, slices, pages, crop.origin[0]),
+        "score": 1.0,
+        "model_version": REVIEW_VERSION,
+    }
+    unsure = reviewed is not None and reviewed.status == "unsure"
+    when = "at import" if crop.labeled_round is None else f"in round {crop.labeled_round}"
+    lead = (
+        f"Review of crop {crop.id}, labelled {when}{' and marked unsure' if unsure else ''}; "
+        "voxels in two neurons are painted in both. "
+    )
+    reason = "slices labelled before"
+    review = {
+        "labels": crop.label_path,
+        "annotation": None if reviewed is None else reviewed.id,
+        "round": crop.labeled_round,
+    }
+    shown = _Shown(
+        slices,
+        pages,
+        lead + _caption(crop, volume.name, round_info.number, "review", slices, pages, reason, []),
+        int(labels.max(initial=0)) + SPARE_LABELS,
+        prediction,
+        data={"review": True, REVIEW_OF: crop.label_path, "priority": 1.0},
+        pushed={"reason": reason, REVIEW_KEY: review},
+    )
+    return _crop_task(project, volume, round_info.number, crop, shown)
+
+
+def stored_on_slices(
+    stored: CropLabels, slices: Sequence[int], max_instances: int, where: str = "labels"
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64]]:
+    """Return a crop's labels on its label ``slices`` as (N, H, W) and overlap rows
+    (slice index, y, x, id), ids kept when they fit the brush labels ``n1``..``n<max_instances>``
+    and otherwise renumbered 1..K in order; InputError if more neurons than that."""
+    depth = stored.labels.shape[0]
+    index = np.full(depth, -1, np.int64)
+    index[list(slices)] = np.arange(len(slices))
+    rows = stored.overlaps[index[stored.overlaps[:, 0]] >= 0].astype(np.int64)
+    rows[:, 0] = index[rows[:, 0]]
+    labels = stored.labels[list(slices)].astype(np.uint32)
+    ids = np.union1d(np.unique(labels[labels > 0]), rows[:, 3]).astype(np.int64)
+    if len(ids) > max_instances:
+        raise InputError(
+            f"{where}: {len(ids)} neurons on the label slices, but labelstudio.max_instances is "
+            f"{max_instances}: raise it to at least {len(ids)} to review them"
+        )
+    if ids.size and ids.max() > max_instances:
+        lookup = np.zeros(int(ids.max()) + 1, np.uint32)
+        lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+        labels, rows[:, 3] = lookup[labels], lookup[rows[:, 3]]
+    return labels, rows
 
 
 def _caption(
@@ -537,14 +643,93 @@ def _push(
         tasks.append(build_task(project, round_info, crop, score.score, score.rank))
         if progress is not None:
             progress(done, len(crops))
-    found = _tasks_already_in_labelstudio(client, ls_project, round_info.number)
+    return _send(project, client, ls_project, round_info, tasks, pool_tasks.queue_crop)
+
+
+def push_reviews(
+    project: Project,
+    round_info: RoundInfo,
+    *,
+    crop_ids: Sequence[int] = (),
+    limit: int | None = None,
+    client: LabelStudioClient | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Push review tasks (at most ``limit``): of every crop whose labels in force are marked
+    unsure, or of the labeled ``crop_ids``, leaving out crops with an open task.
+
+    A named crop that is not labeled is an InputError, raised before anything is contacted or
+    written. The task shows the crop's stored labels (see :func:`build_review_task`) and
+    replaces the crop's earlier task; the answer is ingested like any other.
+    """
+    named = _labeled_crops(project, crop_ids)
+    owned = client is None
+    client = client or LabelStudioClient.from_env(project.root / ".env")
+    try:
+        client.check()
+        ls_project = project_id(project, client)  # retires reviews deleted there first
+        crops = _due_for_review(project, named)[:limit]
+        tasks = []
+        for done, crop in enumerate(crops, start=1):
+            tasks.append(build_review_task(project, round_info, crop))
+            if progress is not None:
+                progress(done, len(crops))
+        return _send(project, client, ls_project, round_info, tasks, pool_tasks.queue_review)
+    finally:
+        if owned:
+            client.close()
+
+
+def _labeled_crops(project: Project, crop_ids: Sequence[int]) -> list[CropInfo] | None:
+    """Return the named crops (None when none are named); InputError if one is not labeled."""
+    if not crop_ids:
+        return None
+    with project.session() as session:
+        crops = [pool_volumes.get_crop(session, crop_id) for crop_id in dict.fromkeys(crop_ids)]
+    for crop in crops:
+        if crop.status != "labeled":
+            raise InputError(
+                f"--crop {crop.id}: crop {crop.id} is {crop.status}, not labeled: only labeled "
+                f"crops can be reviewed; nothing was pushed"
+            )
+    return crops
+
+
+def _due_for_review(project: Project, named: list[CropInfo] | None) -> list[CropInfo]:
+    """Return the named crops, or the labeled ones whose labels are marked unsure, that have
+    no open task (a review pushed and not answered yet)."""
+    with project.session() as session:
+        waiting = pool_tasks.open_task_crop_ids(session)
+        if named is None:
+            unsure = pool_tasks.unsure_crop_ids(session)
+            named = [c for c in pool_volumes.list_crops(session, status="labeled")
+                     if c.id in unsure]  # fmt: skip
+    return [crop for crop in named if crop.id not in waiting]
+
+
+Queue = Callable[..., Any]
+
+
+def _send(
+    project: Project,
+    client: LabelStudioClient,
+    ls_project: int,
+    round_info: RoundInfo,
+    tasks: Sequence[CropTask],
+    queue: Queue,
+) -> PushResult:
+    """Import the tasks not left in Label Studio by an interrupted push, then record them all
+    with ``queue`` (``pool_tasks.queue_crop`` or ``queue_review``) in one transaction."""
+    if not tasks:
+        return PushResult(ls_project, 0)
+    found = _tasks_already_in_labelstudio(project, client, ls_project, tasks)
     missing = [t for t in tasks if t.crop_id not in found]
     images = project.config.labelstudio.images
     new_ids = upload_and_import(client, ls_project, missing, images) if missing else []
     ls_ids = found | dict(zip([t.crop_id for t in missing], new_ids, strict=True))
     with project.session() as session:
         for task in tasks:
-            pool_tasks.queue_crop(
+            queue(
                 session,
                 task.crop_id,
                 round_id=round_info.id,
@@ -559,14 +744,21 @@ def _push(
 
 
 def _tasks_already_in_labelstudio(
-    client: LabelStudioClient, ls_project: int, round_number: int
+    project: Project, client: LabelStudioClient, ls_project: int, tasks: Sequence[CropTask]
 ) -> dict[int, int]:
-    """Return {crop id: task id} of this round's tasks that an interrupted push left behind."""
+    """Return {crop id: task id} of the ``tasks`` that an interrupted push left behind: tasks
+    the pool does not know with the same crop, round and reviewed labels in their data."""
+    wanted = {t.crop_id: t.data for t in tasks}
+    with project.session() as session:
+        known = {(t.crop_id, t.ls_task_id) for t in pool_tasks.list_tasks(session)}
     found = {}
     for task in client.list_task_data(ls_project):
         data = task.get("data") or {}
-        if data.get("round") == round_number and isinstance(data.get("crop_id"), int):
-            found[int(data["crop_id"])] = checked_id(task.get("id"), "a task of this round")
+        crop = data.get("crop_id")
+        if not isinstance(crop, int) or crop not in wanted or (crop, task.get("id")) in known:
+            continue
+        if all(data.get(key) == wanted[crop].get(key) for key in ("round", REVIEW_OF)):
+            found[crop] = checked_id(task.get("id"), "a task of this round")
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -238,6 +239,52 @@ def test_an_older_annotation_newest_again_becomes_current_without_a_duplicate(
         assert again.id == first.id
         assert tasks.current_annotation(session, task.id) == again
         assert volumes.get_crop(session, crop).label_path == "labels/7.zarr"
+
+
+def test_a_review_task_replaces_the_crops_task_and_its_answer_the_labels(
+    ledger_project: Project,
+) -> None:
+    with ledger_project.session() as session:
+        crop, other = _volume_with_crops(session, 2)
+        first = tasks.queue_crop(session, crop, round_id=None, slices=[0], pushed={},
+                                 ls_task_id=10)  # fmt: skip
+        waiting = tasks.queue_crop(
+            session, other, round_id=None, slices=[0], pushed={}, ls_task_id=11
+        )
+        unsure, _ = tasks.record_annotation(
+            session, first.id, ls_annotation_id=1, annotator=None, lead_time=None,
+            updated_at=T0, label_path="labels/a.zarr", was_cancelled=False, round_number=2,
+            status="unsure",
+        )  # fmt: skip
+        assert tasks.open_task_crop_ids(session) == {other}
+        assert tasks.labels_annotation(session, crop) == unsure
+        with pytest.raises(StateError, match="is queued, not labeled"):
+            tasks.queue_review(session, other, round_id=None, slices=[0], pushed={"review": {}})
+        review = {"labels": "labels/a.zarr", "annotation": unsure.id, "round": 2}
+        reviewing = tasks.queue_review(session, crop, round_id=None, slices=[0],
+                                       pushed={"review": review}, ls_task_id=12)  # fmt: skip
+        assert [t.id for t in tasks.list_tasks(session, active=True)] == [waiting.id, reviewing.id]
+        assert tasks.open_task_crop_ids(session) == {crop, other}
+        assert tasks.unsure_crop_ids(session) == {crop}  # the reviewed labels still in force
+        assert tasks.replacing_review(session, 10) == (replace(first, active=False), reviewing)
+        assert tasks.replacing_review(session, 11) is None
+
+        answer, _ = tasks.record_annotation(
+            session, reviewing.id, ls_annotation_id=5, annotator=None, lead_time=None,
+            updated_at=T0, label_path="labels/b.zarr", was_cancelled=False, round_number=4,
+            status="done",
+        )  # fmt: skip
+        assert tasks.current_annotation(session, first.id) is None
+        assert tasks.labels_annotation(session, crop) == answer
+        assert tasks.unsure_crop_ids(session) == set()
+        reviewed = volumes.get_crop(session, crop)
+        assert (reviewed.label_path, reviewed.labeled_round) == ("labels/b.zarr", 2)
+
+        assert tasks.withdraw_annotations(session, reviewing.id)
+        restored = volumes.get_crop(session, crop)
+        assert (restored.status, restored.label_path) == ("labeled", "labels/a.zarr")
+        assert tasks.labels_annotation(session, crop) == replace(unsure, current=True)
+        assert tasks.open_task_crop_ids(session) == {crop, other}
 
 
 def test_a_skip_marks_the_crop_skipped_with_its_reason(ledger_project: Project) -> None:
