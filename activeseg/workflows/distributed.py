@@ -2,11 +2,11 @@
 
 predict and the score stage hand their work to :func:`task_map` as a list of small,
 picklable jobs. Without ``compute.workers`` or ``compute.scheduler`` the jobs run here, one at
-a time, as they always did. With them, every job is submitted to ``dask.distributed`` at once
-(a LocalCluster on 127.0.0.1, or an existing scheduler), and the results come back in job
-order, so the caller commits them to the ledger as it did serially: the ledger is written by
-this process only. Workers write arrays straight to the project's zarr files, which they
-must see at the same path (a shared file system mounted alike on every host).
+a time, as they always did. With them, every job is submitted to ``dask.distributed`` at once,
+a few per task (a LocalCluster on 127.0.0.1, or an existing scheduler), and the results come
+back in job order, so the caller commits them to the ledger as it did serially: the ledger is
+written by this process only. Workers write arrays straight to the project's zarr files,
+which they must see at the same path (a shared file system mounted alike on every host).
 
 A job's result depends on the job alone (its seeds are fixed per tile and per crop, torch's
 thread count is the config's in every process), never on which worker ran it or when: the
@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +42,9 @@ R = TypeVar("R")
 TaskMap = Callable[[Callable[[J], R], Sequence[J]], Iterator[R]]
 
 TASK_RETRIES = 2
+# Jobs run by one Dask task, at most; and the fewest tasks each worker should get.
+MAX_JOBS_PER_TASK = 8
+TASKS_PER_WORKER = 4
 # Dask settings of the local workers we start. Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for
 # its workers, which also turns off glibc's adaptive mmap threshold: every large tensor torch
 # frees is unmapped and the next one faults its pages in again (about 1.5x the CPU of a
@@ -88,8 +92,9 @@ def task_map(compute: ComputeConfig) -> Iterator[TaskMap[Any, Any]]:
     """Yield ``run(function, jobs)``: an iterator of function(job) for every job, in order.
 
     Serially the iterator computes each result when it is asked for (a crash loses only what
-    was not consumed yet); on Dask every job is submitted at once and results are handed over
-    in job order as they complete. The cluster (a LocalCluster) lives as long as the block.
+    was not consumed yet); on Dask every job is submitted at once, a few consecutive jobs per
+    task (:func:`jobs_per_task`), and results are handed over in job order as they complete.
+    The cluster (a LocalCluster) lives as long as the block.
     """
     if not uses_dask(compute):
         yield _serial_map
@@ -97,12 +102,28 @@ def task_map(compute: ComputeConfig) -> Iterator[TaskMap[Any, Any]]:
     with dask_client(compute) as client:
 
         def run(function: Callable[[J], R], jobs: Sequence[J]) -> Iterator[R]:
-            futures = client.map(function, list(jobs), pure=False, retries=TASK_RETRIES)
+            jobs = list(jobs)
+            size = jobs_per_task(len(jobs), sum(client.nthreads().values()))
+            batches = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+            futures = client.map(
+                partial(_run_batch, function), batches, pure=False, retries=TASK_RETRIES
+            )
             for future in futures:
-                yield future.result()
+                yield from future.result()
                 future.release()
 
         yield run
+
+
+def jobs_per_task(jobs: int, workers: int) -> int:
+    """Return how many jobs one Dask task runs: enough that the scheduler's and the client's
+    cost per task is shared by several crops or tiles (up to ``MAX_JOBS_PER_TASK``), while
+    every worker still gets ``TASKS_PER_WORKER`` tasks or more, to even out their ends."""
+    return max(1, min(MAX_JOBS_PER_TASK, jobs // max(1, workers * TASKS_PER_WORKER)))
+
+
+def _run_batch(function: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
+    return [function(job) for job in jobs]
 
 
 def _serial_map(function: Callable[[J], R], jobs: Sequence[J]) -> Iterator[R]:

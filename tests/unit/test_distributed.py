@@ -171,3 +171,22 @@ def test_local_workers_keep_the_allocator_and_run_no_profiler() -> None:
     with dask_client(ComputeConfig(workers=1)) as client:
         # Dask's own default trims at 64 KiB, which makes every freed tensor unmapped
         assert list(client.run(settings).values()) == [(None, False)]
+
+
+def test_a_task_runs_a_few_jobs_and_every_worker_still_gets_several_tasks() -> None:
+    from activeseg.workflows.distributed import MAX_JOBS_PER_TASK, jobs_per_task
+
+    assert jobs_per_task(3, 2) == 1  # a small map: one job a task, so both workers work
+    assert jobs_per_task(40, 2) == 5  # 8 tasks: 4 a worker
+    assert jobs_per_task(10_000, 2) == MAX_JOBS_PER_TASK
+    assert jobs_per_task(0, 0) == 1
+
+
+@pytest.mark.slow
+def test_jobs_batched_into_tasks_come_back_in_job_order() -> None:
+    def square(value: int) -> int:  # local: sent to the workers by value
+        return value * value
+
+    jobs = list(range(57))  # 5 jobs a task, the last task short
+    with task_map(ComputeConfig(workers=2)) as run:
+        assert list(run(square, jobs)) == [j * j for j in jobs]
