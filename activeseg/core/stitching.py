@@ -27,11 +27,12 @@ does. Memory holds one block's maps and labels at a time, whatever the volume's 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import product
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 Box = tuple[slice, slice, slice]
 LabelImage = npt.NDArray[np.uint32]
+R = TypeVar("R")
+# map_blocks(function, block keys): function(key) for every key, in key order (see
+# segment_blockwise); workflows.distributed.task_map's maps are such.
+BlockMap = Callable[[Callable[[int], Any], Sequence[int]], Iterator[Any]]
 
 # Blocks of this core size hold whole stretches of several neurons (a FlyLight volume of
 # 400 x 700 x 700 is about 7 x 3 x 3 blocks); a demo volume (32 x 128 x 128) is one block.
@@ -298,27 +303,42 @@ def segment_blockwise(
     *,
     store: LabelStore | None = None,
     device: str | torch.device = "cpu",
+    map_blocks: BlockMap | None = None,
 ) -> int:
     """Return the number of instances written: cluster maps block by block and stitch them.
 
     write(core box, labels) receives every block's core once, labels uint32 with ids 1..K
     unique over the volume (0 = background). store keeps the blocks' labels in between
-    (default: in memory; pass a :class:`ZarrStore` for large volumes).
+    (default: in memory; pass a :class:`ZarrStore` for large volumes). ``map_blocks(function,
+    keys)`` yields function(key) for every block key, in key order: by default here, one
+    block after another; a Dask cluster's map (workflows.distributed.task_map) clusters the
+    blocks on its workers, each on its own, into a store they share (a ZarrStore on storage
+    every worker sees). Either way the instances are the same.
     """
     stitch = stitch or StitchOptions()
     blocks = plan_blocks(maps.shape, stitch.block, stitch.margin)
-    store = store if store is not None else MemoryStore()
-    offsets, sizes = _cluster_blocks(maps, blocks, store, cluster, device)
+    local = store if store is not None else MemoryStore()
+    cluster_one = partial(_cluster_into, maps, blocks, local, cluster, device)
+    cores = list((map_blocks or _one_by_one)(cluster_one, range(len(blocks))))
+    offsets = np.concatenate([[0], np.cumsum([len(core) - 1 for core in cores])]).astype(np.int64)
+    sizes = np.zeros(int(offsets[-1]) + 1, np.int64)
+    for key, core in enumerate(cores):
+        sizes[int(offsets[key]) + 1 : int(offsets[key + 1]) + 1] = core[1:]
+    labelled = _Offset(local, offsets)
     joined = _UnionFind(int(offsets[-1]) + 1)
     for first, second in _neighbour_pairs(blocks):
-        for a, b in _agreeing_pairs(first, second, store, stitch):
+        for a, b in _agreeing_pairs(first, second, labelled, stitch):
             joined.union(int(a), int(b))
     final = joined.renumber(sizes, cluster.min_size)
     for key, block in enumerate(blocks):
-        write(block.core, final[store.get(key, block.local(block.core))])
+        write(block.core, final[labelled.get(key, block.local(block.core))])
     count = int(final.max(initial=0))
     logger.info("blockwise clustering: %d blocks, %d instances", len(blocks), count)
     return count
+
+
+def _one_by_one(function: Callable[[int], R], keys: Sequence[int]) -> Iterator[R]:
+    return (function(key) for key in keys)
 
 
 def segment_volume(
@@ -412,31 +432,35 @@ def anchored(labels: LabelImage, core: Box) -> LabelImage:
     return np.where(np.isin(keys, reaching), labels, 0).astype(np.uint32)
 
 
-def _cluster_blocks(
+def _cluster_into(
     maps: MeanMaps,
     blocks: list[Block],
     store: LabelStore,
     cluster: ClusterOptions,
     device: str | torch.device,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Return the id offsets of the blocks (one more entry than blocks: the last is the total)
-    and the number of core voxels of every id; the labels, ids made unique, go to store."""
-    offsets = np.zeros(len(blocks) + 1, np.int64)
-    core_sizes = []
-    for key, block in enumerate(blocks):
-        labels = anchored(
-            cluster_block(maps, block.outer, cluster, device), block.local(block.core)
-        )
-        count = int(labels.max(initial=0))
-        labels[labels > 0] += np.uint32(offsets[key])
-        store.put(key, labels)
-        offsets[key + 1] = offsets[key] + count
-        core = labels[block.local(block.core)]
-        core_sizes.append(np.bincount(core[core > 0] - int(offsets[key]), minlength=count + 1))
-    sizes = np.zeros(int(offsets[-1]) + 1, np.int64)
-    for key, counted in enumerate(core_sizes):
-        sizes[int(offsets[key]) + 1 : int(offsets[key + 1]) + 1] = counted[1:]
-    return offsets, sizes
+    key: int,
+) -> npt.NDArray[np.int64]:
+    """Cluster block key, keep its labels (ids 1..n of its own) in store; return the number of
+    core voxels of each id (index 0: background), n + 1 entries."""
+    block = blocks[key]
+    labels = anchored(cluster_block(maps, block.outer, cluster, device), block.local(block.core))
+    store.put(key, labels)
+    core = labels[block.local(block.core)].ravel()
+    return np.bincount(core, minlength=int(labels.max(initial=0)) + 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Offset:
+    """The blocks' labels of a store with ids made unique over the volume: block key's ids
+    1..n become offsets[key] + 1..n."""
+
+    store: LabelStore
+    offsets: npt.NDArray[np.int64]
+
+    def get(self, key: int, box: Box) -> LabelImage:
+        """Return part of block key's labels, ids offset."""
+        labels = self.store.get(key, box)
+        return np.where(labels > 0, labels + np.uint32(self.offsets[key]), 0).astype(np.uint32)
 
 
 def _neighbour_pairs(blocks: list[Block]) -> Iterator[tuple[tuple[int, Block], tuple[int, Block]]]:
@@ -450,7 +474,7 @@ def _neighbour_pairs(blocks: list[Block]) -> Iterator[tuple[tuple[int, Block], t
 
 
 def _agreeing_pairs(
-    first: tuple[int, Block], second: tuple[int, Block], store: LabelStore, stitch: StitchOptions
+    first: tuple[int, Block], second: tuple[int, Block], store: _Offset, stitch: StitchOptions
 ) -> npt.NDArray[np.int64]:
     """Return (P, 2) id pairs of two blocks that agree in the region both clustered."""
     (key_a, block_a), (key_b, block_b) = first, second

@@ -115,7 +115,7 @@ def _predict_volume_streamed(
         out = Path(scratch) / "prediction.zarr"
         predict_to_zarr(trained, raw_array(path), out, threads=project.config.train.threads)
         spaces = trained.config.model.embedding_spaces
-        write_consensus(out, project.config.cluster, spaces=spaces)
+        write_consensus(out, project.config.cluster, spaces=spaces, compute=project.config.compute)
         group = zarr.open_group(str(out), mode="r")
         consensus = np.asarray(zarr.open_array(str(out), path=CONSENSUS, mode="r")[...], np.uint32)
         truth = read_ground_truth(path)

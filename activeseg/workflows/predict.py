@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from activeseg.config import ClusterConfig
+from activeseg.config import ClusterConfig, ComputeConfig
 from activeseg.core.models.checkpoint import TrainedModel, load_model
 from activeseg.core.stitching import (
     ArrayMaps,
@@ -171,7 +171,9 @@ def predict_volume(
             trained, raw, out, layout=chosen_layout, progress=progress, threads=threads
         )
     spaces = trained.config.model.embedding_spaces
-    n = write_consensus(out, project.config.cluster, spaces=spaces, stitch=stitch)
+    n = write_consensus(
+        out, project.config.cluster, spaces=spaces, stitch=stitch, compute=project.config.compute
+    )
     placement = Placement(source_voxel_size(project, volume, fmt, raw_key))
     source = volume if not Path(volume).exists() else str(Path(volume).resolve())
     describe_prediction(out, placement, n, image=UNCERTAINTY, labels=CONSENSUS, source=source)
@@ -261,14 +263,20 @@ def prediction_maps(group: zarr.Group, spaces: int = 1) -> MeanMaps:
 
 
 def write_consensus(
-    out: Path, cluster: ClusterConfig, *, spaces: int = 1, stitch: StitchOptions | None = None
+    out: Path,
+    cluster: ClusterConfig,
+    *,
+    spaces: int = 1,
+    stitch: StitchOptions | None = None,
+    compute: ComputeConfig | None = None,
 ) -> int:
     """Return the number of consensus instances written to ``out``/consensus (uint32).
 
     The prediction group's mean maps are clustered block by block and stitched; with several
     embedding ``spaces`` (the model's ``embedding_spaces``) every block is clustered in each
     and fused, as segment_consensus does. Blocks' labels wait in a scratch zarr beside ``out``
-    (removed afterwards) when there is more than one.
+    (removed afterwards) when there is more than one; then ``compute`` may name a Dask
+    cluster that clusters the blocks (see workflows.distributed), with the same result.
     """
     group = zarr.open_group(str(out), mode="a")
     maps = prediction_maps(group, spaces)
@@ -284,6 +292,9 @@ def write_consensus(
     options = ClusterOptions(**cluster.options())
     if len(plan_blocks(maps.shape, stitch.block, stitch.margin)) == 1:
         return segment_blockwise(maps, write, options, stitch, store=MemoryStore())
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.blocks-", dir=out.parent) as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.blocks-", dir=out.parent) as scratch,
+        task_map(compute or ComputeConfig()) as run,
+    ):
         store: LabelStore = ZarrStore(Path(scratch) / "blocks.zarr")
-        return segment_blockwise(maps, write, options, stitch, store=store)
+        return segment_blockwise(maps, write, options, stitch, store=store, map_blocks=run)

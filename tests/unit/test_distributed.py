@@ -19,6 +19,7 @@ import zarr
 
 from activeseg.config import ComputeConfig
 from activeseg.core import tiling
+from activeseg.core.stitching import StitchOptions, plan_blocks
 from activeseg.errors import InputError
 from activeseg.pool import rounds as pool_rounds
 from activeseg.workflows.distributed import ModelRef, dask_client, task_map, with_compute
@@ -150,9 +151,13 @@ def test_two_workers_predict_a_volume_as_one_process_does(
     monkeypatch.setattr(tiling, "DEFAULT_CORE", (8, 32, 32))
     serial = _copy(trained, tmp_path / "serial")
     cluster = with_compute(_copy(trained, tmp_path / "cluster"), workers=2)
-    one = predict_volume(serial, "pool0", tmp_path / "one.zarr")
-    two = predict_volume(cluster, "pool0", tmp_path / "two.zarr")
+    # and small blocks, so the workers cluster several blocks that are then stitched
+    blocks = StitchOptions(block=(8, 32, 32), margin=(2, 8, 8))
+    one = predict_volume(serial, "pool0", tmp_path / "one.zarr", stitch=blocks)
+    two = predict_volume(cluster, "pool0", tmp_path / "two.zarr", stitch=blocks)
     assert one["instances"] == two["instances"] > 0
+    shape = zarr.open_array(str(tmp_path / "one.zarr"), path=CONSENSUS).shape
+    assert len(plan_blocks(shape, blocks.block, blocks.margin)) > 4
     want, have = _arrays(tmp_path / "one.zarr"), _arrays(tmp_path / "two.zarr")
     assert zarr.open_array(str(tmp_path / "one.zarr"), path="foreground").nchunks > 4
     assert want.keys() == have.keys() and CONSENSUS in want

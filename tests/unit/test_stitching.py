@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +228,35 @@ def test_anchoring_keeps_of_each_label_the_foreground_pieces_where_it_reaches_th
     assert anchored(crossing, first)[0, 0].tolist() == [1, 0, 1, 0, 0]
     whole = (slice(0, 1), slice(0, 1), slice(0, 12))
     assert anchored(labels, whole) is labels
+
+
+def _in_other_processes(function: Callable[[int], Any], keys: Sequence[int]) -> Iterator[Any]:
+    """A block map that clusters every block in a process of its own, in reverse order."""
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {key: pool.submit(function, key) for key in reversed(list(keys))}
+        for key in keys:
+            yield futures[key].result()
+
+
+def test_blocks_clustered_in_other_processes_give_the_same_instances(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    truth = np.zeros((12, 40, 40), np.uint32)
+    for label in range(1, 5):  # tubes crossing several blocks
+        z, y = rng.integers(1, 11), rng.integers(2, 38)
+        truth[z - 1 : z + 1, y - 1 : y + 1, 3:37] = label
+    fg, emb = oracle_maps(truth, {k: 3.0 * np.eye(8)[k - 1] for k in range(1, 5)})
+    results = []
+    for name, mapper in (("here", None), ("apart", _in_other_processes)):
+        out = np.zeros(truth.shape, np.uint32)
+
+        def write(box: Box, labels: np.ndarray, out: np.ndarray = out) -> None:
+            out[box] = labels
+
+        store = ZarrStore(tmp_path / f"{name}.zarr")  # a store the processes share
+        count = segment_blockwise(
+            ArrayMaps(fg, emb), write, OPTIONS, SMALL_BLOCKS, store=store, map_blocks=mapper
+        )
+        results.append((count, out))
+    assert len(plan_blocks(truth.shape, SMALL_BLOCKS.block, SMALL_BLOCKS.margin)) > 4
+    assert results[0][0] == results[1][0] == 4
+    assert np.array_equal(results[0][1], results[1][1])  # the same ids, to the voxel
