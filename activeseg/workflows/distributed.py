@@ -45,14 +45,19 @@ TASK_RETRIES = 2
 # Jobs run by one Dask task, at most; and the fewest tasks each worker should get.
 MAX_JOBS_PER_TASK = 8
 TASKS_PER_WORKER = 4
-# Dask settings of the local workers we start. Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for
+# Dask settings of the local cluster we start. Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for
 # its workers, which also turns off glibc's adaptive mmap threshold: every large tensor torch
 # frees is unmapped and the next one faults its pages in again (about 1.5x the CPU of a
-# crop, see BENCHMARKS.md "Scale-out"); its sampling profiler wakes every 10 ms. Workers
-# started elsewhere (dask-jobqueue, dask worker) should be started without them too: README.
+# crop, see BENCHMARKS.md "Scale-out"); its sampling profiler wakes every 10 ms, its memory
+# and system monitors every 0.1 and 0.5 s (together ~3 % of a core per idle worker; the
+# slower ones still pause a worker that runs out of memory). Workers started elsewhere
+# (dask-jobqueue, dask worker) should get the same settings: README.
 WORKER_SETTINGS = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "200ms",
 }
 
 

@@ -167,15 +167,16 @@ def test_two_workers_predict_a_volume_as_one_process_does(
 
 @pytest.mark.slow
 def test_local_workers_keep_the_allocator_and_run_no_profiler() -> None:
-    def settings() -> tuple[str | None, bool]:
+    def settings() -> tuple[str | None, bool, str]:
         import dask
 
         enabled = bool(dask.config.get("distributed.worker.profile.enabled"))
-        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), enabled
+        monitor = str(dask.config.get("distributed.worker.memory.monitor-interval"))
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), enabled, monitor
 
     with dask_client(ComputeConfig(workers=1)) as client:
         # Dask's own default trims at 64 KiB, which makes every freed tensor unmapped
-        assert list(client.run(settings).values()) == [(None, False)]
+        assert list(client.run(settings).values()) == [(None, False, "1s")]
 
 
 def test_a_task_runs_a_few_jobs_and_every_worker_still_gets_several_tasks() -> None:
