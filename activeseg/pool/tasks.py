@@ -63,6 +63,21 @@ def queue_crop(
         raise NotFoundError(f"no crop with id {crop_id} in this project")
     if crop.status is not CropStatus.UNLABELED:
         raise StateError(f"crop {crop_id} is {crop.status.value}, not unlabeled: not queued again")
+    row = _add_task(session, crop_id, round_id, slices, pushed, ls_project_id, ls_task_id)
+    crop.status = CropStatus.QUEUED
+    session.flush()
+    return _task_info(row)
+
+
+def _add_task(
+    session: Session,
+    crop_id: int,
+    round_id: int | None,
+    slices: Sequence[int],
+    pushed: dict[str, Any],
+    ls_project_id: int | None,
+    ls_task_id: int | None,
+) -> Task:
     row = Task(
         crop_id=crop_id,
         round_id=round_id,
@@ -73,9 +88,7 @@ def queue_crop(
         active=True,
     )
     session.add(row)
-    crop.status = CropStatus.QUEUED
-    session.flush()
-    return _task_info(row)
+    return row
 
 
 def queue_review(
@@ -104,16 +117,7 @@ def queue_review(
     for old in session.scalars(select(Task).where(Task.crop_id == crop_id, Task.active.is_(True))):
         old.active = False
     session.flush()  # one active task per crop (a unique index): retire before adding
-    row = Task(
-        crop_id=crop_id,
-        round_id=round_id,
-        slices=[int(s) for s in slices],
-        pushed=pushed,
-        ls_project_id=ls_project_id,
-        ls_task_id=ls_task_id,
-        active=True,
-    )
-    session.add(row)
+    row = _add_task(session, crop_id, round_id, slices, pushed, ls_project_id, ls_task_id)
     session.flush()
     return _task_info(row)
 
