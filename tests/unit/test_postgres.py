@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import URL, text
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from activeseg.cli import app
@@ -26,6 +27,7 @@ from activeseg.pool import db
 from activeseg.pool import rounds as pool_rounds
 from activeseg.pool import tasks as pool_tasks
 from activeseg.pool import volumes as pool_volumes
+from activeseg.pool.records import CropInfo, VolumeInfo
 from activeseg.workflows.locks import hold_lock
 from activeseg.workflows.loop import STAGES, run_round
 from activeseg.workflows.project import (
@@ -166,24 +168,29 @@ def test_the_round_lock_excludes_another_host_until_the_holder_dies(
     assert [s.name for s in paused.stages] == ["ingest"]
 
 
+def _volume_with_a_crop(session: Session, width: int = 8) -> tuple[VolumeInfo, CropInfo]:
+    """Register a one-channel volume (8, 8, width) and its crop at the origin (8, 8, 8)."""
+    volume = pool_volumes.add_volume(
+        session,
+        name="v",
+        path="volumes/v.zarr",
+        split="pool",
+        channels=1,
+        shape=(8, 8, width),
+        voxel_size=(1.0, 1.0, 1.0),
+        has_ground_truth=True,
+        source="t",
+    )
+    return volume, pool_volumes.add_crops(session, volume.id, [((0, 0, 0), (8, 8, 8), 0.1)])[0]
+
+
 @pytest.mark.postgres
 def test_a_simulation_copy_of_a_postgres_project_gets_its_own_sqlite_ledger(
     postgres_project: Project, tmp_path: Path
 ) -> None:
     ledger_project = postgres_project
     with ledger_project.session() as session:
-        volume = pool_volumes.add_volume(
-            session,
-            name="v",
-            path="volumes/v.zarr",
-            split="pool",
-            channels=1,
-            shape=(8, 8, 16),
-            voxel_size=(1.0, 1.0, 1.0),
-            has_ground_truth=True,
-            source="t",
-        )
-        pool_volumes.add_crops(session, volume.id, [((0, 0, 0), (8, 8, 8), 0.1)])
+        volume, _ = _volume_with_a_crop(session, width=16)
     copy = copy_project(ledger_project, tmp_path / "copy", ledger_project.config)
     assert copy.engine.url.get_backend_name() == "sqlite"
     assert not (copy.root / LEDGER_URL_FILE).exists()
@@ -217,18 +224,7 @@ def test_a_full_simulated_round_runs_on_either_ledger(ledger_project: Project) -
 def test_long_free_text_is_cut_to_its_column_on_either_ledger(ledger_project: Project) -> None:
     # PostgreSQL refuses a string longer than its column, where SQLite would keep it.
     with ledger_project.session() as session:
-        volume = pool_volumes.add_volume(
-            session,
-            name="v",
-            path="volumes/v.zarr",
-            split="pool",
-            channels=1,
-            shape=(8, 8, 8),
-            voxel_size=(1.0, 1.0, 1.0),
-            has_ground_truth=False,
-            source="t",
-        )
-        crop = pool_volumes.add_crops(session, volume.id, [((0, 0, 0), (8, 8, 8), 0.1)])[0]
+        _, crop = _volume_with_a_crop(session)
         task = pool_tasks.queue_crop(session, crop.id, round_id=None, slices=[0], pushed={})
         pool_tasks.record_annotation(
             session,
